@@ -1,0 +1,111 @@
+"""The `raysearch` command line: argument parsing and dispatch only.
+
+    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR] [--address ADDR]
+    raysearch methods
+    raysearch datasets
+
+Bad input (a spec error, missing data files) prints one line naming the file, the key
+and what was expected, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from raysearch import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the spec YAML file (see search_spaces/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key; VALUE is YAML (e.g. --set train.epochs=2 --set data.classes=[0,1])",
+    )
+    p.add_argument("--output", help="experiment folder (default: raysearch-results/<name>)")
+    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysearch",
+        description="Hyperparameter searches and ablations for self-supervised image anomaly detection on Ray.",
+    )
+    parser.add_argument("--version", action="version", version=f"raysearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one config over the spec's classes through Ray Train")
+    _add_spec_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress line or summary")
+
+    sub.add_parser("methods", help="list the methods and their parameters with defaults")
+    sub.add_parser("datasets", help="list the datasets and where their files are expected")
+    return parser
+
+
+def _output_for(spec, given: str | None) -> str:
+    return given or os.path.join("raysearch-results", spec.name)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from raysearch.runner import run_train
+    from raysearch.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    code, _ = run_train(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
+                        quiet=args.quiet)
+    return code
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from raysearch import registry
+    from raysearch.schema import flatten
+
+    for name in registry.method_names():
+        print(f"{name}: {registry.describe(name)}")
+        for key, value in flatten(registry.params_class(name)()).items():
+            print(f"    params.{key} = {value!r}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from raysearch.data import DATASETS, describe_dataset
+
+    for name in sorted(DATASETS):
+        print(f"{name}: {describe_dataset(name)}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "methods": _cmd_methods, "datasets": _cmd_datasets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    from raysearch.schema import SpecError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as err:
+        print(f"raysearch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raysearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

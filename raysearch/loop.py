@@ -1,0 +1,261 @@
+"""The per-class training loop, free of Ray so that it runs anywhere.
+
+``raysearch.training`` calls :func:`train_class` inside each Ray Train worker (and hands
+it a DDP wrapper and a report function); tests and benchmarks call it directly. The
+loop owns everything common to the methods: seeding, the optimizer and its schedule,
+sharding of the device-resident data between workers, bf16 autocast, NaN detection,
+evaluation every ``train.eval_every`` epochs, best-epoch selection on the validation
+split (or on test when a spec asks for paper-style selection), and the final test
+evaluation of the selected model with a latency measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysearch.data.base import OneClassTask, Split
+from raysearch.methods.base import DataInfo, Method
+from raysearch.metrics import evaluate
+from raysearch.spec import Spec
+
+__all__ = ["ClassResult", "TrainingDiverged", "train_class", "seed_everything", "selection_metric"]
+
+ReportFn = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial fails with this reason."""
+
+
+@dataclass
+class ClassResult:
+    normal_class: str
+    metrics: dict[str, float]  # val_* and test_* of the selected epoch
+    best_epoch: int
+    epochs_run: int
+    train_time_s: float
+    num_params: int
+    latency_ms: float  # per image, scoring alone, after training
+    final_loss: float
+    facts: dict[str, Any] = field(default_factory=dict)  # method.describe()
+    states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # best / last (rank 0)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def selection_metric(spec: Spec) -> str:
+    """The metric that picks the best epoch: validation unless the spec opts into test."""
+    return "test_image_auroc" if spec.selection.split == "test" else "val_image_auroc"
+
+
+def _autocast(spec: Spec, device: torch.device) -> contextlib.AbstractContextManager:
+    use_bf16 = spec.train.precision == "bf16" or (spec.train.precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer(spec: Spec, params) -> torch.optim.Optimizer:
+    t = spec.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to zero, per optimizer step."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _evaluate_split(method: Method, model: nn.Module, split: Split, prefix: str, batch_size: int) -> dict[str, float]:
+    scores = method.score_batched(model, split.images, batch_size)
+    maps = scores.maps if split.masks is not None else None
+    return evaluate(
+        split.labels.cpu().numpy(),
+        scores.image.float().cpu().numpy(),
+        masks=None if maps is None else split.masks.cpu().numpy(),
+        maps=None if maps is None else maps.float().cpu().numpy(),
+        prefix=prefix,
+    )
+
+
+@torch.no_grad()
+def _latency_ms(method: Method, model: nn.Module, images: torch.Tensor, repeats: int = 3) -> float:
+    """Per-image scoring latency, timed alone after training (best of ``repeats``)."""
+    batch = images[: min(len(images), 32)]
+    method.score(model, batch)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        start = time.perf_counter()
+        method.score(model, batch)
+        if batch.device.type == "cuda":
+            torch.cuda.synchronize(batch.device)
+        best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(batch)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in Method.unwrap(model).state_dict().items()}
+
+
+def train_class(
+    spec: Spec,
+    task: OneClassTask,
+    method_cls: type[Method],
+    device: torch.device | str = "cpu",
+    *,
+    rank: int = 0,
+    world: int = 1,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    report: ReportFn | None = None,
+    resume: dict[str, Any] | None = None,
+    class_offset: int = 0,
+) -> ClassResult:
+    """Train and evaluate one class of a spec; see the module docstring.
+
+    Args:
+        wrap_model: turns the built model into its distributed form (DDP), or None.
+        report: called after every evaluation on every rank with the metrics and, on
+            rank 0, the resumable state (None elsewhere and when checkpoints are off).
+        resume: a state produced by an earlier ``report`` for this class.
+        class_offset: epochs of earlier classes, so reports carry a global progress.
+
+    Example:
+        >>> result = train_class(spec, load_task(spec.data, spec.selection, "0", 0), DistCon)  # doctest: +SKIP
+    """
+    device = torch.device(device)
+    t = spec.train
+    seed_everything(t.seed)
+    info = DataInfo(
+        channels=int(task.train.shape[1]),
+        image_size=int(task.train.shape[-1]),
+        num_train=len(task.train),
+        has_masks=task.test.masks is not None,
+    )
+    method = method_cls(spec.params, info, device, seed=t.seed + 7919 * rank)
+    model = method.build()
+    num_params = method.count_parameters(model)
+    optimizer = _optimizer(spec, list(method.trainable_parameters(model)))
+    train_images = task.train.to(device)
+    val = task.val.to(device)
+    test = task.test.to(device)
+    per_worker = max(1, t.batch_size // world)
+    steps_per_epoch = max(1, len(train_images) // (per_worker * world))
+    total_steps = steps_per_epoch * t.epochs
+    select = selection_metric(spec)
+    order_gen = torch.Generator(device="cpu").manual_seed(t.seed)  # same on every rank
+
+    start_epoch, best_value, best_epoch, best_state, last_loss = 0, -math.inf, -1, None, float("nan")
+    if resume is not None:
+        Method.unwrap(model).load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        method.load_extra_state(resume.get("method", {}))
+        order_gen.set_state(resume["order_gen"])
+        start_epoch, best_value, best_epoch = resume["epoch"] + 1, resume["best_value"], resume["best_epoch"]
+        best_state = resume["best_state"]
+    if wrap_model is not None:
+        model = wrap_model(model)
+
+    started = time.perf_counter()
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, t.epochs):
+        model.train()
+        perm = torch.randperm(len(train_images), generator=order_gen).to(device)
+        loss_sum, loss_terms = torch.zeros((), device=device), {}
+        for s in range(steps_per_epoch):
+            idx = perm[s * per_worker * world : (s + 1) * per_worker * world][rank::world]
+            for group in optimizer.param_groups:
+                group["lr"] = t.lr * _lr_factor(step, total_steps, t.warmup_epochs * steps_per_epoch)
+            with _autocast(spec, device):
+                losses = method.training_step(model, train_images[idx], epoch)
+            loss = losses["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.detach()
+            for k, v in losses.items():
+                loss_terms[k] = loss_terms.get(k, 0.0) + v.detach()
+        last_loss = float(loss_sum) / steps_per_epoch  # one device sync per epoch
+        if not math.isfinite(last_loss):
+            raise TrainingDiverged(f"loss became {last_loss} in epoch {epoch + 1} of class {task.normal_class}")
+        method.on_epoch_end(model, train_images, epoch)
+
+        last = epoch + 1 == t.epochs
+        if (epoch + 1) % t.eval_every and not last:
+            continue
+        metrics: dict[str, Any] = {f"loss_{k}": float(v) / steps_per_epoch for k, v in loss_terms.items()}
+        state = None
+        if rank == 0:
+            method.fit_scorer(model, train_images)
+            metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size))
+            if select.startswith("test_"):
+                metrics.update(_evaluate_split(method, model, test, "test_", t.batch_size))
+            value = metrics.get(select, float("nan"))
+            if best_state is None or (math.isfinite(value) and value > best_value):
+                best_value, best_epoch, best_state = value, epoch, _cpu_state(model)
+            if t.checkpoint:
+                state = {
+                    "epoch": epoch,
+                    "model": _cpu_state(model),
+                    "optimizer": copy.deepcopy(optimizer.state_dict()),
+                    "method": method.extra_state(),
+                    "order_gen": order_gen.get_state(),
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                }
+        metrics.update(
+            epoch=epoch + 1,
+            normal_class=task.normal_class,
+            progress=class_offset + epoch + 1,
+            best_class_value=best_value,
+        )
+        if report is not None:
+            report(metrics, state)
+
+    train_time = time.perf_counter() - started
+    metrics = {}
+    latency = float("nan")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    if rank == 0:
+        net = Method.unwrap(model)
+        states = {"last": _cpu_state(net), "best": best_state}
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        method.fit_scorer(net, train_images)
+        metrics.update(_evaluate_split(method, net, val, "val_", t.batch_size))
+        metrics.update(_evaluate_split(method, net, test, "test_", t.batch_size))
+        latency = _latency_ms(method, net, test.images)
+    return ClassResult(
+        normal_class=task.normal_class,
+        metrics=metrics,
+        best_epoch=best_epoch + 1,
+        epochs_run=t.epochs,
+        train_time_s=train_time,
+        num_params=num_params,
+        latency_ms=latency,
+        final_loss=last_loss,
+        facts=method.describe(),
+        states=states,
+    )

@@ -1,0 +1,191 @@
+"""The results store: a Parquet dataset with one file per finished trial and class.
+
+Each file is written under a temporary name and renamed, so a reader never sees half a
+file and concurrent trials never collide; a rerun of the same (trial, class) replaces its
+own file, so a resumed experiment cannot duplicate rows. The schema is fixed per method:
+the row fields below, every metric column, and one typed column per resolved config key
+(``params.gmm.components``, ``train.lr``...), so ``pyarrow.dataset.dataset(DIR/results)``
+or duckdb's ``read_parquet('DIR/results/*.parquet')`` read the store as it is.
+
+Storage is a local path or a cloud URI (``s3://bucket/prefix``) through pyarrow
+filesystems; this module imports neither torch nor ray.
+
+Example:
+    >>> table = read_results("raysearch-results/distcon-demo")  # doctest: +SKIP
+    >>> table.column("test_image_auroc")                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import types
+import typing
+import uuid
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "ROW_FIELDS",
+    "results_schema",
+    "write_rows",
+    "read_results",
+    "resolve",
+    "join",
+    "write_bytes",
+    "read_bytes",
+    "exists",
+]
+
+SPLITS = ("val", "test")
+METRICS = ("image_auroc", "image_f1_max", "pixel_auroc", "aupro")
+METRIC_COLUMNS = tuple(f"{s}_{m}" for s in SPLITS for m in METRICS)
+
+# name -> (arrow type, meaning)
+ROW_FIELDS: dict[str, tuple[pa.DataType, str]] = {
+    "experiment": (pa.string(), "experiment name (the spec's name unless overridden)"),
+    "kind": (pa.string(), "train | tune | ablate"),
+    "trial_id": (pa.string(), "Ray Tune trial id, or the run id of a plain train"),
+    "optuna_trial": (pa.int64(), "Optuna trial number (sweeps only)"),
+    "variant": (pa.string(), "ablation factor name ('full' for the full model)"),
+    "status": (pa.string(), "completed | pruned | failed"),
+    "error": (pa.string(), "the failure reason for failed rows"),
+    "method": (pa.string(), "method name"),
+    "dataset": (pa.string(), "dataset name"),
+    "normal_class": (pa.string(), "normal class or category"),
+    "class_index": (pa.int64(), "position of the class in the spec's fixed order"),
+    "seed": (pa.int64(), "train.seed"),
+    "selection_split": (pa.string(), "validation (leakage-free) or test (paper-style)"),
+    "config_hash": (pa.string(), "hash of the resolved config"),
+    "config_json": (pa.string(), "the resolved flat config as JSON"),
+    "epochs": (pa.int64(), "epochs trained"),
+    "best_epoch": (pa.int64(), "epoch selected on the selection split"),
+    "final_loss": (pa.float64(), "mean training loss of the last epoch"),
+    "train_time_s": (pa.float64(), "training wall time of this class"),
+    "wall_time_s": (pa.float64(), "wall time including data loading and evaluation"),
+    "num_params": (pa.int64(), "trainable parameters"),
+    "latency_ms": (pa.float64(), "per-image scoring latency, timed alone after training"),
+    "device": (pa.string(), "cpu or the GPU name"),
+    "workers": (pa.int64(), "Ray Train workers"),
+    "node_id": (pa.string(), "Ray node that ran rank 0"),
+    "weights": (pa.string(), "backbone weights loaded"),
+    "checkpoint": (pa.string(), "URI of the selected (best) checkpoint"),
+    "package_version": (pa.string(), "raysearch version"),
+    "git_commit": (pa.string(), "git commit of the code, where known"),
+    "timestamp": (pa.timestamp("s", tz="UTC"), "when the row was written"),
+}
+
+
+# -- storage: one layer for local paths and cloud URIs ----------------------------------
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local path or a URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URI."""
+    if "://" in uri:
+        return posixpath.join(uri, *parts)
+    return os.path.join(uri, *parts)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a file atomically where the filesystem allows (temporary name, then rename)."""
+    fs, path = resolve(uri)
+    parent = posixpath.dirname(path)
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    else:  # object stores: a single PUT is atomic already
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+# -- schema --------------------------------------------------------------------------
+def _arrow_type(annotation: Any) -> pa.DataType:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arrow_type(args[0]) if len(args) == 1 else pa.string()
+    if origin is typing.Literal:
+        return pa.string() if all(isinstance(a, str) for a in typing.get_args(annotation)) else pa.string()
+    return {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}.get(annotation, pa.string())
+
+
+def results_schema(config_types: Mapping[str, Any]) -> pa.Schema:
+    """Row fields + metric columns + one typed column per config key (annotations)."""
+    fields = [pa.field(name, tp) for name, (tp, _) in ROW_FIELDS.items()]
+    fields += [pa.field(name, pa.float64()) for name in METRIC_COLUMNS]
+    fields += [pa.field(key, _arrow_type(tp)) for key, tp in sorted(config_types.items())]
+    return pa.schema(fields)
+
+
+def _cell(value: Any, tp: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(tp) and not isinstance(value, str):
+        return json.dumps(value)
+    return value
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
+
+
+def write_rows(results_dir: str, schema: pa.Schema, rows: Iterable[Mapping[str, Any]], name: str) -> str:
+    """Write ``rows`` as one Parquet file ``results_dir/<name>.parquet``; returns its URI.
+
+    Unknown keys in a row are an error (the schema is the contract); missing ones are null.
+    """
+    rows = list(rows)
+    columns = {}
+    for f in schema:
+        columns[f.name] = [_cell(r.get(f.name), f.type) for r in rows]
+    extra = {k for r in rows for k in r} - set(schema.names)
+    if extra:
+        raise KeyError(f"result row keys not in the schema: {sorted(extra)}")
+    table = pa.table(columns, schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    uri = join(results_dir, f"{_safe(name)}.parquet")
+    write_bytes(uri, sink.getvalue().to_pybytes())
+    return uri
+
+
+def read_results(experiment_dir: str) -> pa.Table:
+    """Every row of an experiment (``experiment_dir/results/*.parquet``) as one table."""
+    import pyarrow.dataset as ds
+
+    fs, path = resolve(join(experiment_dir, "results"))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{experiment_dir}: no results/ folder; is this an experiment folder?")
+    selector = pafs.FileSelector(path, recursive=False)
+    files = sorted(
+        i.path for i in fs.get_file_info(selector) if i.path.endswith(".parquet") and not posixpath.basename(i.path).startswith(".")
+    )
+    if not files:
+        return pa.table({})
+    return ds.dataset(files, filesystem=fs, format="parquet").to_table()

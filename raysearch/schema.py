@@ -1,0 +1,230 @@
+"""Typed, frozen configuration records built from plain mappings, with checked keys.
+
+Every configuration object in raysearch (the spec's sections and each method's
+parameters) is a frozen dataclass. This module turns YAML mappings into them and
+back, and applies dotted overrides such as ``gmm.components: 4``. Any unknown key or
+wrong type raises :class:`SpecError` whose message names the key and what is allowed,
+so a typo never silently falls back to a default.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Opt:
+    ...     lr: float = 0.1
+    >>> build(Opt, {"lr": 0.5}).lr
+    0.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Mapping, Union
+
+__all__ = ["SpecError", "build", "to_dict", "flatten", "override", "field_paths"]
+
+
+class SpecError(ValueError):
+    """A user-facing configuration error: one line naming the file, the key and the problem."""
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.source = source
+        self.key = key
+        self.problem = message
+        parts = [p for p in (source, key) if p]
+        super().__init__(": ".join([*parts, message]))
+
+    def located(self, source: str) -> "SpecError":
+        """The same error, attributed to ``source`` (a file name) if it has none yet."""
+        if self.source:
+            return self
+        return SpecError(self.problem, source=source, key=self.key)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin in (dict, Mapping):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        raise SpecError(f"expected {_type_name(tp)}, got {value!r}", key=key)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(arg, value, key)
+            except SpecError as err:
+                errors.append(err)
+        raise SpecError(f"expected {_type_name(tp)}, got {value!r}", key=key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"expected {_type_name(tp)}, got {value!r}", key=key)
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        item = args[0] if args else Any
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise SpecError(f"expected a mapping, got {value!r}", key=key)
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise SpecError(f"expected {_type_name(tp)}, got {value!r}", key=key)
+        return build(tp, value, prefix=key)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise SpecError(f"expected null, got {value!r}", key=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise SpecError(f"expected {_type_name(tp)}, got {value!r}", key=key)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type, mapping: Mapping[str, Any] | None, prefix: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from ``mapping``, checking keys and types.
+
+    Nested dataclass fields take nested mappings; keys may also be dotted
+    (``{"gmm.components": 4}``), which is how specs write method parameters.
+    """
+    mapping = dict(mapping or {})
+    nested: dict[str, dict[str, Any]] = {}
+    plain: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str):
+            raise SpecError(f"keys must be strings, got {key!r}", key=prefix or None)
+        head, dot, rest = key.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            plain[key] = value
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name in [*plain, *nested]:
+        if name not in fields:
+            where = f"{prefix}.{name}" if prefix else name
+            allowed = ", ".join(sorted(fields)) or "(none)"
+            raise SpecError(f"unknown key; allowed keys here: {allowed}", key=where)
+    for name, value in plain.items():
+        where = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, where)
+    for name, sub in nested.items():
+        where = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if not dataclasses.is_dataclass(tp):
+            raise SpecError(f"is not a section; it takes {_type_name(tp)}", key=where)
+        base = kwargs.get(name)
+        base_map = to_dict(base) if base is not None else {}
+        base_map.update(sub)
+        kwargs[name] = build(tp, base_map, prefix=where)
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except SpecError as err:
+            if prefix and err.key and not err.key.startswith(prefix):
+                raise SpecError(err.problem, key=f"{prefix}.{err.key}") from None
+            raise
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, YAML-ready structure (tuples become lists) of a dataclass tree."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-name view of a dataclass tree: ``{"gmm.components": 4, ...}``."""
+    out: dict[str, Any] = {}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            out.update(flatten(getattr(obj, f.name), f"{prefix}{f.name}."))
+        return out
+    out[prefix.rstrip(".")] = to_dict(obj)
+    return out
+
+
+def field_paths(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of a dataclass class as ``{dotted name: annotation}``."""
+    out: dict[str, Any] = {}
+    for name, tp in _hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(field_paths(tp, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
+
+
+def override(obj: Any, updates: Mapping[str, Any], prefix: str = "") -> Any:
+    """A copy of the dataclass ``obj`` with dotted ``updates`` applied and checked."""
+    if not updates:
+        return obj
+    current = to_dict(obj)
+    for key, value in updates.items():
+        node = current
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                where = ".".join(p for p in (prefix, *parts[: i + 1]) if p)
+                if part not in node:
+                    allowed = ", ".join(sorted(node))
+                    raise SpecError(f"unknown key; allowed keys here: {allowed}", key=where)
+                raise SpecError("is not a section", key=where)
+            node = child
+        if parts[-1] not in node:
+            where = ".".join(p for p in (prefix, *parts) if p)
+            raise SpecError(f"unknown key; allowed keys here: {', '.join(sorted(node))}", key=where)
+        node[parts[-1]] = value
+    return build(type(obj), current, prefix=prefix)

@@ -1,0 +1,301 @@
+"""The experiment spec: one YAML file that says what to train, on what, and how to search.
+
+A spec is loaded with ``yaml.safe_load`` into frozen dataclasses. Every key is checked:
+an unknown key, a wrong type or a value outside its allowed set raises
+:class:`~raysearch.schema.SpecError`, whose message names the file, the dotted key and
+what is allowed. Method hyperparameters live under ``params`` with dotted names
+(``gmm.components: 4``) and are checked against the method's own parameter dataclass,
+which also holds their defaults.
+
+Example:
+    >>> spec = load_spec("search_spaces/demo/distcon.yaml", ["train.epochs=2"])  # doctest: +SKIP
+    >>> spec.train.epochs                                                       # doctest: +SKIP
+    2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from raysearch import registry
+from raysearch.schema import SpecError, build, flatten, override, to_dict
+
+__all__ = [
+    "DataSpec",
+    "SelectionSpec",
+    "TrainSpec",
+    "Spec",
+    "SpecError",
+    "load_spec",
+    "spec_from_dict",
+    "parse_set",
+    "config_hash",
+]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "digits"  # a name from `raysearch datasets`
+    root: str = "~/data"  # where the dataset's files are (unused by built-in datasets)
+    classes: Any = "all"  # "all" or a list of normal classes / categories, run in this order
+    image_size: int = 32  # images are resized to image_size x image_size pixels
+    download: bool = False  # let torchvision download CIFAR when the files are missing
+    max_train: int | None = None  # cap on training normals per class (small runs, tests)
+    max_test: int | None = None  # cap on test images per class, stratified (small runs, tests)
+
+    def validate(self) -> None:
+        from raysearch.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise SpecError(
+                f"unknown dataset {self.dataset!r}; known: {', '.join(sorted(DATASETS))}",
+                key="dataset",
+            )
+        if self.classes != "all":
+            if not isinstance(self.classes, (list, tuple)) or not self.classes:
+                raise SpecError(
+                    f'expected "all" or a non-empty list of classes, got {self.classes!r}',
+                    key="classes",
+                )
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if not 8 <= self.image_size <= 1024:
+            raise SpecError(f"expected 8..1024 pixels, got {self.image_size}", key="image_size")
+        for key in ("max_train", "max_test"):
+            value = getattr(self, key)
+            if value is not None and value < 4:
+                raise SpecError(f"expected at least 4 images or null, got {value}", key=key)
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    # validation: select on a split made from training data only (leakage-free);
+    # test: paper-style selection on the test set, flagged in every result row.
+    split: Literal["validation", "test"] = "validation"
+    # what the validation anomalies are: synthetic (CutPaste on held-out normals) or
+    # held-out training images of the other classes (classification datasets only).
+    anomalies: Literal["synthetic", "other_classes"] = "synthetic"
+    holdout: float = 0.1  # fraction of training normals held out for validation
+
+    def validate(self) -> None:
+        if not 0.0 < self.holdout < 0.9:
+            raise SpecError(f"expected a fraction in (0, 0.9), got {self.holdout}", key="holdout")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 128  # images per optimizer step, over all workers
+    lr: float = 1e-3  # peak learning rate (cosine decay to 0 over the epochs)
+    weight_decay: float = 0.0
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: int = 0  # linear learning-rate warm-up
+    eval_every: int = 1  # epochs between validation evaluations (and checkpoints)
+    workers: int = 1  # Ray Train workers (DDP when > 1)
+    gpus_per_worker: float = 0.0  # 0 = CPU; fractions share one GPU between trials
+    cpus_per_worker: float = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU
+    seed: int = 0
+    checkpoint: bool = True  # keep the best and the last checkpoint per class
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "eval_every", "workers"):
+            if getattr(self, key) < 1:
+                raise SpecError(f"expected a positive integer, got {getattr(self, key)}", key=key)
+        if self.lr <= 0:
+            raise SpecError(f"expected a positive number, got {self.lr}", key="lr")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise SpecError("expected gpus_per_worker >= 0 and cpus_per_worker > 0", key="gpus_per_worker")
+        if self.warmup_epochs < 0:
+            raise SpecError(f"expected >= 0, got {self.warmup_epochs}", key="warmup_epochs")
+
+
+TOP_LEVEL_KEYS = (
+    "name",
+    "method",
+    "params",
+    "data",
+    "selection",
+    "train",
+    "search",
+    "ablations",
+    "provenance",
+)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A resolved experiment: every value filled in, defaults included."""
+
+    name: str
+    method: str
+    params: Any  # the method's frozen parameter dataclass
+    data: DataSpec = field(default_factory=DataSpec)
+    selection: SelectionSpec = field(default_factory=SelectionSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    search: Mapping[str, Any] = field(default_factory=dict)  # checked by raysearch.tuning
+    ablations: Mapping[str, Any] = field(default_factory=dict)  # checked by raysearch.ablation
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # free-form, carried along
+    source: str = "<spec>"  # the file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full resolved spec as plain data (what is written beside results)."""
+        out = {k: to_dict(getattr(self, k)) for k in TOP_LEVEL_KEYS}
+        out["params"] = flatten(self.params)
+        return out
+
+    def flat_config(self) -> dict[str, Any]:
+        """Dotted view of everything a run depends on: ``params.*``, ``train.*``, ``data.*``..."""
+        out: dict[str, Any] = {"method": self.method}
+        for section in ("params", "data", "selection", "train"):
+            for key, value in flatten(getattr(self, section)).items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    def with_overrides(self, updates: Mapping[str, Any]) -> "Spec":
+        """A new spec with dotted overrides (``params.gmm.components``, ``train.lr``) applied."""
+        raw = self.to_dict()
+        for key, value in updates.items():
+            _set_dotted(raw, key, value)
+        return spec_from_dict(raw, source=self.source)
+
+    def classes(self) -> list[str]:
+        """The normal classes to run, in the spec's fixed order."""
+        from raysearch.data import list_classes
+
+        return list_classes(self.data)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    section, dot, rest = key.partition(".")
+    if section not in TOP_LEVEL_KEYS:
+        raise SpecError(f"unknown key; allowed top-level keys: {', '.join(TOP_LEVEL_KEYS)}", key=key)
+    if not dot:
+        raw[section] = value
+        return
+    if section == "params":
+        raw.setdefault("params", {})
+        raw["params"] = dict(raw["params"] or {})
+        raw["params"][rest] = value
+        return
+    node = raw.setdefault(section, {})
+    if node is None:
+        node = raw[section] = {}
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def spec_from_dict(raw: Mapping[str, Any], source: str = "<spec>") -> Spec:
+    """Validate a spec mapping (as read from YAML) into a :class:`Spec`."""
+    try:
+        return _spec_from_dict(raw, source)
+    except SpecError as err:
+        raise err.located(source) from None
+
+
+def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"expected a mapping at the top level, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise SpecError(
+            f"unknown key; allowed top-level keys: {', '.join(TOP_LEVEL_KEYS)}", key=unknown[0]
+        )
+    for key in ("name", "method"):
+        if not isinstance(raw.get(key), str) or not raw.get(key):
+            raise SpecError("required; expected a non-empty string", key=key)
+    method = raw["method"]
+    params_cls = registry.params_class(method)  # raises SpecError listing the known methods
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, Mapping):
+        raise SpecError(f"expected a mapping of dotted names, got {params_raw!r}", key="params")
+    params = build(params_cls, params_raw, prefix="params")
+    sections = {}
+    for key, cls in (("data", DataSpec), ("selection", SelectionSpec), ("train", TrainSpec)):
+        value = raw.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise SpecError(f"expected a mapping, got {value!r}", key=key)
+        sections[key] = build(cls, value, prefix=key)
+    free = {}
+    for key in ("search", "ablations", "provenance"):
+        value = raw.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise SpecError(f"expected a mapping, got {value!r}", key=key)
+        free[key] = dict(value)
+    spec = Spec(name=raw["name"], method=method, params=params, source=source, **sections, **free)
+    if spec.selection.anomalies == "other_classes":
+        from raysearch.data import dataset_kind
+
+        if dataset_kind(spec.data.dataset) != "classes":
+            raise SpecError(
+                f"other_classes needs a dataset of classes; {spec.data.dataset!r} has categories "
+                "with their own defects: use synthetic",
+                key="selection.anomalies",
+            )
+    return spec
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``--set KEY=VALUE`` items; each VALUE is read as YAML (``[0, 1]``, ``1e-3``, ``true``)."""
+    updates: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise SpecError(f"expected --set KEY=VALUE, got {item!r}", source="--set")
+        try:
+            updates[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as err:
+            raise SpecError(f"value is not valid YAML: {err}", source="--set", key=key) from None
+    return updates
+
+
+def load_spec(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Spec:
+    """Load, override and validate a spec file.
+
+    Raises:
+        SpecError: naming the file, the key and what is allowed.
+    """
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("no such spec file", source=source) from None
+    except OSError as err:
+        raise SpecError(f"cannot read: {err.strerror}", source=source) from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"not valid YAML: {err}", source=source) from None
+    if not isinstance(raw, dict):
+        raise SpecError("expected a mapping at the top level", source=source)
+    updates = parse_set(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    for key, value in updates.items():
+        try:
+            _set_dotted(raw, key, value)
+        except SpecError as err:
+            raise err.located(source) from None
+    return spec_from_dict(raw, source=source)
+
+
+def config_hash(flat: Mapping[str, Any]) -> str:
+    """A short stable hash of a flat config (key order does not matter)."""
+    blob = json.dumps(dict(sorted(flat.items())), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def params_override(params: Any, updates: Mapping[str, Any]) -> Any:
+    """Method parameters with dotted updates applied and checked."""
+    return override(params, updates, prefix="params")

@@ -1,0 +1,310 @@
+"""Ray Train: the per-worker loop over a spec's classes and the TorchTrainer factory.
+
+This is the only module that imports ``ray.train``. One *run* trains one config over all
+classes of its spec, in the spec's fixed order, on ``train.workers`` Ray Train workers
+(DDP when there are several, GPU when ``train.gpus_per_worker`` > 0). Each finished class
+becomes one result row, written by rank 0 straight into the experiment's storage, and
+its best and last model states are kept as ``checkpoints/<run>/<class>/{best,last}.pt``.
+Every evaluation reports metrics to Ray (and a resumable Ray checkpoint), so a worker
+lost mid-run restarts from its last evaluation.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+import raysearch
+from raysearch import registry, results
+from raysearch.data import load_task
+from raysearch.loop import ClassResult, selection_metric, train_class
+from raysearch.schema import field_paths
+from raysearch.spec import Spec, config_hash, spec_from_dict
+
+__all__ = ["RunInfo", "make_trainer", "worker_loop", "config_schema", "failed_row", "git_commit", "init_ray"]
+
+# Train's controller polls workers this often; every report waits for a poll (2 s by
+# default), which dominates short epochs. Measured in benchmarks/.
+HEALTH_CHECK_INTERVAL_S = "0.2"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where and under which names a run writes its results."""
+
+    experiment: str
+    kind: str  # train | tune | ablate
+    trial_id: str
+    storage: str  # the experiment folder or URI; results/ and checkpoints/ live inside
+    optuna_trial: int | None = None
+    variant: str | None = None
+
+
+def git_commit() -> str | None:
+    """The commit of the installed source tree, where it is a git checkout."""
+    here = os.path.dirname(os.path.abspath(raysearch.__file__))
+    try:
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def config_schema(spec: Spec):
+    """The results schema of a spec's method (typed config columns)."""
+    types: dict[str, Any] = {f"params.{k}": v for k, v in field_paths(registry.params_class(spec.method)).items()}
+    from raysearch.spec import DataSpec, SelectionSpec, TrainSpec
+
+    for section, cls in (("data", DataSpec), ("selection", SelectionSpec), ("train", TrainSpec)):
+        types.update({f"{section}.{k}": v for k, v in field_paths(cls).items()})
+    return results.results_schema(types)
+
+
+def _base_row(spec: Spec, run: RunInfo) -> dict[str, Any]:
+    flat = spec.flat_config()
+    row = {
+        "experiment": run.experiment,
+        "kind": run.kind,
+        "trial_id": run.trial_id,
+        "optuna_trial": run.optuna_trial,
+        "variant": run.variant,
+        "method": spec.method,
+        "dataset": spec.data.dataset,
+        "seed": spec.train.seed,
+        "selection_split": spec.selection.split,
+        "config_hash": config_hash(flat),
+        "config_json": json.dumps(flat, sort_keys=True, default=str),
+        "workers": spec.train.workers,
+        "package_version": raysearch.__version__,
+        "git_commit": git_commit(),
+        "timestamp": int(time.time()),
+    }
+    row.update({k: v for k, v in flat.items() if k != "method"})
+    return row
+
+
+def failed_row(spec: Spec, run: RunInfo, error: str, normal_class: str | None, class_index: int | None,
+               status: str = "failed") -> dict[str, Any]:
+    """A result row for a class that did not finish (failed or pruned), with its reason."""
+    row = _base_row(spec, run)
+    row.update(status=status, error=error, normal_class=normal_class, class_index=class_index)
+    return row
+
+
+def _save_state(uri: str, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    results.write_bytes(uri, buf.getvalue())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, wall: float,
+              device: torch.device, checkpoint: str | None) -> dict[str, Any]:
+    """The result row of a finished class."""
+    import ray
+
+    row = _base_row(spec, run)
+    row.update(
+        status="completed",
+        normal_class=result.normal_class,
+        class_index=class_index,
+        epochs=result.epochs_run,
+        best_epoch=result.best_epoch,
+        final_loss=result.final_loss,
+        train_time_s=result.train_time_s,
+        wall_time_s=wall,
+        num_params=result.num_params,
+        latency_ms=result.latency_ms,
+        device=_device_name(device),
+        node_id=ray.get_runtime_context().get_node_id(),
+        weights=result.facts.get("weights"),
+        checkpoint=checkpoint,
+    )
+    row.update({k: v for k, v in result.metrics.items() if k in results.METRIC_COLUMNS})
+    return row
+
+
+def results_dir(storage: str) -> str:
+    return results.join(storage, "results")
+
+
+def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
+    """File name of a (run, class) row: the same on a rerun, so resumes never duplicate."""
+    return f"{run.trial_id}--{class_index:03d}-{normal_class}"
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: every class of the spec, in order, on this worker."""
+    import ray.train
+    import ray.train.torch
+
+    spec = spec_from_dict(config["spec"], source=config.get("source", "<spec>"))
+    run = RunInfo(**config["run"])
+    progress = config.get("progress")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        if spec.train.gpus_per_worker and spec.train.gpus_per_worker < 1:
+            # Logical GPU fractions do not cap memory: cap it here to this trial's share.
+            torch.cuda.set_per_process_memory_fraction(float(spec.train.gpus_per_worker), device)
+    method_cls = registry.method_class(spec.method)
+    classes = spec.classes()
+    select = selection_metric(spec)
+
+    state: dict[str, Any] = {"class_index": 0, "finished": {}, "resume": None}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        if world == 1:
+            return model
+        return ray.train.torch.prepare_model(
+            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
+
+    for ci in range(state["class_index"], len(classes)):
+        normal_class = classes[ci]
+        started = time.perf_counter()
+        task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
+        finished: dict[str, float] = state["finished"]
+
+        def report(metrics: dict[str, Any], resumable: dict[str, Any] | None, ci: int = ci) -> None:
+            current = metrics.get("best_class_value", float("nan"))
+            values = list(finished.values()) + ([current] if math.isfinite(current) else [])
+            metrics = dict(metrics, class_index=ci, classes_done=len(finished))
+            # The objective: the selection metric averaged over finished classes and the
+            # current class's best so far; defined from the first report on.
+            metrics["objective"] = sum(values) / len(values) if values else float("nan")
+            if progress is not None and rank == 0:
+                progress.put_nowait(dict(metrics, total_classes=len(classes), epochs=spec.train.epochs))
+            ckpt = None
+            if resumable is not None:
+                tmp = tempfile.mkdtemp(prefix="raysearch-ckpt-")
+                torch.save(
+                    {"class_index": ci, "finished": dict(finished), "resume": resumable},
+                    os.path.join(tmp, "state.pt"),
+                )
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+        resume = state["resume"] if ci == state["class_index"] else None
+        result = train_class(
+            spec,
+            task,
+            method_cls,
+            device,
+            rank=rank,
+            world=world,
+            wrap_model=wrap,
+            report=report,
+            resume=resume,
+            class_offset=ci * spec.train.epochs,
+        )
+        if rank == 0:
+            ckpt_uri = None
+            if spec.train.checkpoint:
+                base = results.join(run.storage, "checkpoints", run.trial_id, normal_class)
+                for which, model_state in result.states.items():
+                    if model_state is not None:
+                        _save_state(results.join(base, f"{which}.pt"), model_state)
+                ckpt_uri = results.join(base, "best.pt")
+            row = class_row(spec, run, result, ci, time.perf_counter() - started, device, ckpt_uri)
+            results.write_rows(results_dir(run.storage), config_schema(spec), [row], row_name(run, ci, normal_class))
+        finished[normal_class] = result.metrics.get(select, float("nan"))
+        state = {"class_index": ci + 1, "finished": finished, "resume": None}
+
+
+def make_trainer(
+    spec: Spec,
+    run: RunInfo,
+    *,
+    progress: Any = None,
+    callbacks: list | None = None,
+    max_failures: int = 0,
+    storage_path: str | None = None,
+):
+    """A TorchTrainer that runs ``spec`` as one run named ``run.trial_id``.
+
+    Ray keeps one resumable checkpoint (the latest evaluation) per run; the best and
+    last model of every class are written by :func:`worker_loop` itself.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t = spec.train
+    use_gpu = t.gpus_per_worker > 0
+    resources = {"CPU": t.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={
+            "spec": spec.to_dict(),
+            "source": spec.source,
+            "run": asdict(run),
+            "progress": progress,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run.trial_id,
+            storage_path=storage_path or results.join(run.storage, "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Connect to a cluster (``address``) or start a local Ray on this machine.
+
+    The dashboard runs (Train's placement-group cleanup needs the State API it serves)
+    but listens on 127.0.0.1 only.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized():
+        return
+    env_vars = {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
+    }
+    kwargs: dict[str, Any] = dict(
+        log_to_driver=log_to_driver,
+        runtime_env={"env_vars": env_vars},
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            **kwargs,
+        )
+

@@ -1,6 +1,7 @@
 """The `raysearch` command line: argument parsing and dispatch only.
 
     raysearch train SPEC [--set KEY=VALUE ...] [--output DIR] [--address ADDR]
+    raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
     raysearch methods
     raysearch datasets
 
@@ -47,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
+    p = sub.add_parser("tune", help="search the spec's space with Ray Tune + Optuna (ASHA early stopping)")
+    _add_spec_args(p)
+    p.add_argument("--trials", type=int, help="number of trials (default: search.trials)")
+    p.add_argument("--concurrent", type=int, help="trials at a time (default: search.concurrent)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved search and its cost; start nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress line or summary")
+
     sub.add_parser("methods", help="list the methods and their parameters with defaults")
     sub.add_parser("datasets", help="list the datasets and where their files are expected")
     return parser
@@ -64,6 +73,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     code, _ = run_train(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
                         quiet=args.quiet)
     return code
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from raysearch.spec import load_spec
+    from raysearch.tuning import dry_run, run_tune
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.dry_run:
+        dry_run(spec)
+        return 0
+    return run_tune(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
+                    trials=args.trials, concurrent=args.concurrent, resume=args.resume, quiet=args.quiet)
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -85,7 +106,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "methods": _cmd_methods, "datasets": _cmd_datasets}
+COMMANDS = {"train": _cmd_train, "tune": _cmd_tune, "methods": _cmd_methods, "datasets": _cmd_datasets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -120,7 +120,7 @@ def run_train(
             m = queue.get(timeout=0.5)
         except Empty:
             continue
-        if not quiet:
+        if m is not None and not quiet:
             line.update(m)
     thread.join()
     line.close()

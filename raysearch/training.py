@@ -26,7 +26,7 @@ import torch
 import raysearch
 from raysearch import registry, results
 from raysearch.data import load_task
-from raysearch.loop import ClassResult, selection_metric, train_class
+from raysearch.loop import ClassResult, train_class
 from raysearch.schema import field_paths
 from raysearch.spec import Spec, config_hash, spec_from_dict
 
@@ -140,6 +140,19 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
     return row
 
 
+# Metrics averaged over classes in every report (``mean_<name>``); searches optimise these.
+MEAN_METRICS = (*results.METRIC_COLUMNS, "latency_ms", "num_params")
+
+
+def class_means(per_class: list[dict[str, Any]]) -> dict[str, float]:
+    """``mean_<metric>`` over the classes that have the metric (NaN where none has)."""
+    out = {}
+    for name in MEAN_METRICS:
+        vals = [float(m[name]) for m in per_class if m.get(name) is not None and math.isfinite(float(m[name]))]
+        out[f"mean_{name}"] = sum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
 def results_dir(storage: str) -> str:
     return results.join(storage, "results")
 
@@ -167,7 +180,6 @@ def worker_loop(config: dict[str, Any]) -> None:
             torch.cuda.set_per_process_memory_fraction(float(spec.train.gpus_per_worker), device)
     method_cls = registry.method_class(spec.method)
     classes = spec.classes()
-    select = selection_metric(spec)
 
     state: dict[str, Any] = {"class_index": 0, "finished": {}, "resume": None}
     checkpoint = ray.train.get_checkpoint()
@@ -186,15 +198,11 @@ def worker_loop(config: dict[str, Any]) -> None:
         normal_class = classes[ci]
         started = time.perf_counter()
         task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
-        finished: dict[str, float] = state["finished"]
+        finished: dict[str, dict[str, float]] = state["finished"]
 
         def report(metrics: dict[str, Any], resumable: dict[str, Any] | None, ci: int = ci) -> None:
-            current = metrics.get("best_class_value", float("nan"))
-            values = list(finished.values()) + ([current] if math.isfinite(current) else [])
             metrics = dict(metrics, class_index=ci, classes_done=len(finished))
-            # The objective: the selection metric averaged over finished classes and the
-            # current class's best so far; defined from the first report on.
-            metrics["objective"] = sum(values) / len(values) if values else float("nan")
+            metrics.update(class_means(list(finished.values()) + [metrics]))
             if progress is not None and rank == 0:
                 progress.put_nowait(dict(metrics, total_classes=len(classes), epochs=spec.train.epochs))
             ckpt = None
@@ -230,8 +238,15 @@ def worker_loop(config: dict[str, Any]) -> None:
                 ckpt_uri = results.join(base, "best.pt")
             row = class_row(spec, run, result, ci, time.perf_counter() - started, device, ckpt_uri)
             results.write_rows(results_dir(run.storage), config_schema(spec), [row], row_name(run, ci, normal_class))
-        finished[normal_class] = result.metrics.get(select, float("nan"))
+        finished[normal_class] = dict(result.metrics, latency_ms=result.latency_ms, num_params=result.num_params)
         state = {"class_index": ci + 1, "finished": finished, "resume": None}
+    # The closing report: class means of the selected epochs, latency and size included,
+    # at full fidelity (the same progress for every run of the spec).
+    final = {"progress": len(classes) * spec.train.epochs, "classes_done": len(state["finished"]), "done": 1}
+    final.update(class_means(list(state["finished"].values())))
+    if progress is not None and rank == 0:
+        progress.put_nowait(None)
+    ray.train.report(final)
 
 
 def make_trainer(

@@ -1,0 +1,419 @@
+"""`raysearch tune`: Ray Tune with Optuna over a spec's search space.
+
+This is the only module that imports ``ray.tune``. One Tune trial is one config: a small
+driver function (reserving ``{"cpu": 0.01}``) that builds a Ray Train TorchTrainer for
+it, with ``TuneReportCallback`` forwarding rank 0's reports, and runs it over the spec's
+classes. Train workers own the resources (GPU fractions included).
+
+What the searcher learns from is kept honest:
+
+* the objective is ``mean_<metric>``, the metric averaged over the classes a trial has
+  reached (validation unless the spec opts into paper-style test selection);
+* ASHA compares trials at the same ``progress`` (epochs over the spec's fixed class
+  order), and a trial it stops early is told to Optuna as PRUNED with its intermediate
+  values, never as COMPLETE with a low-fidelity score;
+* failed trials (NaN loss, out of memory, a crash) are told as FAIL and leave a failed
+  result row with the reason; the sweep goes on.
+
+The Optuna study is a SQLite file in the experiment folder (``optuna.db``) that the
+optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from raysearch import results
+from raysearch.runner import format_table, write_resolved_spec
+from raysearch.schema import SpecError
+from raysearch.space import SearchSpec, grid_space, parse_search, suggest
+from raysearch.spec import Spec
+
+__all__ = ["run_tune", "dry_run", "study_url", "make_sampler", "OPTUNA_KEY"]
+
+OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
+EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
+
+
+def study_url(output: str) -> str:
+    return f"sqlite:///{os.path.abspath(os.path.join(output, 'optuna.db'))}"
+
+
+def make_sampler(search: SearchSpec):
+    """The Optuna sampler named by ``search.sampler``, seeded."""
+    import optuna
+
+    seed = search.seed
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if search.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    if search.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(search), seed=seed)
+    raise SpecError(f"unknown sampler {search.sampler!r}", key="search.sampler")
+
+
+def full_progress(spec: Spec) -> int:
+    return len(spec.classes()) * spec.train.epochs
+
+
+def default_point(spec: Spec, search: SearchSpec) -> dict[str, Any]:
+    """The spec's own values for the space's keys: the first config evaluated."""
+    flat = spec.flat_config()
+    point: dict[str, Any] = {}
+    values = dict(flat)
+    for p in search.space:
+        if not p.applies(values):
+            continue
+        value = flat.get(p.key)
+        if p.kind == "choice" and value not in p.choices:
+            return {}  # the spec's value is outside the space: nothing sensible to seed
+        if p.kind != "choice" and not (p.low <= value <= p.high):
+            return {}
+        point[p.key] = value
+    return point
+
+
+def dry_run(spec: Spec, stream: TextIO = sys.stdout) -> SearchSpec:
+    """Print the resolved search and an estimate of its cost; start nothing."""
+    search = parse_search(spec)
+    classes = spec.classes()
+    t = spec.train
+    stream.write(f"experiment {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
+    stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes))}"
+                 f" averaged over classes\n")
+    stream.write(f"sampler {search.sampler} (seed {search.seed}), {search.trials} trials, "
+                 f"{search.concurrent} at a time, scheduler "
+                 f"{'asha' if search.uses_asha else 'none'}\n")
+    stream.write("space:\n")
+    for p in search.space:
+        stream.write(f"  {p.key}: {p.describe()}\n")
+    runs = search.trials * len(classes)
+    gpus = t.workers * t.gpus_per_worker
+    stream.write(f"runs: {search.trials} trials x {len(classes)} classes = {runs} class runs "
+                 f"of {t.epochs} epochs each (fewer with early stopping)\n")
+    if gpus:
+        stream.write(f"resources: {t.workers} worker(s) x {t.gpus_per_worker} GPU per trial; "
+                     f"time one class run with `raysearch train` and multiply by {runs * gpus:g} "
+                     f"for an upper bound in GPU hours\n")
+    else:
+        stream.write(f"resources: {t.workers} worker(s) x {t.cpus_per_worker} CPU per trial (no GPU)\n")
+    return search
+
+
+class _Progress:
+    """A live line: trials done / running / pruned / failed, best so far, time."""
+
+    def __init__(self, stream: TextIO, total: int, metric: str, mode: str):
+        self.stream, self.total, self.metric, self.mode = stream, total, metric, mode
+        self.tty = stream.isatty()
+        self.started = time.perf_counter()
+        self.best = math.nan
+        self.last = 0.0
+
+    def update(self, counts: dict[str, int], best: float, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < (0.5 if self.tty else 15.0):
+            return
+        self.last = now
+        elapsed = now - self.started
+        finished = counts["completed"] + counts["pruned"] + counts["failed"]
+        left = elapsed / finished * (self.total - finished) if finished else math.nan
+        text = (
+            f"trials {finished}/{self.total} done ({counts['completed']} completed, "
+            f"{counts['pruned']} pruned, {counts['failed']} failed), {counts['running']} running  "
+            f"best {self.metric} {'-' if math.isnan(best) else f'{best:.4f}'}  "
+            f"elapsed {elapsed:.0f}s  left ~{'-' if math.isnan(left) else f'{left:.0f}'}s"
+        )
+        self.stream.write(("\r" + text) if self.tty else (text + "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def run_tune(
+    spec: Spec,
+    output: str,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    trials: int | None = None,
+    concurrent: int | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    stream: TextIO = sys.stderr,
+) -> int:
+    """Run (or resume) the sweep of ``spec`` in ``output``; returns the exit code."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raysearch.training import (
+        RunInfo,
+        config_schema,
+        failed_row,
+        init_ray,
+        make_trainer,
+        results_dir,
+        row_name,
+    )
+
+    search = parse_search(spec)
+    if trials is not None or concurrent is not None:
+        search = SearchSpec(**{**search.__dict__, "trials": trials or search.trials,
+                               "concurrent": concurrent or search.concurrent})
+    classes = spec.classes()
+    full = full_progress(spec)
+    metric_keys = [f"mean_{m}" for m in search.metrics]
+    ray_dir = os.path.abspath(os.path.join(output, "ray")) if "://" not in output else results.join(output, "ray")
+    experiment_path = results.join(ray_dir, EXPERIMENT)
+    if resume and not _can_restore(experiment_path):
+        raise SpecError(f"nothing to resume: no sweep state under {experiment_path}", key="--resume")
+    if not resume and results.exists(results.join(experiment_path, "tuner.pkl")):
+        raise SpecError(f"{output} already holds a sweep; pass --resume to continue it or --output elsewhere",
+                        key="--output")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    init_ray(address=address, num_cpus=num_cpus)
+    write_resolved_spec(spec, output)
+    storage = optuna.storages.RDBStorage(study_url(output))
+    if not quiet:
+        stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> {output}\n")
+        stream.write(f"  optuna study: optuna-dashboard {study_url(output)}\n")
+        stream.write(f"                optuna trials --study-name {spec.name} --storage {study_url(output)}\n")
+
+    spec_dict = spec.to_dict()
+    fixed = spec.flat_config()
+
+    def space(trial) -> dict[str, Any]:
+        return suggest(trial, search, fixed)
+
+    class Searcher(OptunaSearch):
+        """OptunaSearch that tells early-stopped trials as PRUNED and numbers configs."""
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if config is not None:
+                config[OPTUNA_KEY] = self._ot_trials[trial_id].number
+            return config
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            stopped_early = (
+                not error and result is not None and int(result.get("progress", 0)) < full
+                and not result.get("done")
+            )
+            if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+                try:
+                    self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+                except Exception as exc:  # pragma: no cover - a trial told twice
+                    stream.write(f"raysearch tune: optuna: {exc}\n")
+                self._completed_trials.add(trial_id)
+                return
+            if result is not None and not error:
+                vals = [result.get(k) for k in metric_keys]
+                if any(v is None or not math.isfinite(v) for v in vals):
+                    error = True  # no usable objective: a failed trial, never a fake score
+                    result = None
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    searcher = Searcher(
+        space=space,
+        metric=metric_keys if search.multi_objective else metric_keys[0],
+        mode=list(search.modes) if search.multi_objective else search.modes[0],
+        sampler=make_sampler(search),
+        study_name=spec.name,
+        storage=storage,
+        points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
+    )
+    if search.uses_asha:
+        grace = min(full, search.scheduler.grace * spec.train.eval_every)
+        scheduler = ASHAScheduler(
+            time_attr="progress",
+            metric=metric_keys[0],
+            mode=search.modes[0],
+            max_t=full,
+            grace_period=grace,
+            reduction_factor=search.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+
+    def driver(config: dict[str, Any]) -> None:
+        """One Tune trial: train the config over the spec's classes through Ray Train."""
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from raysearch.spec import spec_from_dict
+
+        ctx = tune.get_context()
+        base = spec_from_dict(spec_dict, source=spec.source)
+        number = config.pop(OPTUNA_KEY, None)
+        trial_spec = base.with_overrides({k: v for k, v in config.items()})
+        run = RunInfo(experiment=spec.name, kind="tune", trial_id=ctx.get_trial_id(), storage=output,
+                      optuna_trial=number)
+        trainer = make_trainer(trial_spec, run, callbacks=[TuneReportCallback()],
+                               storage_path=results.join(ray_dir, "runs"))
+        try:
+            trainer.fit()
+        except Exception as err:
+            from raysearch.runner import _reason
+
+            reason = _reason(err)
+            written = _written_classes(output, run.trial_id)
+            for i, c in enumerate(trial_spec.classes()):
+                if c not in written:
+                    results.write_rows(results_dir(output), config_schema(trial_spec),
+                                       [failed_row(trial_spec, run, reason, c, i)], row_name(run, i, c))
+            raise TrialFailed(reason) from None
+
+    class Rows(tune.Callback):
+        """Pruned rows for classes an early-stopped trial never reached; live progress."""
+
+        def __init__(self):
+            self.line = _Progress(stream, search.trials, search.metrics[0], search.modes[0])
+            self.best = math.nan
+
+        def _counts(self, trials) -> dict[str, int]:
+            counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+            for t in trials:
+                if t.status == "ERROR":
+                    counts["failed"] += 1
+                elif t.status == "TERMINATED":
+                    done = (t.last_result or {}).get("done")
+                    counts["completed" if done else "pruned"] += 1
+                elif t.status == "RUNNING":
+                    counts["running"] += 1
+            return counts
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("done"):
+                v = result.get(metric_keys[0])
+                if v is not None and math.isfinite(v):
+                    better = (v > self.best) if search.modes[0] == "max" else (v < self.best)
+                    if math.isnan(self.best) or better:
+                        self.best = v
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            if not last.get("done"):
+                run = RunInfo(experiment=spec.name, kind="tune", trial_id=trial.trial_id, storage=output,
+                              optuna_trial=trial.config.get(OPTUNA_KEY))
+                trial_spec = spec.with_overrides({k: v for k, v in trial.config.items() if k != OPTUNA_KEY})
+                reason = f"stopped early by ASHA at progress {last.get('progress', 0)}/{full}"
+                written = _written_classes(output, trial.trial_id)
+                for i, c in enumerate(classes):
+                    if c not in written:
+                        results.write_rows(results_dir(output), config_schema(trial_spec),
+                                           [failed_row(trial_spec, run, reason, c, i, status="pruned")],
+                                           row_name(run, i, c))
+
+        def on_step_end(self, iteration, trials, **info):
+            if not quiet:
+                self.line.update(self._counts(trials), self.best)
+
+        def on_experiment_end(self, trials, **info):
+            if not quiet:
+                self.line.update(self._counts(trials), self.best, force=True)
+                self.line.close()
+
+    trainable = tune.with_resources(driver, {"cpu": 0.01})
+    run_config = tune.RunConfig(
+        name=EXPERIMENT,
+        storage_path=ray_dir,
+        callbacks=[Rows()],
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
+    if resume:
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=search.trials,
+                max_concurrent_trials=search.concurrent,
+                reuse_actors=False,
+            ),
+            run_config=run_config,
+        )
+    tuner.fit()
+    _close_running(storage, spec.name)
+    if not quiet:
+        stream.write(sweep_summary(output, search) + "\n")
+    return 0
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training failed; its rows say why."""
+
+
+def _can_restore(path: str) -> bool:
+    return results.exists(results.join(path, "tuner.pkl"))
+
+
+def _written_classes(output: str, trial_id: str) -> set[str]:
+    try:
+        table = results.read_results(output)
+    except FileNotFoundError:
+        return set()
+    if table.num_rows == 0:
+        return set()
+    rows = table.select(["trial_id", "normal_class", "status"]).to_pylist()
+    return {r["normal_class"] for r in rows if r["trial_id"] == trial_id and r["status"] == "completed"}
+
+
+def _close_running(storage, study_name: str) -> None:
+    """Mark trials left RUNNING by an interrupted driver as FAIL (they were restarted anew)."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for t in study.get_trials(deep=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def sweep_summary(output: str, search: SearchSpec, top: int = 5) -> str:
+    """The best configurations of a sweep by their class-mean objective."""
+    table = results.read_results(output)
+    if table.num_rows == 0:
+        return "no result rows"
+    rows = table.to_pylist()
+    by_trial: dict[str, list[dict]] = {}
+    for r in rows:
+        by_trial.setdefault(r["trial_id"], []).append(r)
+    metric = search.metrics[0]
+    col = metric
+    scored = []
+    status_counts = {"completed": 0, "pruned": 0, "failed": 0}
+    for tid, rs in by_trial.items():
+        statuses = {r["status"] for r in rs}
+        status = "failed" if "failed" in statuses else "pruned" if "pruned" in statuses else "completed"
+        status_counts[status] += 1
+        if status != "completed":
+            continue
+        vals = [r[col] for r in rs if r[col] is not None]
+        scored.append((sum(vals) / len(vals) if vals else math.nan, tid, rs[0].get("optuna_trial")))
+    reverse = search.modes[0] == "max"
+    scored.sort(key=lambda x: (math.isnan(x[0]), -x[0] if reverse else x[0]))
+    lines = [f"trials: {status_counts['completed']} completed, {status_counts['pruned']} pruned, "
+             f"{status_counts['failed']} failed"]
+    if scored:
+        lines.append(format_table(["rank", "trial", "optuna #", f"mean {metric}"],
+                                  [[i + 1, tid, n, v] for i, (v, tid, n) in enumerate(scored[:top])]))
+    if status_counts["completed"] < 10:
+        lines.append("note: fewer than 10 completed trials; rankings and importances are not yet reliable")
+    lines.append(f"results: {results.join(output, 'results')}")
+    return "\n".join(lines)

@@ -11,7 +11,15 @@ from raysearch.components.flow import Flow2D, FlowStep, anomaly_map, nll
 def _randomised_flow(conv3x3_only: bool, dtype=torch.float64) -> Flow2D:
     """A flow whose every part is non-trivial (no zero-init coupling, non-identity affine)."""
     g = torch.Generator().manual_seed(1)
-    flow = Flow2D(4, steps=3, hidden_ratio=1.0, conv3x3_only=conv3x3_only, clamp=1.5, zero_init=False, generator=g)
+    flow = Flow2D(
+        4,
+        steps=3,
+        hidden_ratio=1.0,
+        conv3x3_only=conv3x3_only,
+        clamp=1.5,
+        zero_init=False,
+        generator=g,
+    )
     with torch.no_grad():
         for step in flow.steps:
             step.log_scale.copy_(0.3 * torch.randn(4, generator=g))
@@ -35,7 +43,9 @@ def test_logdet_matches_autograd_jacobian(conv3x3_only):
     _, logdet = flow(x)
     assert logdet.shape == (2,)
     for b in range(2):
-        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], x[b])  # (4,3,3,4,3,3)
+        jac = torch.autograd.functional.jacobian(
+            lambda v: flow(v[None])[0][0], x[b]
+        )  # (4,3,3,4,3,3)
         sign, logabs = torch.linalg.slogdet(jac.reshape(36, 36))
         assert sign != 0
         torch.testing.assert_close(logdet[b], logabs, atol=1e-9, rtol=1e-9)
@@ -61,7 +71,7 @@ def test_step_kernels_and_validation():
 def test_deterministic_construction():
     a = Flow2D(4, steps=2, zero_init=False, generator=torch.Generator().manual_seed(5))
     b = Flow2D(4, steps=2, zero_init=False, generator=torch.Generator().manual_seed(5))
-    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), na
 
 

@@ -10,7 +10,9 @@ from raysearch.components.kmeans import batched_kmeans, saliency_clusters
 
 def _planted(b: int = 5, per: int = 30, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    centres = torch.stack([torch.randperm(3, generator=g).float() * 0.4 + 0.1 for _ in range(b)])  # (B, 3)
+    centres = torch.stack(
+        [torch.randperm(3, generator=g).float() * 0.4 + 0.1 for _ in range(b)]
+    )  # (B, 3)
     labels = torch.arange(3).repeat_interleave(per).expand(b, -1)  # (B, 3*per)
     labels = torch.stack([lab[torch.randperm(3 * per, generator=g)] for lab in labels])
     x = centres.gather(1, labels) + 0.02 * torch.randn(b, 3 * per, generator=g)  # (B, N)
@@ -25,17 +27,23 @@ def _is_bijection(assign: torch.Tensor, labels: torch.Tensor, k: int) -> bool:
 
 def test_planted_clusters_recovered():
     x, labels, centres = _planted()
-    c, assign = batched_kmeans(x[..., None], k=3, iters=10, generator=torch.Generator().manual_seed(1))
+    c, assign = batched_kmeans(
+        x[..., None], k=3, iters=10, generator=torch.Generator().manual_seed(1)
+    )
     assert c.shape == (5, 3, 1) and assign.shape == (5, 90)
     for b in range(5):
         assert _is_bijection(assign[b], labels[b], 3), b
-        torch.testing.assert_close(c[b, :, 0].sort().values, centres[b].sort().values, atol=0.02, rtol=0)
+        torch.testing.assert_close(
+            c[b, :, 0].sort().values, centres[b].sort().values, atol=0.02, rtol=0
+        )
 
 
 def test_random_init_picks_distinct_points():
     # With k = N and no iterations, the centroids are the points themselves, each once.
     x = torch.rand(4, 6, 2, generator=torch.Generator().manual_seed(0))
-    c, assign = batched_kmeans(x, k=6, iters=0, generator=torch.Generator().manual_seed(1), init="random")
+    c, assign = batched_kmeans(
+        x, k=6, iters=0, generator=torch.Generator().manual_seed(1), init="random"
+    )
     assert torch.equal(assign.sort(dim=1).values, torch.arange(6).expand(4, -1))
     assert torch.equal(c.gather(1, assign[..., None].expand(-1, -1, 2)), x)
 
@@ -44,8 +52,13 @@ def test_saliency_clusters_top_is_most_salient():
     x, labels, centres = _planted(b=4, per=12)  # 36 pixels = 6 x 6 maps
     maps = x.reshape(4, 6, 6)
     for with_coords in (False, True):
-        assign, top = saliency_clusters(maps, k=3, with_coords=with_coords, coord_weight=0.05,
-                                        generator=torch.Generator().manual_seed(0))
+        assign, top = saliency_clusters(
+            maps,
+            k=3,
+            with_coords=with_coords,
+            coord_weight=0.05,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert assign.shape == (4, 6, 6) and top.shape == (4,)
         for b in range(4):
             hottest = labels[b].reshape(6, 6) == centres[b].argmax()

@@ -24,7 +24,9 @@ class TinyNet(nn.Module):
         return self.fc(a2.mean(dim=(2, 3))), {"l1": a1, "l2": a2}
 
 
-def _by_hand(net: TinyNet, x: torch.Tensor, cls: int, size: int, gamma: float) -> dict[str, torch.Tensor]:
+def _by_hand(
+    net: TinyNet, x: torch.Tensor, cls: int, size: int, gamma: float
+) -> dict[str, torch.Tensor]:
     """One sample (1, 3, H, W), written out element by element from the LayerCAM paper."""
     logits, acts = net(x)
     y = logits[0, cls]
@@ -41,7 +43,9 @@ def _by_hand(net: TinyNet, x: torch.Tensor, cls: int, size: int, gamma: float) -
         if name == "l1":  # shallow layer: tanh(gamma * M / max M), then [0, 1] again
             cam = torch.tanh(gamma * cam / cam.max())
             cam = (cam - cam.min()) / (cam.max() - cam.min())
-        out[name] = F.interpolate(cam[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+        out[name] = F.interpolate(
+            cam[None, None], size=(size, size), mode="bilinear", align_corners=False
+        )[0, 0]
     return out
 
 
@@ -50,7 +54,9 @@ def test_matches_hand_computation_and_per_sample():
     x = torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     cls = torch.tensor([0, 2, 1, 0])
     logits, acts = net(x)
-    maps = layercam(acts, logits.gather(1, cls[:, None])[:, 0], image_size=12, shallow=("l1",), gamma=2.0)
+    maps = layercam(
+        acts, logits.gather(1, cls[:, None])[:, 0], image_size=12, shallow=("l1",), gamma=2.0
+    )
     assert set(maps) == {"l1", "l2"}
     for b in range(4):
         hand = _by_hand(net, x[b : b + 1], int(cls[b]), 12, 2.0)
@@ -64,8 +70,15 @@ def test_matches_hand_computation_and_per_sample():
 
 
 def test_capture_activations_on_frozen_net_and_errors():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).requires_grad_(False)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).requires_grad_(False)
     x = torch.randn(3, 3, 6, 6)
     with capture_activations(net, ["1", "3"]) as acts:
         logits = net(x)

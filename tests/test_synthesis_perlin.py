@@ -25,7 +25,14 @@ def test_masks_non_empty_binary_and_deterministic():
     assert a.flatten(1).any(1).all()
     assert torch.equal(a, b)
     # threshold above the noise range: every mask comes from the fallback, still non-empty
-    c = perlin_masks(4, 20, generator=torch.Generator().manual_seed(0), threshold=5.0, retries=1, fallback_area=0.1)
+    c = perlin_masks(
+        4,
+        20,
+        generator=torch.Generator().manual_seed(0),
+        threshold=5.0,
+        retries=1,
+        fallback_area=0.1,
+    )
     assert c.flatten(1).sum(1).tolist() == [40] * 4
 
 

@@ -39,7 +39,9 @@ def test_deterministic_and_seed_dependent(tmp_path):
     diff = [(a / f).read_bytes() == (c / f).read_bytes() for f in _files(a)]
     assert all(same) and not any(diff)
     # images vary between samples
-    train = [np.array(Image.open(p)) for p in sorted((a / "stripes" / "train" / "good").glob("*.png"))]
+    train = [
+        np.array(Image.open(p)) for p in sorted((a / "stripes" / "train" / "good").glob("*.png"))
+    ]
     assert not np.array_equal(train[0], train[1])
 
 
@@ -64,5 +66,7 @@ def test_ensure_is_cached_and_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-mvtec-v1"]  # no temp dir left behind
     stamp = (path / "dots" / "train" / "good" / "000.png").stat().st_mtime_ns
     assert ensure_toy_mvtec() == path
-    assert (path / "dots" / "train" / "good" / "000.png").stat().st_mtime_ns == stamp  # not regenerated
+    assert (
+        path / "dots" / "train" / "good" / "000.png"
+    ).stat().st_mtime_ns == stamp  # not regenerated
     assert len(list((path / "stripes" / "ground_truth").rglob("*_mask.png"))) == 12

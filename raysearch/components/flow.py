@@ -88,7 +88,12 @@ class FlowStep(nn.Module):
         super().__init__()
         _check("channels", channels, isinstance(channels, int) and channels >= 2, "an int >= 2")
         _check("hidden_ratio", hidden_ratio, hidden_ratio > 0, "> 0")
-        _check("kernel_size", kernel_size, kernel_size >= 1 and kernel_size % 2 == 1, "a positive odd int")
+        _check(
+            "kernel_size",
+            kernel_size,
+            kernel_size >= 1 and kernel_size % 2 == 1,
+            "a positive odd int",
+        )
         _check("clamp", clamp, clamp > 0, "> 0")
         if generator is None:
             generator = torch.Generator().manual_seed(0)

@@ -29,10 +29,14 @@ import torch
 __all__ = ["batched_kmeans", "saliency_clusters"]
 
 
-def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+def _uniform(
+    shape: tuple[int, ...], generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
     """U[0, 1) draws from ``generator`` (on its own device), returned on ``like``'s device."""
     dev = generator.device if generator is not None else like.device
-    return torch.rand(shape, generator=generator, device=dev).to(device=like.device, dtype=like.dtype)
+    return torch.rand(shape, generator=generator, device=dev).to(
+        device=like.device, dtype=like.dtype
+    )
 
 
 def _sq_dists(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -105,7 +109,9 @@ def batched_kmeans(
         keys = _uniform((b, n), generator, x)  # (B, N)
         centroids = _gather_rows(x, keys.topk(k, dim=1).indices)  # (B, k, D)
     elif init == "kmeans++":
-        first = _sample_index(torch.zeros(b, n, dtype=x.dtype, device=x.device), generator)  # uniform
+        first = _sample_index(
+            torch.zeros(b, n, dtype=x.dtype, device=x.device), generator
+        )  # uniform
         centroids = _gather_rows(x, first[:, None])  # (B, 1, D)
         min_d = _sq_dists(x, centroids)[..., 0]  # (B, N)
         for _ in range(1, k):
@@ -174,7 +180,9 @@ def saliency_clusters(
     if with_coords:
         ys = torch.linspace(0, 1, h, device=maps.device, dtype=maps.dtype)
         xs = torch.linspace(0, 1, w, device=maps.device, dtype=maps.dtype)
-        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(1, h * w, 2)  # (1, N, 2)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(
+            1, h * w, 2
+        )  # (1, N, 2)
         feats.append((coord_weight * grid).expand(b, -1, -1))
     x = torch.cat(feats, dim=2)  # (B, N, 1 | 3)
     centroids, assign = batched_kmeans(x, k, iters=iters, generator=generator, init=init)

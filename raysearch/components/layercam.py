@@ -95,7 +95,9 @@ def layercam(
         torch.Size([2, 8, 8])
     """
     if target.dim() != 1:
-        raise ValueError(f"target must be a (B,) tensor of per-sample scores, but got shape {tuple(target.shape)}.")
+        raise ValueError(
+            f"target must be a (B,) tensor of per-sample scores, but got shape {tuple(target.shape)}."
+        )
     if not activations:
         raise ValueError("activations is empty; expected at least one layer.")
     names = list(activations)
@@ -114,10 +116,13 @@ def layercam(
     retain = create_graph if retain_graph is None else retain_graph
     # One backward pass for all layers and all samples (summing the per-sample scores).
     grads = torch.autograd.grad(
-        target.sum(), [activations[n] for n in names], create_graph=create_graph, retain_graph=retain
+        target.sum(),
+        [activations[n] for n in names],
+        create_graph=create_graph,
+        retain_graph=retain,
     )
     out: dict[str, torch.Tensor] = {}
-    for name, grad in zip(names, grads):
+    for name, grad in zip(names, grads, strict=True):
         act = activations[name]
         if not create_graph:
             act = act.detach()
@@ -129,7 +134,9 @@ def layercam(
             if renormalize_shallow:
                 cam = minmax_normalize(cam, eps)
         # Bilinear upsampling is a convex combination, so the range stays [0, 1].
-        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
+        cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[
+            :, 0
+        ]  # (B, H, W)
         out[name] = cam
     return out
 
@@ -160,7 +167,9 @@ def combine(
     if weights is None:
         return stacked.mean(dim=0)
     if len(weights) != len(tensors):
-        raise ValueError(f"weights must have one entry per map ({len(tensors)}), but got {len(weights)}.")
+        raise ValueError(
+            f"weights must have one entry per map ({len(tensors)}), but got {len(weights)}."
+        )
     w = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)  # (L,)
     return (stacked * w.view(-1, 1, 1, 1)).sum(0) / w.sum()
 

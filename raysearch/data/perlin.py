@@ -41,7 +41,9 @@ def _hw(size: Size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def _rand(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """U[0, 1) from ``generator`` (drawn on its device), returned on ``device``."""
     dev = generator.device if generator is not None else device
     return torch.rand(shape, generator=generator, device=dev).to(device)
@@ -81,7 +83,9 @@ def perlin_noise(
         raise ValueError(f"scale_range must satisfy 0 <= low < high, but got {scale_range=}.")
     device = torch.device(device) if device is not None else torch.device("cpu")
     gen_dev = generator.device if generator is not None else device
-    exps = torch.randint(lo, hi, (batch, 2), generator=generator, device=gen_dev).to(device)  # (B, 2)
+    exps = torch.randint(lo, hi, (batch, 2), generator=generator, device=gen_dev).to(
+        device
+    )  # (B, 2)
     res = (2.0**exps).float()  # (B, 2) cells per axis (y, x)
     g = 2 ** (hi - 1) + 1  # lattice points per axis at the largest resolution
     angles = 2 * math.pi * _rand((batch, g * g), generator, device)  # (B, G*G)
@@ -109,9 +113,13 @@ def _rotate(noise: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     theta = degrees * (math.pi / 180)
     cos, sin = torch.cos(theta), torch.sin(theta)
     zero = torch.zeros_like(cos)
-    affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
+    affine = torch.stack(
+        [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+    )  # (B, 2, 3)
     grid = F.affine_grid(affine, [noise.shape[0], 1, *noise.shape[1:]], align_corners=False)
-    return F.grid_sample(noise[:, None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[:, 0]
+    return F.grid_sample(
+        noise[:, None], grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )[:, 0]
 
 
 def perlin_masks(
@@ -202,7 +210,9 @@ def draem_blend(
         [[50, 0], [0, 0]]
     """
     if images.dtype != torch.uint8 or sources.dtype != torch.uint8:
-        raise ValueError(f"images and sources must be uint8, but got {images.dtype} and {sources.dtype}.")
+        raise ValueError(
+            f"images and sources must be uint8, but got {images.dtype} and {sources.dtype}."
+        )
     if images.dim() != 4 or sources.shape != images.shape:
         raise ValueError(
             f"images and sources must both be (B, C, H, W) of one shape, but got {tuple(images.shape)} and {tuple(sources.shape)}."
@@ -215,6 +225,8 @@ def draem_blend(
         raise ValueError(f"beta_range must satisfy 0 <= low <= high <= 1, but got {beta_range=}.")
     beta = (lo + (hi - lo) * _rand((b,), generator, images.device)).view(b, 1, 1, 1)  # (B, 1, 1, 1)
     img, src = images.float(), sources.float()
-    blended = (img + beta * (src - img)).round().clamp(0, 255).to(torch.uint8)  # (1-beta)*img + beta*src
+    blended = (
+        (img + beta * (src - img)).round().clamp(0, 255).to(torch.uint8)
+    )  # (1-beta)*img + beta*src
     inside = masks.bool()[:, None]  # (B, 1, H, W)
     return torch.where(inside, blended, images), masks.to(torch.uint8)

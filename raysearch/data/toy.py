@@ -37,7 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CATEGORIES", "DEFECTS", "render_sample", "make_toy_mvtec", "ensure_toy_mvtec", "TOY_MVTEC_NAME"]
+__all__ = [
+    "CATEGORIES",
+    "DEFECTS",
+    "render_sample",
+    "make_toy_mvtec",
+    "ensure_toy_mvtec",
+    "TOY_MVTEC_NAME",
+]
 
 CATEGORIES = ("stripes", "dots", "weave")
 DEFECTS = ("scratch", "blob", "hole")
@@ -46,7 +53,9 @@ TOY_MVTEC_NAME = "toy-mvtec-v1"  # bump the version when the generator's output 
 # Textures, one function each: (rng, yy, xx in pixels, size) -> float (H, W, 3) in [0, 1].
 
 
-def _jitter_colour(rng: np.random.Generator, base: Sequence[float], spread: float = 0.04) -> np.ndarray:
+def _jitter_colour(
+    rng: np.random.Generator, base: Sequence[float], spread: float = 0.04
+) -> np.ndarray:
     return np.clip(np.asarray(base) + rng.uniform(-spread, spread, 3), 0, 1)
 
 
@@ -93,7 +102,9 @@ _TEXTURES = {"stripes": _stripes, "dots": _dots, "weave": _weave}
 # Defects: (rng, yy, xx, size) -> (alpha (H, W) in [0, 1], colour (3,)).
 
 
-def _scratch(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _scratch(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     p0 = rng.uniform(0.2 * size, 0.8 * size, 2)
     # Head roughly towards the centre (+- 60 deg) so that most of the stroke stays inside.
     to_centre = np.arctan2(size / 2 - p0[0], size / 2 - p0[1])  # direction is (sin, cos) as (y, x)
@@ -110,7 +121,9 @@ def _scratch(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
     return alpha, np.full(3, rng.uniform(0.04, 0.14))
 
 
-def _blob(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _blob(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
     a, b = rng.uniform(0.08, 0.18, 2) * size  # semi-axes, pixels
     rot = rng.uniform(0, np.pi)
@@ -125,7 +138,9 @@ def _blob(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -
     return alpha, _jitter_colour(rng, stains[rng.integers(len(stains))])
 
 
-def _hole(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _hole(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     cy, cx = rng.uniform(0.15 * size, 0.85 * size, 2)
     radius = rng.uniform(0.06, 0.12) * size
     edge = rng.uniform(1.0, 2.0)  # soft edge width, pixels
@@ -231,7 +246,11 @@ def make_toy_mvtec(
     for d in defects:
         if d not in _DEFECTS:
             raise ValueError(f"unknown toy defect {d!r}; expected one of {DEFECTS}.")
-    for name, n in (("n_train", n_train), ("n_test_good", n_test_good), ("n_test_defect", n_test_defect)):
+    for name, n in (
+        ("n_train", n_train),
+        ("n_test_good", n_test_good),
+        ("n_test_defect", n_test_defect),
+    ):
         if n < 0:
             raise ValueError(f"{name} must be >= 0, but got {name}={n}.")
     if size < 8:
@@ -250,7 +269,7 @@ def make_toy_mvtec(
         rng = _rng(seed, cat, 1)
         for i in range(n_test_good):
             save(render_sample(cat, size, rng)[0], base / "test" / "good" / f"{i:03d}.png")
-        for j, defect in enumerate(defects):
+        for defect in defects:
             rng = _rng(seed, cat, 2 + DEFECTS.index(defect))
             for i in range(n_test_defect):
                 image, mask, _ = render_sample(cat, size, rng, defect)

@@ -1,0 +1,52 @@
+"""End to end through a real local Ray: `raysearch train` of the demo spec, tiny."""
+
+import math
+
+import pyarrow.dataset as ds
+import pytest
+
+from raysearch.runner import run_train
+from raysearch.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.classes=[3]",
+    "data.max_train=48",
+    "data.max_test=40",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.batch_size=16",
+    "params.backbone.width=8",
+]
+
+
+def test_train_demo_spec_writes_rows_and_checkpoints(ray_session, demo_spec_path, tmp_path):
+    spec = load_spec(demo_spec_path, TINY)
+    out = str(tmp_path / "exp")
+    code, rows = run_train(spec, out, quiet=True)
+    assert code == 0
+    assert [r["normal_class"] for r in rows] == ["3"]
+    row = rows[0]
+    assert row["status"] == "completed" and row["error"] is None
+    for key in ("val_image_auroc", "test_image_auroc", "val_image_f1_max", "latency_ms"):
+        assert 0 <= row[key] and math.isfinite(row[key]), key
+    assert row["test_pixel_auroc"] is None  # digits have no masks
+    assert row["epochs"] == 2 and row["best_epoch"] in (1, 2)
+    assert row["num_params"] > 0 and row["device"] == "cpu"
+    assert row["params.gmm.components"] == spec.params.gmm.components
+    assert row["selection_split"] == "validation"
+    # The store reads as one Parquet dataset; the resolved spec and both checkpoints exist.
+    table = ds.dataset(str(tmp_path / "exp" / "results")).to_table()
+    assert table.num_rows == 1
+    assert (tmp_path / "exp" / "spec.yaml").exists()
+    ckpt = tmp_path / "exp" / "checkpoints" / row["trial_id"] / "3"
+    assert (ckpt / "best.pt").exists() and (ckpt / "last.pt").exists()
+
+
+def test_diverging_run_becomes_failed_row(ray_session, demo_spec_path, tmp_path):
+    spec = load_spec(demo_spec_path, TINY + ["train.lr=1e30", "train.optimizer=sgd", "train.momentum=0.0"])
+    code, rows = run_train(spec, str(tmp_path / "exp"), quiet=True)
+    assert code == 1
+    assert len(rows) == 1 and rows[0]["status"] == "failed"
+    assert "loss became" in rows[0]["error"]

@@ -167,7 +167,7 @@ def build(cls: type, mapping: Mapping[str, Any] | None, prefix: str = "") -> Any
         try:
             check()
         except SpecError as err:
-            if prefix and err.key and not err.key.startswith(prefix):
+            if prefix and err.key and not err.key.startswith(prefix + "."):
                 raise SpecError(err.problem, key=f"{prefix}.{err.key}") from None
             raise
     return obj

@@ -62,24 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _output_for(spec, given: str | None) -> str:
-    return given or os.path.join("raysearch-results", spec.name)
+    """The experiment folder: a URI as given, a local path made absolute (Ray needs that)."""
+    out = given or os.path.join("raysearch-results", spec.name)
+    return out if "://" in out else os.path.abspath(os.path.expanduser(out))
+
+
+def _checked_spec(args: argparse.Namespace):
+    """Load the spec and check that its data is there, errors attributed to the spec file."""
+    from raysearch.data import check_data
+    from raysearch.schema import SpecError
+    from raysearch.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    try:
+        check_data(spec.data)
+    except SpecError as err:
+        raise err.located(spec.source) from None
+    return spec
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from raysearch.runner import run_train
-    from raysearch.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = _checked_spec(args)
     code, _ = run_train(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
                         quiet=args.quiet)
     return code
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from raysearch.spec import load_spec
     from raysearch.tuning import dry_run, run_tune
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = _checked_spec(args)
     if args.dry_run:
         dry_run(spec)
         return 0
@@ -123,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as err:
         print(f"raysearch: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("raysearch: interrupted", file=sys.stderr)
         return 130

@@ -31,6 +31,7 @@ __all__ = [
     "dataset_kind",
     "describe_dataset",
     "list_classes",
+    "check_data",
     "load_task",
 ]
 
@@ -174,6 +175,26 @@ def list_classes(data: "DataSpec") -> list[str]:
             raise SpecError(f"unknown class {name!r} of {info.name}; expected one of {shown}", key="data.classes")
         out.append(name)
     return out
+
+
+def check_data(data: "DataSpec") -> list[str]:
+    """The spec's classes, after checking that the dataset's files are there (before any
+    worker starts): a missing dataset is one clear message, not a failed trial per class."""
+    classes = list_classes(data)
+    info = _info(data.dataset)
+    if info.name in ("cifar10", "cifar100") and not data.download:
+        from raysearch.data.readers import cifar_paths
+
+        cifar_paths(info.name, data.root, download=False)
+    elif not info.builtin:
+        root = dataset_root(info, data.root)
+        if info.kind == "categories":
+            missing = [c for c in classes if not (root / c / "train").is_dir()]
+            if missing:
+                raise DataNotFoundError(
+                    f"category folder {root / missing[0]} (with train/ and test/) not found", key="data.root"
+                )
+    return classes
 
 
 def load_task(data: "DataSpec", selection: "SelectionSpec", normal_class: str, seed: int) -> "OneClassTask":

@@ -177,18 +177,24 @@ def _cifar_arrays(paths: Sequence[Path], label_key: bytes) -> tuple[np.ndarray, 
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def cifar_paths(dataset: str, root: str, download: bool) -> list[Path]:
+    """The pickle files of cifar10 (5 training batches, then the test batch) or cifar100."""
+    base = Path(root).expanduser()
+    if dataset == "cifar10":
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        return _cifar_files(base, "cifar-10-batches-py", names, download, dataset)
+    return _cifar_files(base, "cifar-100-python", ["train", "test"], download, dataset)
+
+
 def cifar10(info: DatasetInfo, data, normal: str) -> RawClass:
-    root = Path(data.root).expanduser()
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    paths = _cifar_files(root, "cifar-10-batches-py", names, data.download, "cifar10")
+    paths = cifar_paths("cifar10", data.root, data.download)
     x_tr, y_tr = _cifar_arrays(paths[:5], b"labels")
     x_te, y_te = _cifar_arrays(paths[5:], b"labels")
     return _one_class(info, normal, data.image_size, x_tr, y_tr, x_te, y_te)
 
 
 def cifar100(info: DatasetInfo, data, normal: str) -> RawClass:
-    root = Path(data.root).expanduser()
-    paths = _cifar_files(root, "cifar-100-python", ["train", "test"], data.download, "cifar100")
+    paths = cifar_paths("cifar100", data.root, data.download)
     x_tr, y_tr = _cifar_arrays(paths[:1], b"coarse_labels")  # the 20 superclasses
     x_te, y_te = _cifar_arrays(paths[1:], b"coarse_labels")
     return _one_class(info, normal, data.image_size, x_tr, y_tr, x_te, y_te)

@@ -242,7 +242,9 @@ def worker_loop(config: dict[str, Any]) -> None:
         state = {"class_index": ci + 1, "finished": finished, "resume": None}
     # The closing report: class means of the selected epochs, latency and size included,
     # at full fidelity (the same progress for every run of the spec).
-    final = {"progress": len(classes) * spec.train.epochs, "classes_done": len(state["finished"]), "done": 1}
+    # progress is one past the last epoch report: schedulers never stop a run at max_t
+    # before its last class's row is written.
+    final = {"progress": len(classes) * spec.train.epochs + 1, "classes_done": len(state["finished"]), "run_finished": 1}
     final.update(class_means(list(state["finished"].values())))
     if progress is not None and rank == 0:
         progress.put_nowait(None)

@@ -21,11 +21,14 @@ optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
 import time
 from typing import Any, TextIO
+
+from ray.tune.search.optuna import OptunaSearch
 
 from raysearch import results
 from raysearch.runner import format_table, write_resolved_spec
@@ -36,6 +39,7 @@ from raysearch.spec import Spec
 __all__ = ["run_tune", "dry_run", "study_url", "make_sampler", "OPTUNA_KEY"]
 
 OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
+FINISHED_KEY = "run_finished"  # set (to 1) only in the closing report of a run that trained every class
 EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
 
 
@@ -159,7 +163,6 @@ def run_tune(
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from raysearch.training import (
         RunInfo,
@@ -198,39 +201,9 @@ def run_tune(
     spec_dict = spec.to_dict()
     fixed = spec.flat_config()
 
-    def space(trial) -> dict[str, Any]:
-        return suggest(trial, search, fixed)
-
-    class Searcher(OptunaSearch):
-        """OptunaSearch that tells early-stopped trials as PRUNED and numbers configs."""
-
-        def suggest(self, trial_id: str):
-            config = super().suggest(trial_id)
-            if config is not None:
-                config[OPTUNA_KEY] = self._ot_trials[trial_id].number
-            return config
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-            stopped_early = (
-                not error and result is not None and int(result.get("progress", 0)) < full
-                and not result.get("done")
-            )
-            if stopped_early and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-                try:
-                    self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-                except Exception as exc:  # pragma: no cover - a trial told twice
-                    stream.write(f"raysearch tune: optuna: {exc}\n")
-                self._completed_trials.add(trial_id)
-                return
-            if result is not None and not error:
-                vals = [result.get(k) for k in metric_keys]
-                if any(v is None or not math.isfinite(v) for v in vals):
-                    error = True  # no usable objective: a failed trial, never a fake score
-                    result = None
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-    searcher = Searcher(
-        space=space,
+    searcher = PruningOptunaSearch(
+        objective_keys=metric_keys,
+        space=SpaceFunction(search, fixed),
         metric=metric_keys if search.multi_objective else metric_keys[0],
         mode=list(search.modes) if search.multi_objective else search.modes[0],
         sampler=make_sampler(search),
@@ -244,7 +217,9 @@ def run_tune(
             time_attr="progress",
             metric=metric_keys[0],
             mode=search.modes[0],
-            max_t=full,
+            # Epoch reports reach at most `full`; only the closing report (full + 1) meets
+            # max_t, so no trial is stopped before its last row is written.
+            max_t=full + 1,
             grace_period=grace,
             reduction_factor=search.scheduler.reduction_factor,
         )
@@ -291,14 +266,14 @@ def run_tune(
                 if t.status == "ERROR":
                     counts["failed"] += 1
                 elif t.status == "TERMINATED":
-                    done = (t.last_result or {}).get("done")
+                    done = (t.last_result or {}).get(FINISHED_KEY)
                     counts["completed" if done else "pruned"] += 1
                 elif t.status == "RUNNING":
                     counts["running"] += 1
             return counts
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get("done"):
+            if result.get(FINISHED_KEY):
                 v = result.get(metric_keys[0])
                 if v is not None and math.isfinite(v):
                     better = (v > self.best) if search.modes[0] == "max" else (v < self.best)
@@ -307,7 +282,7 @@ def run_tune(
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             last = trial.last_result or {}
-            if not last.get("done"):
+            if not last.get(FINISHED_KEY):
                 run = RunInfo(experiment=spec.name, kind="tune", trial_id=trial.trial_id, storage=output,
                               optuna_trial=trial.config.get(OPTUNA_KEY))
                 trial_spec = spec.with_overrides({k: v for k, v in trial.config.items() if k != OPTUNA_KEY})
@@ -350,11 +325,58 @@ def run_tune(
             ),
             run_config=run_config,
         )
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
     tuner.fit()
     _close_running(storage, spec.name)
     if not quiet:
         stream.write(sweep_summary(output, search) + "\n")
     return 0
+
+
+class SpaceFunction:
+    """The define-by-run search space of a spec (a picklable object: Tune saves the searcher)."""
+
+    def __init__(self, search: SearchSpec, fixed: dict[str, Any]):
+        self.search, self.fixed = search, fixed
+
+    def __call__(self, trial) -> dict[str, Any]:
+        return suggest(trial, self.search, self.fixed)
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells early-stopped trials as PRUNED and numbers the configs.
+
+    Ray's OptunaSearch tells a trial that ASHA stopped early as COMPLETE with its
+    low-fidelity value, and TPE would then learn from it as if it were final. Here such
+    a trial keeps its intermediate values and is told PRUNED; a trial without a finite
+    objective is told FAIL.
+    """
+
+    def __init__(self, *args, objective_keys: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective_keys = objective_keys
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config[OPTUNA_KEY] = self._ot_trials[trial_id].number
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        stopped_early = not error and result is not None and not result.get(FINISHED_KEY)
+        if stopped_early:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        if result is not None and not error:
+            vals = [result.get(k) for k in self.objective_keys]
+            if any(v is None or not math.isfinite(v) for v in vals):
+                error, result = True, None  # no usable objective: a failed trial, never a fake score
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 class TrialFailed(RuntimeError):
@@ -381,7 +403,7 @@ def _close_running(storage, study_name: str) -> None:
     import optuna
 
     study = optuna.load_study(study_name=study_name, storage=storage)
-    for t in study.get_trials(deep=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 

@@ -135,8 +135,10 @@ def train_class(
 
     Args:
         wrap_model: turns the built model into its distributed form (DDP), or None.
-        report: called after every evaluation on every rank with the metrics and, on
-            rank 0, the resumable state (None elsewhere and when checkpoints are off).
+        report: called after every evaluation but the last on every rank with the
+            metrics and, on rank 0, the resumable state (None elsewhere and when
+            checkpoints are off). The caller reports the class's end itself, after it has
+            stored the class's result, so that a run stopped at that report loses nothing.
         resume: a state produced by an earlier ``report`` for this class.
         class_offset: epochs of earlier classes, so reports carry a global progress.
 
@@ -231,7 +233,7 @@ def train_class(
             progress=class_offset + epoch + 1,
             best_class_value=best_value,
         )
-        if report is not None:
+        if report is not None and not last:
             report(metrics, state)
 
     train_time = time.perf_counter() - started

@@ -35,6 +35,7 @@ __all__ = [
     "ROW_FIELDS",
     "results_schema",
     "write_rows",
+    "read_row_file",
     "read_results",
     "resolve",
     "join",
@@ -172,6 +173,15 @@ def write_rows(results_dir: str, schema: pa.Schema, rows: Iterable[Mapping[str, 
     uri = join(results_dir, f"{_safe(name)}.parquet")
     write_bytes(uri, sink.getvalue().to_pybytes())
     return uri
+
+
+def read_row_file(results_dir: str, name: str) -> list[dict[str, Any]]:
+    """The rows of ``results_dir/<name>.parquet`` (as :func:`write_rows` named it), or []."""
+    fs, path = resolve(join(results_dir, f"{_safe(name)}.parquet"))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f).to_pylist()
 
 
 def read_results(experiment_dir: str) -> pa.Table:

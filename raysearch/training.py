@@ -26,7 +26,7 @@ import torch
 import raysearch
 from raysearch import registry, results
 from raysearch.data import load_task
-from raysearch.loop import ClassResult, train_class
+from raysearch.loop import ClassResult, selection_metric, train_class
 from raysearch.schema import field_paths
 from raysearch.spec import Spec, config_hash, spec_from_dict
 
@@ -157,6 +157,11 @@ def results_dir(storage: str) -> str:
     return results.join(storage, "results")
 
 
+def _completed_row(run: RunInfo, class_index: int, normal_class: str) -> dict[str, Any] | None:
+    rows = results.read_row_file(results_dir(run.storage), row_name(run, class_index, normal_class))
+    return rows[0] if rows and rows[0]["status"] == "completed" else None
+
+
 def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
     """File name of a (run, class) row: the same on a rerun, so resumes never duplicate."""
     return f"{run.trial_id}--{class_index:03d}-{normal_class}"
@@ -194,61 +199,88 @@ def worker_loop(config: dict[str, Any]) -> None:
             model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
         )
 
+    reported: list[int] = []
     for ci in range(state["class_index"], len(classes)):
         normal_class = classes[ci]
         started = time.perf_counter()
-        task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
         finished: dict[str, dict[str, float]] = state["finished"]
 
-        def report(metrics: dict[str, Any], resumable: dict[str, Any] | None, ci: int = ci) -> None:
+        def report(metrics: dict[str, Any], resumable: dict[str, Any] | None, ci: int = ci,
+                   class_state: bool = False) -> None:
+            """Send metrics to Ray (and the progress queue) with a resumable checkpoint.
+
+            ``resumable`` is the loop's mid-class state, or with ``class_state`` the
+            worker's state after the class ended.
+            """
             metrics = dict(metrics, class_index=ci, classes_done=len(finished))
-            metrics.update(class_means(list(finished.values()) + [metrics]))
+            current = [] if class_state else [metrics]  # a finished class is in `finished` already
+            metrics.update(class_means(list(finished.values()) + current))
             if progress is not None and rank == 0:
                 progress.put_nowait(dict(metrics, total_classes=len(classes), epochs=spec.train.epochs))
             ckpt = None
             if resumable is not None:
                 tmp = tempfile.mkdtemp(prefix="raysearch-ckpt-")
-                torch.save(
-                    {"class_index": ci, "finished": dict(finished), "resume": resumable},
-                    os.path.join(tmp, "state.pt"),
-                )
+                saved = resumable if class_state else {"class_index": ci, "finished": dict(finished), "resume": resumable}
+                torch.save(saved, os.path.join(tmp, "state.pt"))
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)
+            reported.append(ci)
 
         resume = state["resume"] if ci == state["class_index"] else None
-        result = train_class(
-            spec,
-            task,
-            method_cls,
-            device,
-            rank=rank,
-            world=world,
-            wrap_model=wrap,
-            report=report,
-            resume=resume,
-            class_offset=ci * spec.train.epochs,
-        )
-        if rank == 0:
-            ckpt_uri = None
-            if spec.train.checkpoint:
-                base = results.join(run.storage, "checkpoints", run.trial_id, normal_class)
-                for which, model_state in result.states.items():
-                    if model_state is not None:
-                        _save_state(results.join(base, f"{which}.pt"), model_state)
-                ckpt_uri = results.join(base, "best.pt")
-            row = class_row(spec, run, result, ci, time.perf_counter() - started, device, ckpt_uri)
-            results.write_rows(results_dir(run.storage), config_schema(spec), [row], row_name(run, ci, normal_class))
-        finished[normal_class] = dict(result.metrics, latency_ms=result.latency_ms, num_params=result.num_params)
+        stored = None if resume is not None else _completed_row(run, ci, normal_class)
+        if stored is not None:
+            # A restarted run (a resumed sweep, a retried worker group) keeps the row that
+            # an earlier attempt wrote for this class and does not train it again.
+            metrics = {k: stored.get(k) for k in results.METRIC_COLUMNS}
+            finished[normal_class] = {k: stored.get(k) for k in MEAN_METRICS}
+            final_loss = stored.get("final_loss")
+        else:
+            task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
+            result = train_class(
+                spec,
+                task,
+                method_cls,
+                device,
+                rank=rank,
+                world=world,
+                wrap_model=wrap,
+                report=report,
+                resume=resume,
+                class_offset=ci * spec.train.epochs,
+            )
+            if rank == 0:
+                ckpt_uri = None
+                if spec.train.checkpoint:
+                    base = results.join(run.storage, "checkpoints", run.trial_id, normal_class)
+                    for which, model_state in result.states.items():
+                        if model_state is not None:
+                            _save_state(results.join(base, f"{which}.pt"), model_state)
+                    ckpt_uri = results.join(base, "best.pt")
+                row = class_row(spec, run, result, ci, time.perf_counter() - started, device, ckpt_uri)
+                results.write_rows(results_dir(run.storage), config_schema(spec), [row],
+                                   row_name(run, ci, normal_class))
+            metrics, final_loss = result.metrics, result.final_loss
+            finished[normal_class] = dict(metrics, latency_ms=result.latency_ms, num_params=result.num_params)
         state = {"class_index": ci + 1, "finished": finished, "resume": None}
-    # The closing report: class means of the selected epochs, latency and size included,
-    # at full fidelity (the same progress for every run of the spec).
-    # progress is one past the last epoch report: schedulers never stop a run at max_t
-    # before its last class's row is written.
-    final = {"progress": len(classes) * spec.train.epochs + 1, "classes_done": len(state["finished"]), "run_finished": 1}
-    final.update(class_means(list(state["finished"].values())))
+        # The class's closing report, after its row is stored: a scheduler may stop the
+        # run here and nothing is lost. Its progress is the end of the class, so the last
+        # class's report is the run's full fidelity.
+        end = dict(
+            metrics,
+            epoch=spec.train.epochs,
+            normal_class=normal_class,
+            progress=(ci + 1) * spec.train.epochs,
+            best_class_value=metrics.get(selection_metric(spec)),
+            loss_loss=final_loss,
+        )
+        report(end, state if rank == 0 and spec.train.checkpoint else None, ci, class_state=True)
+    if state["class_index"] == len(classes) and not reported:
+        # Restored from a checkpoint taken after the last class: report the run's end again.
+        finished = state["finished"]
+        ray.train.report(dict(class_means(list(finished.values())), progress=len(classes) * spec.train.epochs,
+                              classes_done=len(finished)))
     if progress is not None and rank == 0:
         progress.put_nowait(None)
-    ray.train.report(final)
 
 
 def make_trainer(

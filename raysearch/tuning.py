@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from raysearch import results
@@ -39,7 +40,6 @@ from raysearch.spec import Spec
 __all__ = ["run_tune", "dry_run", "study_url", "make_sampler", "OPTUNA_KEY"]
 
 OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
-FINISHED_KEY = "run_finished"  # set (to 1) only in the closing report of a run that trained every class
 EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
 
 
@@ -57,6 +57,11 @@ def make_sampler(search: SearchSpec):
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise SpecError("sampler cmaes needs the cmaes package: pip install 'raysearch[cmaes]'",
+                            key="search.sampler") from None
         return optuna.samplers.CmaEsSampler(seed=seed)
     if search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
@@ -68,7 +73,13 @@ def make_sampler(search: SearchSpec):
 
 
 def full_progress(spec: Spec) -> int:
+    """Epochs over all classes: the fidelity of a run that trained every class."""
     return len(spec.classes()) * spec.train.epochs
+
+
+def finished(result: dict[str, Any] | None, full: int) -> bool:
+    """Whether a trial's last report is the end of its last class (every row stored)."""
+    return bool(result) and int(result.get("progress", 0)) >= full
 
 
 def default_point(spec: Spec, search: SearchSpec) -> dict[str, Any]:
@@ -125,6 +136,13 @@ class _Progress:
         self.best = math.nan
         self.last = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a stream does not pickle.
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, stream=sys.stderr)
+
     def update(self, counts: dict[str, int], best: float, force: bool = False) -> None:
         now = time.perf_counter()
         if not force and now - self.last < (0.5 if self.tty else 15.0):
@@ -164,21 +182,12 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raysearch.training import (
-        RunInfo,
-        config_schema,
-        failed_row,
-        init_ray,
-        make_trainer,
-        results_dir,
-        row_name,
-    )
+    from raysearch.training import RunInfo, init_ray, make_trainer
 
     search = parse_search(spec)
     if trials is not None or concurrent is not None:
         search = SearchSpec(**{**search.__dict__, "trials": trials or search.trials,
                                "concurrent": concurrent or search.concurrent})
-    classes = spec.classes()
     full = full_progress(spec)
     metric_keys = [f"mean_{m}" for m in search.metrics]
     ray_dir = os.path.abspath(os.path.join(output, "ray")) if "://" not in output else results.join(output, "ray")
@@ -202,6 +211,7 @@ def run_tune(
     fixed = spec.flat_config()
 
     searcher = PruningOptunaSearch(
+        full_progress=full,
         objective_keys=metric_keys,
         space=SpaceFunction(search, fixed),
         metric=metric_keys if search.multi_objective else metric_keys[0],
@@ -217,9 +227,9 @@ def run_tune(
             time_attr="progress",
             metric=metric_keys[0],
             mode=search.modes[0],
-            # Epoch reports reach at most `full`; only the closing report (full + 1) meets
-            # max_t, so no trial is stopped before its last row is written.
-            max_t=full + 1,
+            # A class's last report comes after its row is stored, so a stop at a rung
+            # or at max_t never loses a finished class.
+            max_t=full,
             grace_period=grace,
             reduction_factor=search.scheduler.reduction_factor,
         )
@@ -245,69 +255,15 @@ def run_tune(
         except Exception as err:
             from raysearch.runner import _reason
 
-            reason = _reason(err)
-            written = _written_classes(output, run.trial_id)
-            for i, c in enumerate(trial_spec.classes()):
-                if c not in written:
-                    results.write_rows(results_dir(output), config_schema(trial_spec),
-                                       [failed_row(trial_spec, run, reason, c, i)], row_name(run, i, c))
-            raise TrialFailed(reason) from None
-
-    class Rows(tune.Callback):
-        """Pruned rows for classes an early-stopped trial never reached; live progress."""
-
-        def __init__(self):
-            self.line = _Progress(stream, search.trials, search.metrics[0], search.modes[0])
-            self.best = math.nan
-
-        def _counts(self, trials) -> dict[str, int]:
-            counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
-            for t in trials:
-                if t.status == "ERROR":
-                    counts["failed"] += 1
-                elif t.status == "TERMINATED":
-                    done = (t.last_result or {}).get(FINISHED_KEY)
-                    counts["completed" if done else "pruned"] += 1
-                elif t.status == "RUNNING":
-                    counts["running"] += 1
-            return counts
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if result.get(FINISHED_KEY):
-                v = result.get(metric_keys[0])
-                if v is not None and math.isfinite(v):
-                    better = (v > self.best) if search.modes[0] == "max" else (v < self.best)
-                    if math.isnan(self.best) or better:
-                        self.best = v
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            if not last.get(FINISHED_KEY):
-                run = RunInfo(experiment=spec.name, kind="tune", trial_id=trial.trial_id, storage=output,
-                              optuna_trial=trial.config.get(OPTUNA_KEY))
-                trial_spec = spec.with_overrides({k: v for k, v in trial.config.items() if k != OPTUNA_KEY})
-                reason = f"stopped early by ASHA at progress {last.get('progress', 0)}/{full}"
-                written = _written_classes(output, trial.trial_id)
-                for i, c in enumerate(classes):
-                    if c not in written:
-                        results.write_rows(results_dir(output), config_schema(trial_spec),
-                                           [failed_row(trial_spec, run, reason, c, i, status="pruned")],
-                                           row_name(run, i, c))
-
-        def on_step_end(self, iteration, trials, **info):
-            if not quiet:
-                self.line.update(self._counts(trials), self.best)
-
-        def on_experiment_end(self, trials, **info):
-            if not quiet:
-                self.line.update(self._counts(trials), self.best, force=True)
-                self.line.close()
+            # The rows are written by the driver's Rows callback (one writer, after Tune
+            # has decided whether the trial failed or was stopped by the scheduler).
+            raise TrialFailed(_reason(err)) from None
 
     trainable = tune.with_resources(driver, {"cpu": 0.01})
     run_config = tune.RunConfig(
         name=EXPERIMENT,
         storage_path=ray_dir,
-        callbacks=[Rows()],
+        callbacks=[SweepRows(spec, output, search, stream=None if quiet else stream)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=0),
     )
@@ -352,8 +308,9 @@ class PruningOptunaSearch(OptunaSearch):
     objective is told FAIL.
     """
 
-    def __init__(self, *args, objective_keys: list[str], **kwargs):
+    def __init__(self, *args, full_progress: int, objective_keys: list[str], **kwargs):
         super().__init__(*args, **kwargs)
+        self.full_progress = full_progress
         self.objective_keys = objective_keys
 
     def suggest(self, trial_id: str):
@@ -362,13 +319,27 @@ class PruningOptunaSearch(OptunaSearch):
             config[OPTUNA_KEY] = self._ot_trials[trial_id].number
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Intermediate values at step = progress (epochs over the spec's class order)."""
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # Optuna keeps no intermediate values for multi-objective studies
+        value, step = result.get(self.metric), int(result.get("progress", 0))
+        ot_trial = self._ot_trials[trial_id]
+        if value is not None and math.isfinite(value) and step not in ot_trial.storage.get_trial(
+            ot_trial._trial_id
+        ).intermediate_values:
+            ot_trial.report(value, step)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         import optuna
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        stopped_early = not error and result is not None and not result.get(FINISHED_KEY)
+        stopped_early = not error and result is not None and not finished(result, self.full_progress)
         if stopped_early:
+            # Tune does not pass the result that the scheduler stopped on to
+            # on_trial_result: keep it as the last intermediate value.
+            self.on_trial_result(trial_id, result)
             self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
@@ -379,6 +350,72 @@ class PruningOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
+class SweepRows(Callback):
+    """Rows for the classes a pruned or failed trial did not complete; the live progress line.
+
+    The single writer of pruned and failed rows: it runs in the Tune driver after Tune
+    has decided whether a trial finished, was stopped by the scheduler or failed.
+    """
+
+    def __init__(self, spec: Spec, output: str, search: SearchSpec, stream: TextIO | None):
+        self.spec, self.output, self.search = spec, output, search
+        self.classes = spec.classes()
+        self.full = full_progress(spec)
+        self.objective = f"mean_{search.metrics[0]}"
+        self.line = None if stream is None else _Progress(stream, search.trials, search.metrics[0], search.modes[0])
+        self.best = math.nan
+
+    @staticmethod
+    def _counts(trials) -> dict[str, int]:
+        counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+        for t in trials:
+            if t.status == "ERROR":
+                counts["failed"] += 1
+            elif t.status == "TERMINATED":
+                counts["completed" if finished(t.last_result, self.full) else "pruned"] += 1
+            elif t.status == "RUNNING":
+                counts["running"] += 1
+        return counts
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        v = result.get(self.objective) if finished(result, self.full) else None
+        if v is not None and math.isfinite(v):
+            better = (v > self.best) if self.search.modes[0] == "max" else (v < self.best)
+            if math.isnan(self.best) or better:
+                self.best = v
+
+    def _finish_rows(self, trial, status: str, reason: str) -> None:
+        from raysearch.training import RunInfo, config_schema, failed_row, results_dir, row_name
+
+        run = RunInfo(experiment=self.spec.name, kind="tune", trial_id=trial.trial_id, storage=self.output,
+                      optuna_trial=trial.config.get(OPTUNA_KEY))
+        trial_spec = self.spec.with_overrides({k: v for k, v in trial.config.items() if k != OPTUNA_KEY})
+        schema = config_schema(trial_spec)
+        where = results_dir(self.output)
+        for i, c in enumerate(self.classes):
+            name = row_name(run, i, c)
+            if any(r["status"] == "completed" for r in results.read_row_file(where, name)):
+                continue
+            results.write_rows(where, schema, [failed_row(trial_spec, run, reason, c, i, status=status)], name)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if not finished(last, self.full):
+            self._finish_rows(trial, "pruned", f"stopped early by ASHA at progress {last.get('progress', 0)}/{self.full}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish_rows(trial, "failed", _error_reason(_error_text(trial)))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.line is not None:
+            self.line.update(self._counts(trials), self.best)
+
+    def on_experiment_end(self, trials, **info):
+        if self.line is not None:
+            self.line.update(self._counts(trials), self.best, force=True)
+            self.line.close()
+
+
 class TrialFailed(RuntimeError):
     """A trial's training failed; its rows say why."""
 
@@ -387,15 +424,26 @@ def _can_restore(path: str) -> bool:
     return results.exists(results.join(path, "tuner.pkl"))
 
 
-def _written_classes(output: str, trial_id: str) -> set[str]:
-    try:
-        table = results.read_results(output)
-    except FileNotFoundError:
-        return set()
-    if table.num_rows == 0:
-        return set()
-    rows = table.select(["trial_id", "normal_class", "status"]).to_pylist()
-    return {r["normal_class"] for r in rows if r["trial_id"] == trial_id and r["status"] == "completed"}
+def _error_text(trial) -> str | None:
+    """The error Tune recorded for ``trial`` (its local error file; storage syncs later)."""
+    path = trial.error_file
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return trial.get_error()
+
+
+def _error_reason(text: str | None) -> str:
+    """The reason line of a failed trial's error text (TrialFailed's message where present)."""
+    if not text:
+        return "the trial failed (no error text)"
+    marker = "TrialFailed: "
+    for line in reversed(text.splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()[:500]
+    from raysearch.runner import _reason
+
+    return _reason(RuntimeError(text))
 
 
 def _close_running(storage, study_name: str) -> None:

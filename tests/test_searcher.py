@@ -1,0 +1,38 @@
+"""The Optuna searcher of `raysearch tune`, without Ray: what reaches the study."""
+
+import optuna
+
+
+def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
+    """The searcher alone (no Ray): what reaches the Optuna study for each way a trial ends."""
+    from raysearch.space import parse_search
+    from raysearch.spec import spec_from_dict
+    from raysearch.tuning import OPTUNA_KEY, PruningOptunaSearch, SpaceFunction
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 4},
+                           "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
+    search = parse_search(spec)
+    searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
+                                   mode="max", full_progress=4, objective_keys=["mean_val_image_auroc"],
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    ends = {
+        "a": [{"progress": 1, "mean_val_image_auroc": 0.6}, {"progress": 4, "mean_val_image_auroc": 0.8}],
+        "b": [{"progress": 1, "mean_val_image_auroc": 0.5}],  # stopped by the scheduler
+        "c": [{"progress": 1, "mean_val_image_auroc": float("nan")},
+              {"progress": 4, "mean_val_image_auroc": float("nan")}],
+    }
+    for tid, reports in ends.items():
+        config = searcher.suggest(tid)
+        assert 1e-4 <= config["train.lr"] <= 1e-2 and config[OPTUNA_KEY] == "abc".index(tid)
+        for i, r in enumerate(reports):
+            searcher.on_trial_result(tid, dict(r, training_iteration=i + 1))
+        searcher.on_trial_complete(tid, dict(reports[-1], training_iteration=len(reports)))
+    searcher.suggest("d")
+    searcher.on_trial_complete("d", error=True)
+    searcher.suggest("e")  # stopped on its first report: Tune sends that result to on_trial_complete only
+    searcher.on_trial_complete("e", {"progress": 2, "mean_val_image_auroc": 0.4, "training_iteration": 1})
+    trials = searcher._ot_study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "PRUNED"]
+    assert trials[4].intermediate_values == {2: 0.4}
+    assert trials[0].value == 0.8
+    assert trials[1].intermediate_values == {1: 0.5}  # kept, never posing as a final value

@@ -1,0 +1,150 @@
+"""`raysearch tune` end to end through a real local Ray: rows, statuses, the Optuna
+study, placement-group cleanup, NaN trials, and resume after the driver is killed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from raysearch import results
+from raysearch.spec import load_spec
+from raysearch.tuning import run_tune, study_url
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.classes=[3]",
+    "data.max_train=48",
+    "data.max_test=40",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.batch_size=16",
+    "params.backbone.width=8",
+]
+
+
+def rows_of(out):
+    return results.read_results(out).to_pylist()
+
+
+def study_of(out, name):
+    return optuna.load_study(study_name=name, storage=study_url(out))
+
+
+def test_sweep_rows_study_states_and_no_leaked_placement_groups(ray_session, demo_spec_path, tmp_path):
+    spec = load_spec(demo_spec_path, TINY + [
+        "data.classes=[3, 5]", "data.max_train=80", "selection.holdout=0.3",
+        "search.trials=4", "search.concurrent=1", "search.seed=3",
+        "search.scheduler={kind: asha, grace: 1, reduction_factor: 2}",
+    ])
+    out = str(tmp_path / "sweep")
+    assert run_tune(spec, out, quiet=True) == 0
+
+    rows = rows_of(out)
+    keys = [(r["trial_id"], r["normal_class"]) for r in rows]
+    assert len(rows) == 8 and len(set(keys)) == 8  # one row per trial and class
+    assert {r["status"] for r in rows} <= {"completed", "pruned"}
+    for r in rows:
+        if r["status"] == "completed":
+            assert r["val_image_auroc"] is not None and r["test_image_auroc"] is not None
+        else:
+            assert "stopped early by ASHA" in r["error"] and r["test_image_auroc"] is None
+
+    # The study agrees with the scheduler: a trial stopped early is PRUNED, never COMPLETE;
+    # a COMPLETE trial has every class's row, and its value is the validation mean.
+    study = study_of(out, spec.name)
+    by_number = {t.number: t for t in study.trials}
+    assert sorted(by_number) == [0, 1, 2, 3]
+    by_trial = {}
+    for r in rows:
+        by_trial.setdefault(r["optuna_trial"], []).append(r)
+    assert sorted(by_trial) == [0, 1, 2, 3]
+    states = {}
+    for number, trial_rows in by_trial.items():
+        t = by_number[number]
+        states[number] = t.state.name
+        if any(r["status"] == "pruned" for r in trial_rows):
+            assert t.state == optuna.trial.TrialState.PRUNED
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert all(r["status"] == "completed" for r in trial_rows)
+            mean_val = sum(r["val_image_auroc"] for r in trial_rows) / len(trial_rows)
+            assert t.value == pytest.approx(mean_val)  # the objective is validation, never test
+        else:
+            assert t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values
+    assert states[0] == "COMPLETE"  # the first trial at every rung always continues
+    assert "PRUNED" in states.values(), states
+    # The first trial evaluates the spec's own values.
+    assert by_number[0].params["params.gmm.components"] == spec.params.gmm.components
+
+    # Every Train placement group was released (with the dashboard on, Train cleans up).
+    import ray.util
+
+    deadline = time.time() + 20
+    while True:
+        live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+        if not live or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert not live
+
+
+def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_path, tmp_path):
+    spec = load_spec(demo_spec_path, TINY + [
+        "train.epochs=1", "train.optimizer=sgd", "train.momentum=0.0",
+        "search.sampler=grid", "search.trials=2", "search.concurrent=1", "search.scheduler={kind: none}",
+        "search.space={train.lr: {choice: [1.0e+30, 0.002]}}",
+    ])
+    out = str(tmp_path / "nan")
+    assert run_tune(spec, out, quiet=True) == 0
+    rows = {r["train.lr"]: r for r in rows_of(out)}
+    assert len(rows) == 2
+    assert rows[1e30]["status"] == "failed" and "loss became" in rows[1e30]["error"]
+    assert rows[0.002]["status"] == "completed"
+    states = sorted(t.state.name for t in study_of(out, spec.name).trials)
+    assert states == ["COMPLETE", "FAIL"]
+
+
+def _tune_cmd(spec_path, out, *extra):
+    sets = [a for s in TINY + ["search.trials=4", "search.concurrent=1", "search.scheduler={kind: none}"]
+            for a in ("--set", s)]
+    return [sys.executable, "-m", "raysearch.cli", "tune", spec_path, *sets, "--output", out,
+            "--num-cpus", "2", "--quiet", *extra]
+
+
+def test_killed_driver_resumes_to_full_count_without_duplicates(demo_spec_path, tmp_path):
+    out = str(tmp_path / "resume")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(_tune_cmd(demo_spec_path, out), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results_path = os.path.join(out, "results")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        files = [f for f in os.listdir(results_path)] if os.path.isdir(results_path) else []
+        if len([f for f in files if f.endswith(".parquet")]) >= 2:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    before = {f: open(os.path.join(results_path, f), "rb").read()
+              for f in os.listdir(results_path) if f.endswith(".parquet")}
+    assert len(before) >= 2
+
+    done = subprocess.run(_tune_cmd(demo_spec_path, out, "--resume"), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(out)
+    trial_ids = [r["trial_id"] for r in rows]
+    assert len(rows) == 4 and len(set(trial_ids)) == 4, trial_ids
+    assert all(r["status"] == "completed" for r in rows)
+    numbers = [r["optuna_trial"] for r in rows]
+    assert len(set(numbers)) == 4
+    for name, data in before.items():  # rows written before the kill are unchanged
+        assert open(os.path.join(results_path, name), "rb").read() == data
+    study = study_of(out, "distcon-digits-demo")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4

@@ -460,7 +460,7 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5) -> str:
     table = results.read_results(output)
     if table.num_rows == 0:
         return "no result rows"
-    rows = table.to_pylist()
+    rows = [r for r in table.to_pylist() if r["kind"] == "tune"]  # not `raysearch train` runs in DIR
     by_trial: dict[str, list[dict]] = {}
     for r in rows:
         by_trial.setdefault(r["trial_id"], []).append(r)

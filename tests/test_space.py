@@ -1,5 +1,7 @@
 """The search block: validation against the spec and define-by-run sampling."""
 
+import glob
+
 import optuna
 import pytest
 
@@ -15,9 +17,11 @@ def spec_with(search):
 
 
 def test_shipped_search_blocks_parse():
-    for path in ("search_spaces/demo/distcon.yaml", "search_spaces/distcon.yaml"):
+    paths = sorted(glob.glob("search_spaces/*.yaml") + glob.glob("search_spaces/demo/*.yaml"))
+    assert "search_spaces/demo/distcon.yaml" in paths
+    for path in paths:
         search = parse_search(load_spec(path))
-        assert search.trials >= 1 and search.space
+        assert search.trials >= 1 and search.space, path
 
 
 def test_conditional_space_gives_only_valid_configs():

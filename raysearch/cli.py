@@ -2,6 +2,8 @@
 
     raysearch train SPEC [--set KEY=VALUE ...] [--output DIR] [--address ADDR]
     raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
+    raysearch ablate SPEC [--base FILE|DIR] [--resume] [...]
+    raysearch report DIR ; raysearch export DIR --top K --to FOLDER
     raysearch methods
     raysearch datasets
 
@@ -56,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the resolved search and its cost; start nothing")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
+    p = sub.add_parser("ablate", help="run the spec's ablation factors x seeds as a Ray Tune grid")
+    _add_spec_args(p)
+    p.add_argument("--base", help="the full model: an exported config file or an experiment folder "
+                                  "(its best trial); default: the spec's own values")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted ablation in --output")
+    p.add_argument("--quiet", action="store_true", help="no progress line or summary")
+
+    p = sub.add_parser("report", help="write DIR/report/: tables, plots, report.md and report.html")
+    p.add_argument("experiment", help="an experiment folder (from train, tune or ablate)")
+    p.add_argument("--to", help="where to write (default: EXPERIMENT/report)")
+
+    p = sub.add_parser("export", help="write the best configurations as spec files that `raysearch train` runs")
+    p.add_argument("experiment", help="an experiment folder")
+    p.add_argument("--top", type=int, default=1, help="how many configurations (default 1)")
+    p.add_argument("--to", default="best", help="folder for the spec files (default: best/)")
+
     sub.add_parser("methods", help="list the methods and their parameters with defaults")
     sub.add_parser("datasets", help="list the datasets and where their files are expected")
     return parser
@@ -101,6 +119,48 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                     trials=args.trials, concurrent=args.concurrent, resume=args.resume, quiet=args.quiet)
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from raysearch.ablation import run_ablate
+
+    spec = _checked_spec(args)
+    output = args.output or os.path.join("raysearch-results", f"{spec.name}-ablation")
+    return run_ablate(spec, _output_for(spec, output), base=args.base, address=args.address,
+                      num_cpus=args.num_cpus, resume=args.resume, quiet=args.quiet)
+
+
+def _experiment_dir(path: str) -> str:
+    from raysearch import results
+    from raysearch.schema import SpecError
+
+    if not results.exists(results.join(path, "results")):
+        raise SpecError("not an experiment folder: it has no results/ (run raysearch train, tune or ablate first)",
+                        source=path)
+    return path
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+
+    out = write_report(_experiment_dir(args.experiment), out=args.to)
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from analysis.export import export_best
+    from raysearch.schema import SpecError
+
+    if args.top < 1:
+        raise SpecError(f"expected --top >= 1, got {args.top}", source="--top")
+    try:
+        paths = export_best(_experiment_dir(args.experiment), top=args.top, to=args.to)
+    except ValueError as err:
+        raise SpecError(str(err), source=args.experiment) from None
+    for p in paths:
+        print(p)
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from raysearch import registry
     from raysearch.schema import flatten
@@ -120,7 +180,15 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "tune": _cmd_tune, "methods": _cmd_methods, "datasets": _cmd_datasets}
+COMMANDS = {
+    "train": _cmd_train,
+    "tune": _cmd_tune,
+    "ablate": _cmd_ablate,
+    "report": _cmd_report,
+    "export": _cmd_export,
+    "methods": _cmd_methods,
+    "datasets": _cmd_datasets,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

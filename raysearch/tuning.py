@@ -40,6 +40,7 @@ from raysearch.spec import Spec
 __all__ = ["run_tune", "dry_run", "study_url", "make_sampler", "OPTUNA_KEY"]
 
 OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
+VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor name)
 EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
 
 
@@ -165,6 +166,111 @@ class _Progress:
             self.stream.write("\n")
 
 
+class TrialPlan:
+    """How a Tune config becomes a trial: its spec and the identity its rows carry.
+
+    Sweeps put sampled values (dotted keys) and the Optuna trial number in the config;
+    ablations put a variant name (a key of ``variants``, whose overrides apply) and a
+    seed. Picklable: Tune saves it with the experiment.
+    """
+
+    def __init__(self, spec: Spec, output: str, kind: str, variants: dict[str, dict[str, Any]] | None = None):
+        self.spec_dict, self.source, self.name = spec.to_dict(), spec.source, spec.name
+        self.output, self.kind, self.variants = output, kind, dict(variants or {})
+
+    def overrides(self, config: dict[str, Any]) -> dict[str, Any]:
+        out = dict(self.variants.get(config.get(VARIANT_KEY), {}))
+        out.update({k: v for k, v in config.items() if not k.startswith("__")})
+        return out
+
+    def trial_spec(self, config: dict[str, Any]) -> Spec:
+        from raysearch.spec import spec_from_dict
+
+        return spec_from_dict(self.spec_dict, source=self.source).with_overrides(self.overrides(config))
+
+    def run_info(self, trial_id: str, config: dict[str, Any]):
+        from raysearch.training import RunInfo
+
+        return RunInfo(experiment=self.name, kind=self.kind, trial_id=trial_id, storage=self.output,
+                       optuna_trial=config.get(OPTUNA_KEY), variant=config.get(VARIANT_KEY))
+
+
+def experiment_paths(output: str) -> tuple[str, str]:
+    """Ray's folder of an experiment and the Tune experiment inside it."""
+    ray_dir = os.path.abspath(os.path.join(output, "ray")) if "://" not in output else results.join(output, "ray")
+    return ray_dir, results.join(ray_dir, EXPERIMENT)
+
+
+def check_resume(output: str, resume: bool, what: str) -> None:
+    """Refuse to resume nothing, or to start over an existing experiment."""
+    _, experiment_path = experiment_paths(output)
+    if resume and not _can_restore(experiment_path):
+        raise SpecError(f"nothing to resume: no {what} state under {experiment_path}", key="--resume")
+    if not resume and _can_restore(experiment_path):
+        raise SpecError(f"{output} already holds a {what}; pass --resume to continue it or --output elsewhere",
+                        key="--output")
+
+
+def run_experiment(
+    spec: Spec,
+    plan: TrialPlan,
+    *,
+    tune_config: Any,
+    param_space: dict[str, Any] | None,
+    total: int,
+    objective: str,
+    mode: str,
+    resume: bool,
+    quiet: bool,
+    stream: TextIO,
+) -> None:
+    """Run (or resume) a Tune experiment whose trials train ``plan``'s configs.
+
+    Ray must be initialised. The trials are small driver functions (``{"cpu": 0.01}``)
+    that run a Ray Train TorchTrainer; Train's workers hold the resources.
+    """
+    from ray import tune
+
+    from raysearch.training import make_trainer
+
+    ray_dir, experiment_path = experiment_paths(plan.output)
+
+    def driver(config: dict[str, Any]) -> None:
+        """One Tune trial: train the config over the spec's classes through Ray Train."""
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        run = plan.run_info(tune.get_context().get_trial_id(), config)
+        trainer = make_trainer(plan.trial_spec(config), run, callbacks=[TuneReportCallback()],
+                               storage_path=results.join(ray_dir, "runs"))
+        try:
+            trainer.fit()
+        except Exception as err:
+            from raysearch.runner import _reason
+
+            # The rows are written by the SweepRows callback (one writer, after Tune
+            # has decided whether the trial failed or was stopped by the scheduler).
+            raise TrialFailed(_reason(err)) from None
+
+    trainable = tune.with_resources(driver, {"cpu": 0.01})
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
+    if resume:
+        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        rows = SweepRows(plan, spec.classes(), full_progress(spec), total, objective, mode,
+                         stream=None if quiet else stream)
+        run_config = tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=ray_dir,
+            callbacks=[rows],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        )
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    tuner.fit()
+
+
 def run_tune(
     spec: Spec,
     output: str,
@@ -182,7 +288,7 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raysearch.training import RunInfo, init_ray, make_trainer
+    from raysearch.training import init_ray
 
     search = parse_search(spec)
     if trials is not None or concurrent is not None:
@@ -190,15 +296,7 @@ def run_tune(
                                "concurrent": concurrent or search.concurrent})
     full = full_progress(spec)
     metric_keys = [f"mean_{m}" for m in search.metrics]
-    ray_dir = os.path.abspath(os.path.join(output, "ray")) if "://" not in output else results.join(output, "ray")
-    experiment_path = results.join(ray_dir, EXPERIMENT)
-    if resume and not _can_restore(experiment_path):
-        raise SpecError(f"nothing to resume: no sweep state under {experiment_path}", key="--resume")
-    if not resume and results.exists(results.join(experiment_path, "tuner.pkl")):
-        raise SpecError(f"{output} already holds a sweep; pass --resume to continue it or --output elsewhere",
-                        key="--output")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    check_resume(output, resume, "sweep")
     init_ray(address=address, num_cpus=num_cpus)
     write_resolved_spec(spec, output)
     storage = optuna.storages.RDBStorage(study_url(output))
@@ -207,13 +305,10 @@ def run_tune(
         stream.write(f"  optuna study: optuna-dashboard {study_url(output)}\n")
         stream.write(f"                optuna trials --study-name {spec.name} --storage {study_url(output)}\n")
 
-    spec_dict = spec.to_dict()
-    fixed = spec.flat_config()
-
     searcher = PruningOptunaSearch(
         full_progress=full,
         objective_keys=metric_keys,
-        space=SpaceFunction(search, fixed),
+        space=SpaceFunction(search, spec.flat_config()),
         metric=metric_keys if search.multi_objective else metric_keys[0],
         mode=list(search.modes) if search.multi_objective else search.modes[0],
         sampler=make_sampler(search),
@@ -222,7 +317,6 @@ def run_tune(
         points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
     )
     if search.uses_asha:
-        grace = min(full, search.scheduler.grace * spec.train.eval_every)
         scheduler = ASHAScheduler(
             time_attr="progress",
             metric=metric_keys[0],
@@ -230,59 +324,21 @@ def run_tune(
             # A class's last report comes after its row is stored, so a stop at a rung
             # or at max_t never loses a finished class.
             max_t=full,
-            grace_period=grace,
+            grace_period=min(full, search.scheduler.grace * spec.train.eval_every),
             reduction_factor=search.scheduler.reduction_factor,
         )
     else:
         scheduler = FIFOScheduler()
-
-    def driver(config: dict[str, Any]) -> None:
-        """One Tune trial: train the config over the spec's classes through Ray Train."""
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from raysearch.spec import spec_from_dict
-
-        ctx = tune.get_context()
-        base = spec_from_dict(spec_dict, source=spec.source)
-        number = config.pop(OPTUNA_KEY, None)
-        trial_spec = base.with_overrides({k: v for k, v in config.items()})
-        run = RunInfo(experiment=spec.name, kind="tune", trial_id=ctx.get_trial_id(), storage=output,
-                      optuna_trial=number)
-        trainer = make_trainer(trial_spec, run, callbacks=[TuneReportCallback()],
-                               storage_path=results.join(ray_dir, "runs"))
-        try:
-            trainer.fit()
-        except Exception as err:
-            from raysearch.runner import _reason
-
-            # The rows are written by the driver's Rows callback (one writer, after Tune
-            # has decided whether the trial failed or was stopped by the scheduler).
-            raise TrialFailed(_reason(err)) from None
-
-    trainable = tune.with_resources(driver, {"cpu": 0.01})
-    run_config = tune.RunConfig(
-        name=EXPERIMENT,
-        storage_path=ray_dir,
-        callbacks=[SweepRows(spec, output, search, stream=None if quiet else stream)],
-        verbose=0,
-        failure_config=tune.FailureConfig(max_failures=0),
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=search.trials,
+        max_concurrent_trials=search.concurrent,
+        reuse_actors=False,
     )
-    if resume:
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=search.trials,
-                max_concurrent_trials=search.concurrent,
-                reuse_actors=False,
-            ),
-            run_config=run_config,
-        )
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
-    tuner.fit()
+    run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
+                   total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
+                   quiet=quiet, stream=stream)
     _close_running(storage, spec.name)
     if not quiet:
         stream.write(sweep_summary(output, search) + "\n")
@@ -357,16 +413,14 @@ class SweepRows(Callback):
     has decided whether a trial finished, was stopped by the scheduler or failed.
     """
 
-    def __init__(self, spec: Spec, output: str, search: SearchSpec, stream: TextIO | None):
-        self.spec, self.output, self.search = spec, output, search
-        self.classes = spec.classes()
-        self.full = full_progress(spec)
-        self.objective = f"mean_{search.metrics[0]}"
-        self.line = None if stream is None else _Progress(stream, search.trials, search.metrics[0], search.modes[0])
+    def __init__(self, plan: TrialPlan, classes: list[str], full: int, total: int, objective: str, mode: str,
+                 stream: TextIO | None):
+        self.plan, self.classes, self.full = plan, classes, full
+        self.objective, self.mode = objective, mode
+        self.line = None if stream is None else _Progress(stream, total, objective.removeprefix("mean_"), mode)
         self.best = math.nan
 
-    @staticmethod
-    def _counts(trials) -> dict[str, int]:
+    def _counts(self, trials) -> dict[str, int]:
         counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
         for t in trials:
             if t.status == "ERROR":
@@ -380,18 +434,17 @@ class SweepRows(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         v = result.get(self.objective) if finished(result, self.full) else None
         if v is not None and math.isfinite(v):
-            better = (v > self.best) if self.search.modes[0] == "max" else (v < self.best)
+            better = (v > self.best) if self.mode == "max" else (v < self.best)
             if math.isnan(self.best) or better:
                 self.best = v
 
     def _finish_rows(self, trial, status: str, reason: str) -> None:
-        from raysearch.training import RunInfo, config_schema, failed_row, results_dir, row_name
+        from raysearch.training import config_schema, failed_row, results_dir, row_name
 
-        run = RunInfo(experiment=self.spec.name, kind="tune", trial_id=trial.trial_id, storage=self.output,
-                      optuna_trial=trial.config.get(OPTUNA_KEY))
-        trial_spec = self.spec.with_overrides({k: v for k, v in trial.config.items() if k != OPTUNA_KEY})
+        run = self.plan.run_info(trial.trial_id, trial.config)
+        trial_spec = self.plan.trial_spec(trial.config)
         schema = config_schema(trial_spec)
-        where = results_dir(self.output)
+        where = results_dir(self.plan.output)
         for i, c in enumerate(self.classes):
             name = row_name(run, i, c)
             if any(r["status"] == "completed" for r in results.read_row_file(where, name)):

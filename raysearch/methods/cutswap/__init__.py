@@ -1,0 +1,1 @@
+"""cutswap: multilevel saliency-guided patch swapping (SIViP 2024); see ``method.py``."""

@@ -1,0 +1,46 @@
+"""analysis: rankings, ablation tables, importances, plots and reports of raysearch results.
+
+Works on an experiment folder alone (a copy on a laptop is enough): it reads
+``DIR/results/*.parquet``, ``DIR/spec.yaml`` and, for sweeps, ``DIR/optuna.db``.
+``import analysis`` imports neither torch nor ray; matplotlib and optuna are imported
+only when a figure is drawn or an importance computed.
+
+- :mod:`analysis.load` — :func:`load_results`, the spec and the search objective;
+- :mod:`analysis.rank` — :func:`rank_configs`, :func:`per_class_table`, the history;
+- :mod:`analysis.ablation` — :func:`ablation_table` (paired effects against ``full``);
+- :mod:`analysis.importance` — :func:`param_importance`, :func:`pareto_front`;
+- :mod:`analysis.plots` — one PNG per function;
+- :mod:`analysis.report` — :func:`write_report` (Markdown, HTML, CSV, LaTeX).
+
+Example:
+    >>> from analysis import load_results, rank_configs, write_report
+    >>> rank_configs(load_results("/tmp/tdemo"))[["rank", "mean", "ci_low", "ci_high", "n"]]  # doctest: +SKIP
+    >>> write_report("/tmp/tdemo", out="/tmp/tdemo-report")   # doctest: +SKIP
+"""
+
+from analysis.ablation import ablation_table
+from analysis.importance import load_study, param_importance, pareto_front
+from analysis.load import config_key, load_results, load_spec, objective
+from analysis.plots import plot_ablation, plot_history, plot_importance, plot_pareto, plot_per_class
+from analysis.rank import history_table, per_class_table, rank_configs
+from analysis.report import write_report
+
+__all__ = [
+    "load_results",
+    "load_spec",
+    "objective",
+    "config_key",
+    "rank_configs",
+    "per_class_table",
+    "history_table",
+    "ablation_table",
+    "param_importance",
+    "pareto_front",
+    "load_study",
+    "plot_history",
+    "plot_importance",
+    "plot_ablation",
+    "plot_per_class",
+    "plot_pareto",
+    "write_report",
+]

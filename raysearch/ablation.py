@@ -176,18 +176,21 @@ def run_ablate(
 
 
 def ablation_summary(output: str) -> str:
-    """Each variant's mean validation and test AUROC over seeds and classes, and its paired effect."""
-    from analysis.ablation import ablation_table
-    from analysis import load_results
+    """Each factor's paired effect against the full model (validation and test AUROC)."""
+    from analysis import ablation_table, load_results
 
     from raysearch.runner import format_table
 
-    df = load_results(output)
-    table = ablation_table(df)
-    if table.empty:
-        return f"no completed ablation rows in {output}"
-    cols = [c for c in table.columns if c in ("variant", "n", "val_image_auroc_effect", "val_image_auroc_ci_low",
-                                              "val_image_auroc_ci_high", "val_image_auroc_p",
-                                              "test_image_auroc_effect")]
-    rows = table[cols].values.tolist()
-    return format_table(cols, rows) + f"\nresults: {results.join(output, 'results')}"
+    try:
+        table = ablation_table(load_results(output))
+    except ValueError as err:  # no completed rows of the full model
+        return f"no ablation table: {err}"
+    cols = ["variant", "val_image_auroc_n", "val_image_auroc_effect", "val_image_auroc_ci_low",
+            "val_image_auroc_ci_high", "val_image_auroc_p", "test_image_auroc_effect"]
+    headers = ["factor", "pairs", "val effect", "CI low", "CI high", "p", "test effect"]
+    rows = table[[c for c in cols if c in table.columns]].values.tolist()
+    lines = [format_table(headers[: len(rows[0])] if rows else headers, rows),
+             "effects are factor minus full model, paired by seed and class; "
+             f"raysearch report {output} has the full tables and plots",
+             f"results: {results.join(output, 'results')}"]
+    return "\n".join(lines)

@@ -26,6 +26,16 @@ METHODS: dict[str, tuple[str, str, str]] = {
         "raysearch.methods.distcon.method:DistCon",
         "per-rotation Gaussian mixtures + rotation-aware contrastive learning (KBS 2025)",
     ),
+    "cutswap": (
+        "raysearch.methods.cutswap.params:CutSwapParams",
+        "raysearch.methods.cutswap.method:CutSwap",
+        "LayerCAM multilevel saliency picks two similar patches that are swapped (SIViP 2024)",
+    ),
+    "clflow": (
+        "raysearch.methods.clflow.params:CLFlowParams",
+        "raysearch.methods.clflow.method:CLFlow",
+        "FastFlow-style 2D flow + synthetic anomalies + contrastive proxy tasks (SPIE ISPP 2024)",
+    ),
 }
 
 

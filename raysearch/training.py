@@ -169,6 +169,7 @@ def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
 
 def worker_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: every class of the spec, in order, on this worker."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -178,6 +179,15 @@ def worker_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if spec.train.gpus_per_worker > 0 and device.type != "cuda":
+        # Never a silent CPU run on a GPU node: a driver too old for this torch build,
+        # or a CPU-only torch, makes torch.cuda unusable.
+        raise RuntimeError(
+            f"train.gpus_per_worker is {spec.train.gpus_per_worker} but torch {torch.__version__} cannot use "
+            f"a GPU on node {ray.get_runtime_context().get_node_id()[:12]} (torch.cuda.is_available() is "
+            f"{torch.cuda.is_available()}); check the NVIDIA driver against the torch CUDA build "
+            f"{torch.version.cuda}"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if spec.train.gpus_per_worker and spec.train.gpus_per_worker < 1:
@@ -190,7 +200,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=False)
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
 
     def wrap(model: torch.nn.Module) -> torch.nn.Module:
         if world == 1:

@@ -1,0 +1,182 @@
+"""Figures for a report: each function draws one PNG at ``path`` and returns that path.
+
+Figures are drawn with matplotlib's object API on the Agg canvas (``Figure`` +
+``FigureCanvasAgg``), not through pyplot: no display is needed, no global backend is
+switched (a notebook's inline backend stays as it is) and nothing is left open.
+matplotlib is imported when a figure is drawn, not when ``analysis`` is imported.
+
+Example:
+    >>> from analysis import load_results, rank_configs, plots
+    >>> plots.plot_history(load_results("/tmp/tdemo"), "history.png")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.rank import history_table
+
+__all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto"]
+
+DPI = 120  # dots per inch of the saved PNGs
+MAX_HEATMAP_ROWS = 30  # configurations shown in the per-class heatmap (the table has all)
+MAX_ANNOTATED_CELLS = 400  # above this the heatmap cells carry no printed value
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_history(source: Any, path: str | Path, metric: str = "val_image_auroc", mode: str = "max") -> Path:
+    """Objective per completed trial in trial order, with the best-so-far line.
+
+    ``source``: a results DataFrame or an Optuna study (see
+    :func:`analysis.rank.history_table`). Pruned and failed trials are ticked along the
+    bottom edge so the reader sees how many trials the search spent on them.
+    """
+    table = history_table(source, metric, mode)
+    done = table[table["status"] == "completed"]
+    other = table[table["status"] != "completed"]
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    ax.plot(done["order"], done["value"], "o", color="tab:blue", label=f"completed trial ({len(done)})")
+    ax.step(table["order"], table["best_so_far"], where="post", color="tab:orange", lw=2, label="best so far")
+    if len(other):
+        ax.plot(other["order"], np.full(len(other), 0.02), "|", color="tab:gray", ms=12,
+                transform=ax.get_xaxis_transform(), label=f"pruned or failed ({len(other)})")
+    ax.set_xlabel("trial (in order started)")
+    ax.set_ylabel(f"{metric} (mean over classes)")
+    ax.set_title(f"Optimisation history: {metric} ({mode})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_importance(importance: pd.DataFrame, path: str | Path) -> Path:
+    """Horizontal bars of each parameter's importance, one bar per evaluator (column)."""
+    if importance.empty:
+        raise ValueError("no importances to plot (the table is empty)")
+    params = list(importance.index)[::-1]  # most important at the top
+    evaluators = list(importance.columns)
+    fig = _figure(7.5, 1.2 + 0.45 * len(params) * max(1, len(evaluators) / 2))
+    ax = fig.add_subplot()
+    height = 0.8 / len(evaluators)
+    y = np.arange(len(params))
+    for i, name in enumerate(evaluators):
+        ax.barh(y + (i - (len(evaluators) - 1) / 2) * height, importance.loc[params, name], height,
+                label=name)
+    ax.set_yticks(y, params)
+    ax.set_xlabel("normalised importance (sums to 1 per evaluator)")
+    ax.set_title("Hyperparameter importance")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
+    """Each factor's effect (variant - full) with its confidence interval, one panel per metric.
+
+    ``table`` is :func:`analysis.ablation.ablation_table`'s output; ``metrics`` default to
+    every metric it holds. Each bar is labelled with its number of pairs and p-value.
+    """
+    if metrics is None:
+        metrics = [c[: -len("_effect")] for c in table.columns if c.endswith("_effect")]
+    if table.empty or not metrics:
+        raise ValueError("no ablation effects to plot (the table is empty)")
+    variants = list(table["variant"])[::-1]  # largest effect at the top
+    rows = table.set_index("variant").loc[variants]
+    fig = _figure(4.8 * len(metrics), 1.8 + 0.6 * len(variants))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    y = np.arange(len(variants))
+    for ax, m in zip(axes, metrics):
+        effect = rows[f"{m}_effect"].to_numpy(float)
+        err = np.vstack([effect - rows[f"{m}_ci_low"].to_numpy(float),
+                         rows[f"{m}_ci_high"].to_numpy(float) - effect])
+        ax.errorbar(effect, y, xerr=np.nan_to_num(err), fmt="o", color="tab:blue", capsize=4)
+        ax.axvline(0.0, color="tab:gray", lw=1)
+        for yi, (e, n, p) in enumerate(zip(effect, rows[f"{m}_n"], rows[f"{m}_p"])):
+            if np.isfinite(e):
+                ax.annotate(f"n={n}, p={p:.2g}", (e, yi), xytext=(0, 7), textcoords="offset points",
+                            ha="center", fontsize=8)
+        ax.set_yticks(y, variants)
+        ax.set_xlabel(f"Δ {m} (variant − full)")
+        ax.set_title(m)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(y=0.3)  # room for the n/p labels above the top bar
+    fig.suptitle("Ablation effects with confidence intervals")
+    return _save(fig, path)
+
+
+def plot_per_class(table: pd.DataFrame, path: str | Path, metric: str = "val_image_auroc",
+                   max_rows: int = MAX_HEATMAP_ROWS) -> Path:
+    """Heatmap of configurations x classes (:func:`analysis.rank.per_class_table`'s output).
+
+    The first ``max_rows`` rows are drawn (the table is ordered best first); empty cells
+    (unfinished classes) are left blank.
+    """
+    if table.empty:
+        raise ValueError("no per-class values to plot (the table is empty)")
+    shown = table.iloc[:max_rows]
+    values = shown.to_numpy(dtype=float)
+    n_rows, n_cols = values.shape
+    fig = _figure(min(max(5.0, 3.0 + 0.8 * n_cols), 16), min(max(2.8, 1.6 + 0.4 * n_rows), 14))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_xticks(np.arange(n_cols), [str(c) for c in shown.columns], rotation=45 if n_cols > 8 else 0)
+    ax.set_yticks(np.arange(n_rows), [str(r) for r in shown.index])
+    ax.set_xlabel("normal class")
+    ax.set_ylabel("configuration (config_key)")
+    if values.size <= MAX_ANNOTATED_CELLS:
+        finite = values[np.isfinite(values)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > middle else "white")
+    more = f" (best {n_rows} of {len(table)})" if len(table) > n_rows else ""
+    ax.set_title(f"{metric} per class{more}")
+    return _save(fig, path)
+
+
+def plot_pareto(study_or_source: Any, path: str | Path, metrics: Sequence[str] | None = None,
+                study_name: str | None = None) -> Path:
+    """Completed trials of a multi-objective study on its first two objectives, front highlighted."""
+    from analysis.importance import completed_trials, load_study, objective_names
+
+    study = load_study(study_or_source, study_name)
+    if len(study.directions) < 2:
+        raise ValueError(f"study {study.study_name!r} has one objective; a Pareto plot needs two or more")
+    names = list(metrics) if metrics else objective_names(study)
+    every = np.array([t.values[:2] for t in completed_trials(study)], dtype=float).reshape(-1, 2)
+    front = np.array([t.values[:2] for t in study.best_trials], dtype=float).reshape(-1, 2)
+    front = front[np.argsort(front[:, 0])]
+    fig = _figure(6.5, 4.8)
+    ax = fig.add_subplot()
+    ax.plot(every[:, 0], every[:, 1], "o", color="tab:gray", alpha=0.5, label=f"completed trial ({len(every)})")
+    ax.plot(front[:, 0], front[:, 1], "o-", color="tab:red", label=f"Pareto front ({len(front)})")
+    directions = [d.name.lower()[:3] for d in study.directions]
+    ax.set_xlabel(f"{names[0]} ({directions[0]})")
+    ax.set_ylabel(f"{names[1]} ({directions[1]})")
+    extra = f"; {len(names) - 2} more objectives not shown" if len(names) > 2 else ""
+    ax.set_title(f"Pareto front{extra}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)

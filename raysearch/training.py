@@ -361,6 +361,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         ray.init(address=address, **kwargs)
     else:
         ray.init(
+            address="local",  # a new local Ray, never a cluster that `ray start` left on this machine
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=True,
             dashboard_host="127.0.0.1",

@@ -1,0 +1,90 @@
+"""Two real Ray nodes on one machine (separate `ray start` processes, separate raylets):
+a `raysearch tune --address` sweep spreads its trials over both nodes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from raysearch import results
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.classes=[3]",
+    "data.max_train=48",
+    "data.max_test=40",
+    "train.epochs=2",
+    "train.eval_every=1",
+    "train.batch_size=16",
+    "params.backbone.width=8",
+    # Each node has one CPU: a worker of 0.9 CPU leaves room on its node for the trial
+    # drivers (0.01 CPU each) and one worker per node, so two concurrent trials spread.
+    "train.cpus_per_worker=0.9",
+    "search.scheduler={kind: none}",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_bin() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def count_nodes(address: str, env: dict) -> int:
+    code = "import ray; ray.init(address=%r, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", code % address], env=env, capture_output=True, text=True, timeout=60)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    port, dash = free_port(), free_port()
+    address = f"127.0.0.1:{port}"
+    procs = []
+
+    def start(*args):
+        log = open(tmp_path / f"node{len(procs)}.log", "w")
+        procs.append(subprocess.Popen([ray_bin(), "start", "--block", "--num-cpus", "1", *args], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        start("--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+              "--resources", '{"node_a": 1}')
+        deadline = time.time() + 90
+        while count_nodes(address, env) < 1 and time.time() < deadline:
+            time.sleep(2)
+        start("--address", address, "--resources", '{"node_b": 1}')
+        while count_nodes(address, env) < 2 and time.time() < deadline:
+            time.sleep(2)
+        assert count_nodes(address, env) == 2, "the two Ray nodes did not come up"
+        yield address, env
+    finally:
+        for p in reversed(procs):  # each node by its own process group, never `ray stop`
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_sweep_spreads_trials_over_two_nodes(two_nodes, demo_spec_path, tmp_path):
+    address, env = two_nodes
+    out = str(tmp_path / "sweep")
+    sets = [a for s in TINY for a in ("--set", s)]
+    done = subprocess.run([sys.executable, "-m", "raysearch.cli", "tune", demo_spec_path, *sets, "--address", address,
+                           "--trials", "4", "--concurrent", "2", "--output", out, "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = results.read_results(out).to_pylist()
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
+    assert len({r["node_id"] for r in rows}) == 2, [r["node_id"] for r in rows]

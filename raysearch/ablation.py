@@ -78,7 +78,8 @@ def parse_ablations(spec: Spec) -> AblationSpec:
 
 
 # Keys of a trial's config that describe the experiment, not the model: a base taken from
-# another experiment keeps this spec's data, classes, seed and budget.
+# another experiment keeps this spec's data, classes, seeds and epochs (train.seed and
+# train.epochs are left out too).
 _KEPT_FROM_SPEC = ("data.", "selection.", "method")
 
 
@@ -129,7 +130,8 @@ def resolve_base(spec: Spec, base: str | None) -> Spec:
         raise SpecError(f"the base is a {exported.method} config, the spec is {spec.method}", key="--base",
                         source=base)
     flat = exported.flat_config()
-    overrides = {k: v for k, v in flat.items() if not k.startswith(_KEPT_FROM_SPEC) and k != "train.seed"}
+    overrides = {k: v for k, v in flat.items()
+                 if not k.startswith(_KEPT_FROM_SPEC) and k not in ("train.seed", "train.epochs")}
     out = spec.with_overrides(overrides)
     return out.with_overrides({"provenance": {**dict(spec.provenance), "ablation_base": {"config": path}}})
 

@@ -21,6 +21,7 @@ optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -44,8 +45,39 @@ VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor
 EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
 
 
+def study_path(output: str) -> str:
+    """The local SQLite file of an experiment's Optuna study.
+
+    Inside a local experiment folder; for an experiment in cloud storage, a local cache
+    file that is copied to ``<output>/optuna.db`` after every trial (the driver is the
+    study's only writer) and fetched from there by ``--resume``.
+    """
+    if "://" not in output:
+        return os.path.abspath(os.path.join(output, "optuna.db"))
+    digest = hashlib.sha256(output.encode()).hexdigest()[:16]
+    return os.path.join(os.path.expanduser("~/.cache/raysearch"), digest, "optuna.db")
+
+
 def study_url(output: str) -> str:
-    return f"sqlite:///{os.path.abspath(os.path.join(output, 'optuna.db'))}"
+    return f"sqlite:///{study_path(output)}"
+
+
+class StudySync:
+    """Copies the local study file to a remote experiment folder (no-op for local ones)."""
+
+    def __init__(self, output: str):
+        self.local, self.remote = study_path(output), (results.join(output, "optuna.db") if "://" in output else None)
+
+    def fetch(self) -> None:
+        if self.remote and results.exists(self.remote):
+            os.makedirs(os.path.dirname(self.local), exist_ok=True)
+            with open(self.local, "wb") as f:
+                f.write(results.read_bytes(self.remote))
+
+    def push(self) -> None:
+        if self.remote and os.path.exists(self.local):
+            with open(self.local, "rb") as f:
+                results.write_bytes(self.remote, f.read())
 
 
 def make_sampler(search: SearchSpec):
@@ -223,6 +255,7 @@ def run_experiment(
     resume: bool,
     quiet: bool,
     stream: TextIO,
+    study_sync: StudySync | None = None,
 ) -> None:
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs.
 
@@ -259,7 +292,7 @@ def run_experiment(
         tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
     else:
         rows = SweepRows(plan, spec.classes(), full_progress(spec), total, objective, mode,
-                         stream=None if quiet else stream)
+                         stream=None if quiet else stream, study_sync=study_sync)
         run_config = tune.RunConfig(
             name=EXPERIMENT,
             storage_path=ray_dir,
@@ -299,6 +332,10 @@ def run_tune(
     check_resume(output, resume, "sweep")
     init_ray(address=address, num_cpus=num_cpus)
     write_resolved_spec(spec, output)
+    sync = StudySync(output)
+    if resume:
+        sync.fetch()
+    os.makedirs(os.path.dirname(sync.local), exist_ok=True)
     storage = optuna.storages.RDBStorage(study_url(output))
     if not quiet:
         stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> {output}\n")
@@ -338,8 +375,9 @@ def run_tune(
     )
     run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                    total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
-                   quiet=quiet, stream=stream)
+                   quiet=quiet, stream=stream, study_sync=sync)
     _close_running(storage, spec.name)
+    sync.push()
     if not quiet:
         stream.write(sweep_summary(output, search) + "\n")
     return 0
@@ -414,8 +452,8 @@ class SweepRows(Callback):
     """
 
     def __init__(self, plan: TrialPlan, classes: list[str], full: int, total: int, objective: str, mode: str,
-                 stream: TextIO | None):
-        self.plan, self.classes, self.full = plan, classes, full
+                 stream: TextIO | None, study_sync: StudySync | None = None):
+        self.plan, self.classes, self.full, self.study_sync = plan, classes, full, study_sync
         self.objective, self.mode = objective, mode
         self.line = None if stream is None else _Progress(stream, total, objective.removeprefix("mean_"), mode)
         self.best = math.nan
@@ -455,9 +493,16 @@ class SweepRows(Callback):
         last = trial.last_result or {}
         if not finished(last, self.full):
             self._finish_rows(trial, "pruned", f"stopped early by ASHA at progress {last.get('progress', 0)}/{self.full}")
+        self._push_study()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish_rows(trial, "failed", _error_reason(_error_text(trial)))
+        self._push_study()
+
+    def _push_study(self) -> None:
+        # Callbacks run after the searcher has told the study, so the copy is current.
+        if getattr(self, "study_sync", None) is not None:
+            self.study_sync.push()
 
     def on_step_end(self, iteration, trials, **info):
         if self.line is not None:

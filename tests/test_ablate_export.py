@@ -1,6 +1,7 @@
 """`raysearch ablate` and `raysearch export`: spec checks (fast) and real runs (slow)."""
 
 import pytest
+from tiny import TINY
 import yaml
 
 from raysearch import results
@@ -10,15 +11,6 @@ from raysearch.spec import load_spec, spec_from_dict
 
 BASE = {"name": "a", "method": "distcon", "train": {"epochs": 2, "seed": 5}}
 
-TINY = [
-    "data.classes=[3]",
-    "data.max_train=48",
-    "data.max_test=40",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.batch_size=16",
-    "params.backbone.width=8",
-]
 
 
 def with_ablations(block):

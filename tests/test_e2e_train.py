@@ -4,21 +4,13 @@ import math
 
 import pyarrow.dataset as ds
 import pytest
+from tiny import TINY
 
 from raysearch.runner import run_train
 from raysearch.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.classes=[3]",
-    "data.max_train=48",
-    "data.max_test=40",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.batch_size=16",
-    "params.backbone.width=8",
-]
 
 
 def test_train_demo_spec_writes_rows_and_checkpoints(ray_session, demo_spec_path, tmp_path):

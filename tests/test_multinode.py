@@ -9,19 +9,13 @@ import sys
 import time
 
 import pytest
+from tiny import TINY
 
 from raysearch import results
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.classes=[3]",
-    "data.max_train=48",
-    "data.max_test=40",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.batch_size=16",
-    "params.backbone.width=8",
+TINY = TINY + [
     # Each node has one CPU: a worker of 0.9 CPU leaves room on its node for the trial
     # drivers (0.01 CPU each) and one worker per node, so two concurrent trials spread.
     "train.cpus_per_worker=0.9",

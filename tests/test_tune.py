@@ -9,6 +9,7 @@ import time
 
 import optuna
 import pytest
+from tiny import TINY
 
 from raysearch import results
 from raysearch.spec import load_spec
@@ -16,15 +17,6 @@ from raysearch.tuning import run_tune, study_url
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "data.classes=[3]",
-    "data.max_train=48",
-    "data.max_test=40",
-    "train.epochs=2",
-    "train.eval_every=1",
-    "train.batch_size=16",
-    "params.backbone.width=8",
-]
 
 
 def rows_of(out):

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from raysearch.methods.common import BackboneParams
 from raysearch.schema import SpecError
 
 __all__ = [
@@ -49,13 +50,6 @@ def parse_levels(text: str, key: str, allow_all: bool = True) -> list[str] | Non
             key=key,
         )
     return names
-
-
-@dataclass(frozen=True)
-class BackboneParams:
-    name: Literal["small_cnn", "resnet18", "wide_resnet50_2"] = "resnet18"
-    weights: str = "random"  # random | imagenet (from the local torch cache) | a file path
-    width: int = 32  # channels of small_cnn's first block (ignored by ResNets)
 
 
 @dataclass(frozen=True)

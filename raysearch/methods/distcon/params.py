@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from raysearch.methods.common import BackboneParams
 from raysearch.schema import SpecError
 
 __all__ = [
@@ -47,13 +48,6 @@ def parse_rotations(text: str) -> list[tuple[int, bool]]:
         )
     base = [(_TURNS[t], False) for t in turns]
     return base + [(k, True) for k, _ in base] if flips else base
-
-
-@dataclass(frozen=True)
-class BackboneParams:
-    name: Literal["small_cnn", "resnet18", "wide_resnet50_2"] = "resnet18"
-    weights: str = "random"  # random | imagenet (from the local torch cache) | a file path
-    width: int = 32  # channels of small_cnn's first block (ignored by ResNets)
 
 
 @dataclass(frozen=True)

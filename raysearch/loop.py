@@ -48,6 +48,7 @@ class ClassResult:
     latency_ms: float  # per image, scoring alone, after training
     final_loss: float
     facts: dict[str, Any] = field(default_factory=dict)  # method.describe()
+    resumed_epoch: int | None = None  # epochs already done when a restarted run resumed this class
     states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # best / last (rank 0)
 
 
@@ -260,4 +261,5 @@ def train_class(
         final_loss=last_loss,
         facts=method.describe(),
         states=states,
+        resumed_epoch=start_epoch if resume is not None else None,
     )

@@ -77,6 +77,7 @@ ROW_FIELDS: dict[str, tuple[pa.DataType, str]] = {
     "node_id": (pa.string(), "Ray node that ran rank 0"),
     "weights": (pa.string(), "backbone weights loaded"),
     "checkpoint": (pa.string(), "URI of the selected (best) checkpoint"),
+    "resumed_epoch": (pa.int64(), "epochs done before a restart resumed this class (null: trained in one go)"),
     "package_version": (pa.string(), "raysearch version"),
     "git_commit": (pa.string(), "git commit of the code, where known"),
     "timestamp": (pa.timestamp("s", tz="UTC"), "when the row was written"),

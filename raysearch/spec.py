@@ -104,6 +104,9 @@ class TrainSpec:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU
     seed: int = 0
     checkpoint: bool = True  # keep the best and the last checkpoint per class
+    # Restarts of a run's worker group after a failure (a lost worker or node, a crash):
+    # it resumes from the last evaluation's checkpoint. A diverged loss fails again.
+    max_failures: int = 2
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "workers"):
@@ -113,6 +116,8 @@ class TrainSpec:
             raise SpecError(f"expected a positive number, got {self.lr}", key="lr")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
             raise SpecError("expected gpus_per_worker >= 0 and cpus_per_worker > 0", key="gpus_per_worker")
+        if self.max_failures < 0:
+            raise SpecError(f"expected >= 0, got {self.max_failures}", key="max_failures")
         if self.warmup_epochs < 0:
             raise SpecError(f"expected >= 0, got {self.warmup_epochs}", key="warmup_epochs")
 

@@ -135,6 +135,7 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
         node_id=ray.get_runtime_context().get_node_id(),
         weights=result.facts.get("weights"),
         checkpoint=checkpoint,
+        resumed_epoch=result.resumed_epoch,
     )
     row.update({k: v for k, v in result.metrics.items() if k in results.METRIC_COLUMNS})
     return row
@@ -299,7 +300,7 @@ def make_trainer(
     *,
     progress: Any = None,
     callbacks: list | None = None,
-    max_failures: int = 0,
+    max_failures: int | None = None,
     storage_path: str | None = None,
 ):
     """A TorchTrainer that runs ``spec`` as one run named ``run.trial_id``.
@@ -330,7 +331,9 @@ def make_trainer(
             name=run.trial_id,
             storage_path=storage_path or results.join(run.storage, "ray"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=t.max_failures if max_failures is None else max_failures
+            ),
             callbacks=callbacks,
         ),
     )

@@ -298,7 +298,9 @@ def run_experiment(
             storage_path=ray_dir,
             callbacks=[rows],
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # One retry of a trial whose driver was lost (its node went away); the
+            # retried driver's Train run resumes from its last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=1),
         )
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     tuner.fit()

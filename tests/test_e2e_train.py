@@ -42,3 +42,38 @@ def test_diverging_run_becomes_failed_row(ray_session, demo_spec_path, tmp_path)
     assert code == 1
     assert len(rows) == 1 and rows[0]["status"] == "failed"
     assert "loss became" in rows[0]["error"]
+
+
+def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, tmp_path):
+    """SIGKILL the Train worker after its first checkpoint: the run restarts from it."""
+    import glob
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    spec = load_spec(demo_spec_path, TINY + ["data.max_train=240", "params.backbone.width=32",
+                                             "train.epochs=30", "train.eval_every=2", "train.max_failures=2"])
+    out = tmp_path / "exp"
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_train(spec, str(out), quiet=True)))
+    thread.start()
+    deadline = time.time() + 240
+    while not glob.glob(str(out / "ray" / "*" / "checkpoint_*")) and time.time() < deadline:
+        time.sleep(0.2)
+    import ray
+
+    dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]  # this session's Ray only
+    alive = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")])
+    workers = [a for a in alive if "TrainWorker" in a.class_name]
+    assert len(workers) == 1, [a.class_name for a in workers]
+    assert not glob.glob(str(out / "results" / "*.parquet")), "the class finished before the kill"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    code, rows = outcome["result"]
+    assert code == 0
+    assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
+    assert rows[0]["resumed_epoch"] is not None and rows[0]["resumed_epoch"] >= 2
+    assert rows[0]["epochs"] == 30

@@ -1,7 +1,7 @@
 """`raysearch tune`: Ray Tune with Optuna over a spec's search space.
 
 This is the only module that imports ``ray.tune``. One Tune trial is one config: a small
-driver function (reserving ``{"cpu": 0.01}``) that builds a Ray Train TorchTrainer for
+driver function (reserving no CPU) that builds a Ray Train TorchTrainer for
 it, with ``TuneReportCallback`` forwarding rank 0's reports, and runs it over the spec's
 classes. Train workers own the resources (GPU fractions included).
 
@@ -259,7 +259,7 @@ def run_experiment(
 ) -> None:
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs.
 
-    Ray must be initialised. The trials are small driver functions (``{"cpu": 0.01}``)
+    Ray must be initialised. The trials are small driver functions (no CPU)
     that run a Ray Train TorchTrainer; Train's workers hold the resources.
     """
     from ray import tune
@@ -284,7 +284,9 @@ def run_experiment(
             # has decided whether the trial failed or was stopped by the scheduler).
             raise TrialFailed(_reason(err)) from None
 
-    trainable = tune.with_resources(driver, {"cpu": 0.01})
+    # The driver only waits on its Train run: it takes no CPU, so the workers can use
+    # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
+    trainable = tune.with_resources(driver, {"cpu": 0, "memory": 1})
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design

@@ -15,12 +15,9 @@ from raysearch import results
 
 pytestmark = pytest.mark.slow
 
-TINY = TINY + [
-    # Each node has one CPU: a worker of 0.9 CPU leaves room on its node for the trial
-    # drivers (0.01 CPU each) and one worker per node, so two concurrent trials spread.
-    "train.cpus_per_worker=0.9",
-    "search.scheduler={kind: none}",
-]
+# Each node has one CPU and each trial's worker takes one (its driver takes none), so
+# two concurrent trials must run on different nodes.
+TINY = TINY + ["search.scheduler={kind: none}"]
 
 
 def free_port() -> int:

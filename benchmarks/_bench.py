@@ -1,0 +1,88 @@
+"""Helpers shared by the benchmark scripts: the machine line, timing and result files.
+
+Every script prints the figures it claims together with :func:`machine` and writes
+the same figures as JSON to ``benchmarks/results/<name>.json``, from which
+``benchmarks/run_all.py`` regenerates BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+DEMO = os.path.join(REPO, "search_spaces", "demo")
+
+if REPO not in sys.path:  # run from anywhere without installing
+    sys.path.insert(0, REPO)
+
+
+def machine() -> dict[str, Any]:
+    """Platform, CPU count, library versions, load and date of this run."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    for name in ("torch", "ray", "optuna", "pandas"):
+        try:
+            module = __import__(name)
+            info[name] = module.__version__
+        except ImportError:
+            info[name] = None
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    keys = ("platform", "cpus", "python", "torch", "ray", "optuna", "pandas", "gpu", "load_avg_1m", "date")
+    return "machine: " + ", ".join(f"{k}={info[k]}" for k in keys if k in info)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    """``median (min-max, n=...)`` of a list of measurements."""
+    return f"{median(values):.3g} (min {min(values):.3g}, max {max(values):.3g}, n={len(values)})"
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.s`` holds the elapsed seconds."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.s = time.perf_counter() - self.start
+
+
+def save(name: str, payload: dict[str, Any]) -> str:
+    """Write ``benchmarks/results/<name>.json`` (machine info added) and return its path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+    return path

@@ -1,0 +1,169 @@
+"""Training-step throughput through raysearch's loop vs a bare PyTorch loop.
+
+For each method (distcon, cutswap, clflow) with its demo config (small_cnn; 32 px for
+distcon, 64 px for cutswap and clflow) and synthetic uint8 images on the CPU:
+
+* raysearch: :func:`raysearch.loop.train_class` on a synthetic ``OneClassTask``, the
+  exact loop every Ray Train worker runs (learning-rate schedule, autocast context,
+  per-step index sharding, loss-term bookkeeping, one device sync per epoch);
+* bare: a hand-written ``for`` loop over the same model, batch size, optimizer and
+  method loss (``Method.training_step`` + backward + ``optimizer.step``), nothing else.
+
+An epoch's step time is measured in both from the start of the epoch's first step to
+the end of its last (``on_epoch_end`` and evaluation excluded; in ``train_class`` the
+boundaries are taken from a subclass that timestamps ``on_epoch_end``). The first epoch
+of every run is a warm-up and is dropped; runs of the two loops alternate so that a
+change in machine load hits both. The figure is the median epoch; the ratio is
+raysearch images/s over bare images/s (goal >= 0.95). torch runs with one intra-op
+thread by default, as in a Ray Train worker that holds one CPU (Ray sets
+OMP_NUM_THREADS to the worker's CPUs); on a shared 2-core machine two threads also
+suffer badly from oversubscription.
+
+Run:  python benchmarks/step_throughput.py [--repeats 3 --epochs 4 --images 256 --threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import _bench
+import torch
+
+from raysearch import registry
+from raysearch.data.base import OneClassTask, Split
+from raysearch.loop import seed_everything, train_class
+from raysearch.methods.base import DataInfo
+from raysearch.spec import load_spec
+
+METHODS = ("distcon", "cutswap", "clflow")
+
+
+def synthetic_task(n_train: int, size: int, with_masks: bool, seed: int = 0) -> OneClassTask:
+    """Random uint8 images: ``n_train`` normals, 16 validation and 16 test images (half anomalous)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+    def split(n: int) -> Split:
+        labels = torch.arange(n) % 2
+        masks = None
+        if with_masks:
+            masks = torch.zeros(n, size, size, dtype=torch.uint8)
+            masks[labels == 1, size // 4 : size // 2, size // 4 : size // 2] = 1
+        return Split(images(n), labels, masks)
+
+    return OneClassTask("synthetic", "0", images(n_train), split(16), split(16))
+
+
+def timed_method(method_cls: type, marks: list[tuple[str, float]]) -> type:
+    """``method_cls`` with ``on_epoch_end`` bracketed by timestamps."""
+
+    class Timed(method_cls):  # type: ignore[misc, valid-type]
+        def on_epoch_end(self, model, train_images, epoch):
+            marks.append(("start", time.perf_counter()))
+            super().on_epoch_end(model, train_images, epoch)
+            marks.append(("end", time.perf_counter()))
+
+    Timed.__name__ = f"Timed{method_cls.__name__}"
+    return Timed
+
+
+def raysearch_epochs(spec, task: OneClassTask, method_cls: type) -> list[float]:
+    """Step seconds of epochs 2..E of one ``train_class`` run."""
+    marks: list[tuple[str, float]] = []
+    train_class(spec, task, timed_method(method_cls, marks), "cpu")
+    starts = [t for k, t in marks if k == "start"]
+    ends = [t for k, t in marks if k == "end"]
+    # epoch e's steps run between the end of on_epoch_end(e-1) and the start of on_epoch_end(e)
+    return [starts[e] - ends[e - 1] for e in range(1, len(starts))]
+
+
+def bare_epochs(spec, task: OneClassTask, method_cls: type) -> list[float]:
+    """Step seconds of epochs 2..E of a hand-written loop over the same model and loss."""
+    t = spec.train
+    seed_everything(t.seed)
+    images = task.train
+    info = DataInfo(channels=3, image_size=int(images.shape[-1]), num_train=len(images),
+                    has_masks=task.test.masks is not None)
+    method = method_cls(spec.params, info, torch.device("cpu"), seed=t.seed)
+    model = method.build()
+    opt = torch.optim.Adam(list(method.trainable_parameters(model)), lr=t.lr, weight_decay=t.weight_decay)
+    steps = len(images) // t.batch_size
+    times = []
+    for epoch in range(t.epochs):
+        start = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(images))
+        for s in range(steps):
+            loss = method.training_step(model, images[perm[s * t.batch_size : (s + 1) * t.batch_size]], epoch)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        float(loss.detach())  # the same single sync per epoch as the raysearch loop
+        times.append(time.perf_counter() - start)
+        method.on_epoch_end(model, images, epoch)
+    return times[1:]
+
+
+def bench_method(name: str, repeats: int, epochs: int, n_images: int) -> dict:
+    base = load_spec(os.path.join(_bench.DEMO, f"{name}.yaml"))
+    spec = load_spec(os.path.join(_bench.DEMO, f"{name}.yaml"), [
+        f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.checkpoint=false",
+    ])
+    size, batch = spec.data.image_size, spec.train.batch_size
+    n_train = max(batch, n_images // batch * batch)
+    task = synthetic_task(n_train, size, with_masks=base.data.dataset != "digits")
+    method_cls = registry.method_class(name)
+
+    warm = spec.with_overrides({"train.epochs": 2, "train.eval_every": 2})
+    raysearch_epochs(warm, task, method_cls)
+    bare_epochs(warm, task, method_cls)
+
+    ours: list[float] = []
+    bare: list[float] = []
+    for _ in range(repeats):  # alternate, so that load changes hit both loops
+        ours += raysearch_epochs(spec, task, method_cls)
+        bare += bare_epochs(spec, task, method_cls)
+    ours_ips = n_train / _bench.median(ours)
+    bare_ips = n_train / _bench.median(bare)
+    return {
+        "method": name, "image_size": size, "batch_size": batch, "images_per_epoch": n_train,
+        "steps_per_epoch": n_train // batch, "epochs_measured": len(ours),
+        "raysearch_epoch_s": ours, "bare_epoch_s": bare,
+        "raysearch_img_s": ours_ips, "bare_img_s": bare_ips, "ratio": ours_ips / bare_ips,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each loop (alternating)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first is a warm-up")
+    ap.add_argument("--images", type=int, default=256, help="synthetic training images per epoch")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1 = what a Ray Train worker with 1 CPU gets)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    info = _bench.machine()
+    print(_bench.machine_line(info))
+    print(f"step throughput, CPU, {args.threads} torch thread(s), default precision (fp32 on CPU), {args.repeats} runs x {args.epochs - 1} measured epochs per loop, "
+          f"{args.images} synthetic images per epoch")
+    rows = []
+    for name in args.methods:
+        r = bench_method(name, args.repeats, args.epochs, args.images)
+        rows.append(r)
+        print(f"{name:8s} {r['image_size']:3d}px batch {r['batch_size']:3d}: raysearch {r['raysearch_img_s']:7.1f} img/s "
+              f"(epoch s {_bench.spread(r['raysearch_epoch_s'])}), bare {r['bare_img_s']:7.1f} img/s "
+              f"(epoch s {_bench.spread(r['bare_epoch_s'])}), ratio {r['ratio']:.3f}", flush=True)
+    worst = min(r["ratio"] for r in rows)
+    print(f"lowest ratio raysearch/bare: {worst:.3f} (goal >= 0.95: {'met' if worst >= 0.95 else 'not met'})")
+    path = _bench.save("step_throughput", {"args": vars(args), "rows": rows, "min_ratio": worst})
+    print(f"wrote {os.path.relpath(path, _bench.REPO)}")
+
+
+if __name__ == "__main__":
+    main()

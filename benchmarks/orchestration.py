@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -66,12 +67,12 @@ def fresh_imports() -> dict[str, float]:
 
 
 def noop_train_loop(config: dict) -> None:
-    """A Train loop that only reports its thread settings: the rest is worker-group start and teardown."""
-    import ray.train
+    """A Train loop that only notes its thread settings: the rest is worker-group start and teardown."""
     import torch
 
-    ray.train.report({"torch_threads": torch.get_num_threads(),
-                      "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")})
+    with open(config["path"], "w") as f:
+        json.dump({"torch_threads": torch.get_num_threads(),
+                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset")}, f)
 
 
 def noop_trial(config: dict) -> dict:
@@ -89,6 +90,9 @@ def breakdown_part(repeats: int) -> dict:
     from raysearch.spec import load_spec
     from raysearch.training import init_ray
 
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # as raysearch.tuning does
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result.json: by design
     tmp = tempfile.mkdtemp(prefix="raysearch-bench-")
     imports = fresh_imports()
     spec = load_spec(SPEC, TINY)
@@ -107,10 +111,12 @@ def breakdown_part(repeats: int) -> dict:
                        run_config=tune.RunConfig(name=f"noop{i}", storage_path=tmp, verbose=0)).fit()
         out["tune_noop_trial_s"].append(t.s)
         with _bench.Timer() as t:
-            result = TorchTrainer(noop_train_loop, scaling_config=ray.train.ScalingConfig(num_workers=1),
-                                  run_config=ray.train.RunConfig(name=f"noop-train{i}", storage_path=tmp)).fit()
+            TorchTrainer(noop_train_loop, train_loop_config={"path": os.path.join(tmp, "threads.json")},
+                         scaling_config=ray.train.ScalingConfig(num_workers=1),
+                         run_config=ray.train.RunConfig(name=f"noop-train{i}", storage_path=tmp)).fit()
         out["torchtrainer_noop_fit_s"].append(t.s)
-        out["worker_threads"] = {k: result.metrics.get(k) for k in ("torch_threads", "omp_num_threads")}
+    with open(os.path.join(tmp, "threads.json")) as f:
+        out["worker_threads"] = json.load(f)
     ray.shutdown()
     return out
 

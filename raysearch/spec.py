@@ -105,8 +105,10 @@ class TrainSpec:
     seed: int = 0
     checkpoint: bool = True  # keep the best and the last checkpoint per class
     # Restarts of a run's worker group after a failure (a lost worker or node, a crash):
-    # it resumes from the last evaluation's checkpoint. A diverged loss fails again.
-    max_failures: int = 2
+    # it resumes from the last evaluation's checkpoint; a sweep also retries a trial
+    # whose driver was lost once. Set it (e.g. 2) on clusters with spot instances. A
+    # diverged loss fails again on every restart.
+    max_failures: int = 0
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "workers"):

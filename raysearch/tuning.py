@@ -300,9 +300,9 @@ def run_experiment(
             storage_path=ray_dir,
             callbacks=[rows],
             verbose=0,
-            # One retry of a trial whose driver was lost (its node went away); the
-            # retried driver's Train run resumes from its last checkpoint.
-            failure_config=tune.FailureConfig(max_failures=1),
+            # With train.max_failures, one retry of a trial whose driver was lost (its
+            # node went away); the retried driver's Train run resumes from its checkpoint.
+            failure_config=tune.FailureConfig(max_failures=1 if spec.train.max_failures else 0),
         )
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     tuner.fit()

@@ -64,6 +64,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, 
     while not glob.glob(str(out / "ray" / "*" / "checkpoint_*")) and time.time() < deadline:
         time.sleep(0.2)
     import ray
+    import ray.util
 
     dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]  # this session's Ray only
     alive = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")])
@@ -77,3 +78,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, 
     assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
     assert rows[0]["resumed_epoch"] is not None and rows[0]["resumed_epoch"] >= 2
     assert rows[0]["epochs"] == 30
+    deadline = time.time() + 30  # the lost worker group's placement group is released
+    while [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]:
+        assert time.time() < deadline, ray.util.placement_group_table()
+        time.sleep(1)

@@ -73,15 +73,7 @@ def test_sweep_rows_study_states_and_no_leaked_placement_groups(ray_session, dem
     assert by_number[0].params["params.gmm.components"] == spec.params.gmm.components
 
     # Every Train placement group was released (with the dashboard on, Train cleans up).
-    import ray.util
-
-    deadline = time.time() + 20
-    while True:
-        live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
-        if not live or time.time() > deadline:
-            break
-        time.sleep(1)
-    assert not live
+    assert not _live_placement_groups()
 
 
 def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_path, tmp_path):
@@ -98,6 +90,7 @@ def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_p
     assert rows[0.002]["status"] == "completed"
     states = sorted(t.state.name for t in study_of(out, spec.name).trials)
     assert states == ["COMPLETE", "FAIL"]
+    assert not _live_placement_groups()  # the failed run's retries released theirs
 
 
 def _tune_cmd(spec_path, out, *extra):
@@ -140,3 +133,14 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(demo_spec_path, 
     study = study_of(out, "distcon-digits-demo")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
+
+
+def _live_placement_groups():
+    import ray.util
+
+    deadline = time.time() + 20
+    while True:
+        live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+        if not live or time.time() > deadline:
+            return live
+        time.sleep(1)

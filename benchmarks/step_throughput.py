@@ -12,8 +12,8 @@ distcon, 64 px for cutswap and clflow) and synthetic uint8 images on the CPU:
 An epoch's step time is measured in both from the start of the epoch's first step to
 the end of its last (``on_epoch_end`` and evaluation excluded; in ``train_class`` the
 boundaries are taken from a subclass that timestamps ``on_epoch_end``). The first epoch
-of every run is a warm-up and is dropped; runs of the two loops alternate so that a
-change in machine load hits both. The figure is the median epoch; the ratio is
+of every run is a warm-up and is dropped; runs of the two loops alternate (and swap
+order every repeat) so that a change in machine load hits both. The figure is the median epoch; the ratio is
 raysearch images/s over bare images/s (goal >= 0.95). torch runs with one intra-op
 thread by default, as in a Ray Train worker that holds one CPU (Ray sets
 OMP_NUM_THREADS to the worker's CPUs); on a shared 2-core machine two threads also
@@ -124,9 +124,13 @@ def bench_method(name: str, repeats: int, epochs: int, n_images: int) -> dict:
 
     ours: list[float] = []
     bare: list[float] = []
-    for _ in range(repeats):  # alternate, so that load changes hit both loops
-        ours += raysearch_epochs(spec, task, method_cls)
-        bare += bare_epochs(spec, task, method_cls)
+    for r in range(repeats):  # alternate loops and their order, so that load changes hit both
+        if r % 2 == 0:
+            ours += raysearch_epochs(spec, task, method_cls)
+            bare += bare_epochs(spec, task, method_cls)
+        else:
+            bare += bare_epochs(spec, task, method_cls)
+            ours += raysearch_epochs(spec, task, method_cls)
     ours_ips = n_train / _bench.median(ours)
     bare_ips = n_train / _bench.median(bare)
     return {

@@ -25,6 +25,7 @@ Run:  python benchmarks/step_throughput.py [--repeats 3 --epochs 4 --images 256 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -159,13 +160,22 @@ def main() -> None:
     rows = []
     for name in args.methods:
         r = bench_method(name, args.repeats, args.epochs, args.images)
+        r["date"], r["threads"] = _bench.machine()["date"], args.threads
         rows.append(r)
         print(f"{name:8s} {r['image_size']:3d}px batch {r['batch_size']:3d}: raysearch {r['raysearch_img_s']:7.1f} img/s "
               f"(epoch s {_bench.spread(r['raysearch_epoch_s'])}), bare {r['bare_img_s']:7.1f} img/s "
               f"(epoch s {_bench.spread(r['bare_epoch_s'])}), ratio {r['ratio']:.3f}", flush=True)
     worst = min(r["ratio"] for r in rows)
     print(f"lowest ratio raysearch/bare: {worst:.3f} (goal >= 0.95: {'met' if worst >= 0.95 else 'not met'})")
-    path = _bench.save("step_throughput", {"args": vars(args), "rows": rows, "min_ratio": worst})
+    path = os.path.join(_bench.RESULTS, "step_throughput.json")
+    if os.path.exists(path):  # keep the figures of methods measured in another run
+        with open(path) as f:
+            kept = [r for r in json.load(f).get("rows", []) if r["method"] not in args.methods]
+        rows = sorted(kept + rows, key=lambda r: METHODS.index(r["method"]))
+    for r in rows:
+        r.setdefault("date", info["date"])
+        r.setdefault("threads", args.threads)
+    _bench.save("step_throughput", {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows)})
     print(f"wrote {os.path.relpath(path, _bench.REPO)}")
 
 

@@ -113,7 +113,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     spec = _checked_spec(args)
     if args.dry_run:
-        dry_run(spec)
+        dry_run(spec, trials=args.trials, concurrent=args.concurrent)
         return 0
     return run_tune(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
                     trials=args.trials, concurrent=args.concurrent, resume=args.resume, quiet=args.quiet)

@@ -132,9 +132,16 @@ def default_point(spec: Spec, search: SearchSpec) -> dict[str, Any]:
     return point
 
 
-def dry_run(spec: Spec, stream: TextIO = sys.stdout) -> SearchSpec:
+def with_budget(search: SearchSpec, trials: int | None, concurrent: int | None) -> SearchSpec:
+    """The search with ``--trials`` / ``--concurrent`` applied."""
+    return SearchSpec(**{**search.__dict__, "trials": trials or search.trials,
+                         "concurrent": concurrent or search.concurrent})
+
+
+def dry_run(spec: Spec, stream: TextIO = sys.stdout, trials: int | None = None,
+            concurrent: int | None = None) -> SearchSpec:
     """Print the resolved search and an estimate of its cost; start nothing."""
-    search = parse_search(spec)
+    search = with_budget(parse_search(spec), trials, concurrent)
     classes = spec.classes()
     t = spec.train
     stream.write(f"experiment {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
@@ -327,10 +334,7 @@ def run_tune(
 
     from raysearch.training import init_ray
 
-    search = parse_search(spec)
-    if trials is not None or concurrent is not None:
-        search = SearchSpec(**{**search.__dict__, "trials": trials or search.trials,
-                               "concurrent": concurrent or search.concurrent})
+    search = with_budget(parse_search(spec), trials, concurrent)
     full = full_progress(spec)
     metric_keys = [f"mean_{m}" for m in search.metrics]
     check_resume(output, resume, "sweep")

@@ -286,18 +286,17 @@ def main() -> None:
         with open(path) as f:
             old = json.load(f)
         payload = {k: old[k] for k in ("sweep", "breakdown", "health") if k in old}
-    if args.part in ("sweep", "all"):
-        payload["sweep"] = sweep_part(args.trials)
-        payload["sweep"]["date"] = _bench.machine()["date"]
-        print_sweep(payload["sweep"])
-    if args.part in ("breakdown", "all"):
-        payload["breakdown"] = breakdown_part(args.repeats)
-        payload["breakdown"]["date"] = _bench.machine()["date"]
-        print_breakdown(payload["breakdown"])
-    if args.part in ("health", "all"):
-        payload["health"] = health_part(args.health_epochs)
-        payload["health"]["date"] = _bench.machine()["date"]
-        print_health(payload["health"])
+    parts = {"sweep": (lambda: sweep_part(args.trials), print_sweep),
+             "breakdown": (lambda: breakdown_part(args.repeats), print_breakdown),
+             "health": (lambda: health_part(args.health_epochs), print_health)}
+    for name, (run, show) in parts.items():
+        if args.part not in (name, "all"):
+            continue
+        before = _bench.machine()  # date and load when the part started
+        payload[name] = run()
+        payload[name]["date"] = before["date"]
+        payload[name]["load_avg_1m"] = [before.get("load_avg_1m"), _bench.machine().get("load_avg_1m")]
+        show(payload[name])
     _bench.save("orchestration", payload)
     print(f"wrote {os.path.relpath(path, _bench.REPO)}")
 

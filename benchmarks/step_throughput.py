@@ -13,13 +13,18 @@ An epoch's step time is measured in both from the start of the epoch's first ste
 the end of its last (``on_epoch_end`` and evaluation excluded; in ``train_class`` the
 boundaries are taken from a subclass that timestamps ``on_epoch_end``). The first epoch
 of every run is a warm-up and is dropped; runs of the two loops alternate (and swap
-order every repeat) so that a change in machine load hits both. The figure is the median epoch; the ratio is
-raysearch images/s over bare images/s (goal >= 0.95). torch runs with one intra-op
-thread by default, as in a Ray Train worker that holds one CPU (Ray sets
-OMP_NUM_THREADS to the worker's CPUs); on a shared 2-core machine two threads also
-suffer badly from oversubscription.
+order every repeat) so that a change in machine load hits both. The figure is the
+median epoch; the ratio is raysearch images/s over bare images/s (goal >= 0.95).
+
+torch runs with one intra-op thread by default, as in a Ray Train worker that holds one
+CPU (Ray sets OMP_NUM_THREADS to the worker's CPUs); on a shared 2-core machine two
+threads also suffer badly from oversubscription. ``--device cuda`` and ``--set``
+overrides give the paper-scale GPU figures (both loops then use bf16 autocast under
+``train.precision: auto``, and each epoch ends with a device sync).
 
 Run:  python benchmarks/step_throughput.py [--repeats 3 --epochs 4 --images 256 --threads 1]
+      python benchmarks/step_throughput.py --methods distcon --device cuda --tag gpu \\
+          --set params.backbone.name=resnet18 train.batch_size=256
 """
 
 from __future__ import annotations
@@ -72,24 +77,27 @@ def timed_method(method_cls: type, marks: list[tuple[str, float]]) -> type:
     return Timed
 
 
-def raysearch_epochs(spec, task: OneClassTask, method_cls: type) -> list[float]:
+def raysearch_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> list[float]:
     """Step seconds of epochs 2..E of one ``train_class`` run."""
     marks: list[tuple[str, float]] = []
-    train_class(spec, task, timed_method(method_cls, marks), "cpu")
+    train_class(spec, task, timed_method(method_cls, marks), device)
     starts = [t for k, t in marks if k == "start"]
     ends = [t for k, t in marks if k == "end"]
     # epoch e's steps run between the end of on_epoch_end(e-1) and the start of on_epoch_end(e)
     return [starts[e] - ends[e - 1] for e in range(1, len(starts))]
 
 
-def bare_epochs(spec, task: OneClassTask, method_cls: type) -> list[float]:
+def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> list[float]:
     """Step seconds of epochs 2..E of a hand-written loop over the same model and loss."""
     t = spec.train
     seed_everything(t.seed)
-    images = task.train
+    dev = torch.device(device)
+    images = task.train.to(dev)
     info = DataInfo(channels=3, image_size=int(images.shape[-1]), num_train=len(images),
                     has_masks=task.test.masks is not None)
-    method = method_cls(spec.params, info, torch.device("cpu"), seed=t.seed)
+    method = method_cls(spec.params, info, dev, seed=t.seed)
+    # bf16 autocast under the same rule as the raysearch loop (train.precision; auto = bf16 on GPU)
+    bf16 = t.precision == "bf16" or (t.precision == "auto" and dev.type == "cuda")
     model = method.build()
     opt = torch.optim.Adam(list(method.trainable_parameters(model)), lr=t.lr, weight_decay=t.weight_decay)
     steps = len(images) // t.batch_size
@@ -97,9 +105,11 @@ def bare_epochs(spec, task: OneClassTask, method_cls: type) -> list[float]:
     for epoch in range(t.epochs):
         start = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(images))
+        perm = torch.randperm(len(images), device=dev)
         for s in range(steps):
-            loss = method.training_step(model, images[perm[s * t.batch_size : (s + 1) * t.batch_size]], epoch)["loss"]
+            batch = images[perm[s * t.batch_size : (s + 1) * t.batch_size]]
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = method.training_step(model, batch, epoch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -109,10 +119,11 @@ def bare_epochs(spec, task: OneClassTask, method_cls: type) -> list[float]:
     return times[1:]
 
 
-def bench_method(name: str, repeats: int, epochs: int, n_images: int) -> dict:
+def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: str = "cpu",
+                 overrides: tuple[str, ...] = ()) -> dict:
     base = load_spec(os.path.join(_bench.DEMO, f"{name}.yaml"))
     spec = load_spec(os.path.join(_bench.DEMO, f"{name}.yaml"), [
-        f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.checkpoint=false",
+        *overrides, f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.checkpoint=false",
     ])
     size, batch = spec.data.image_size, spec.train.batch_size
     n_train = max(batch, n_images // batch * batch)
@@ -120,22 +131,23 @@ def bench_method(name: str, repeats: int, epochs: int, n_images: int) -> dict:
     method_cls = registry.method_class(name)
 
     warm = spec.with_overrides({"train.epochs": 2, "train.eval_every": 2})
-    raysearch_epochs(warm, task, method_cls)
-    bare_epochs(warm, task, method_cls)
+    raysearch_epochs(warm, task, method_cls, device)
+    bare_epochs(warm, task, method_cls, device)
 
     ours: list[float] = []
     bare: list[float] = []
     for r in range(repeats):  # alternate loops and their order, so that load changes hit both
         if r % 2 == 0:
-            ours += raysearch_epochs(spec, task, method_cls)
-            bare += bare_epochs(spec, task, method_cls)
+            ours += raysearch_epochs(spec, task, method_cls, device)
+            bare += bare_epochs(spec, task, method_cls, device)
         else:
-            bare += bare_epochs(spec, task, method_cls)
-            ours += raysearch_epochs(spec, task, method_cls)
+            bare += bare_epochs(spec, task, method_cls, device)
+            ours += raysearch_epochs(spec, task, method_cls, device)
     ours_ips = n_train / _bench.median(ours)
     bare_ips = n_train / _bench.median(bare)
     return {
-        "method": name, "image_size": size, "batch_size": batch, "images_per_epoch": n_train,
+        "method": name, "device": device, "precision": spec.train.precision, "overrides": list(overrides),
+        "backbone": spec.params.backbone.name, "image_size": size, "batch_size": batch, "images_per_epoch": n_train,
         "steps_per_epoch": n_train // batch, "epochs_measured": len(ours),
         "raysearch_epoch_s": ours, "bare_epoch_s": bare,
         "raysearch_img_s": ours_ips, "bare_img_s": bare_ips, "ratio": ours_ips / bare_ips,
@@ -150,24 +162,32 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1 = what a Ray Train worker with 1 CPU gets)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the paper-scale figures need cuda)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="spec overrides, e.g. params.backbone.name=resnet18 train.precision=fp32")
+    ap.add_argument("--tag", default="", help="suffix of the results file (keeps GPU figures apart)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     info = _bench.machine()
     print(_bench.machine_line(info))
-    print(f"step throughput, CPU, {args.threads} torch thread(s), default precision (fp32 on CPU), {args.repeats} runs x {args.epochs - 1} measured epochs per loop, "
-          f"{args.images} synthetic images per epoch")
+    print(f"step throughput, {args.device}, {args.threads} torch thread(s), demo configs"
+          + (f" with {' '.join(args.set)}" if args.set else "") + f", {args.repeats} runs x {args.epochs - 1} "
+          f"measured epochs per loop, {args.images} synthetic images per epoch")
     rows = []
     for name in args.methods:
-        r = bench_method(name, args.repeats, args.epochs, args.images)
-        r["date"], r["threads"] = _bench.machine()["date"], args.threads
+        before = _bench.machine()
+        r = bench_method(name, args.repeats, args.epochs, args.images, args.device, tuple(args.set))
+        r["date"], r["threads"] = before["date"], args.threads
+        r["load_avg_1m"] = [before.get("load_avg_1m"), _bench.machine().get("load_avg_1m")]
         rows.append(r)
-        print(f"{name:8s} {r['image_size']:3d}px batch {r['batch_size']:3d}: raysearch {r['raysearch_img_s']:7.1f} img/s "
+        print(f"{name:8s} {r['backbone']} {r['precision']} {r['image_size']:3d}px batch {r['batch_size']:3d}: raysearch {r['raysearch_img_s']:7.1f} img/s "
               f"(epoch s {_bench.spread(r['raysearch_epoch_s'])}), bare {r['bare_img_s']:7.1f} img/s "
               f"(epoch s {_bench.spread(r['bare_epoch_s'])}), ratio {r['ratio']:.3f}", flush=True)
     worst = min(r["ratio"] for r in rows)
     print(f"lowest ratio raysearch/bare: {worst:.3f} (goal >= 0.95: {'met' if worst >= 0.95 else 'not met'})")
-    path = os.path.join(_bench.RESULTS, "step_throughput.json")
+    result_name = "step_throughput" + (f"_{args.tag}" if args.tag else "")
+    path = os.path.join(_bench.RESULTS, f"{result_name}.json")
     if os.path.exists(path):  # keep the figures of methods measured in another run
         with open(path) as f:
             kept = [r for r in json.load(f).get("rows", []) if r["method"] not in args.methods]
@@ -175,7 +195,7 @@ def main() -> None:
     for r in rows:
         r.setdefault("date", info["date"])
         r.setdefault("threads", args.threads)
-    _bench.save("step_throughput", {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows)})
+    _bench.save(result_name, {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows)})
     print(f"wrote {os.path.relpath(path, _bench.REPO)}")
 
 

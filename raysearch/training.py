@@ -35,6 +35,10 @@ __all__ = ["RunInfo", "make_trainer", "worker_loop", "config_schema", "failed_ro
 # Train's controller polls workers this often; every report waits for a poll (2 s by
 # default), which dominates short epochs. Measured in benchmarks/.
 HEALTH_CHECK_INTERVAL_S = "0.2"
+# Train gives a worker group 60 s to start before it retries; a retry left the first
+# attempt's placement group reserved (Ray 2.60), and on a busy small machine, where
+# importing torch alone can take that long, the sweep then waited forever for CPUs.
+WORKER_GROUP_START_TIMEOUT_S = "900"
 
 
 @dataclass(frozen=True)
@@ -348,11 +352,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     import ray
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return
     env_vars = {
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
     }
     kwargs: dict[str, Any] = dict(
         log_to_driver=log_to_driver,

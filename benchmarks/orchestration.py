@@ -253,7 +253,8 @@ def print_breakdown(b: dict) -> None:
     print(f"  no-op TorchTrainer.fit (1 worker):         {_bench.spread(b['torchtrainer_noop_fit_s'])} s")
     print(f"  fresh-process imports: torch {imp['torch']:.2f} s, ray.train.torch {imp['ray_train']:.2f} s, "
           f"raysearch {imp['raysearch']:.2f} s")
-    print(f"  data loading (load_task, tiny digits class): {_bench.spread(b['load_task_s'])} s")
+    print(f"  data loading (load_task, tiny digits class): first call in the process {b['load_task_s'][0]:.2f} s "
+          f"(as in a fresh worker), then {_bench.median(b['load_task_s'][1:]):.3f} s (cached)")
     print(f"  threads in a 1-CPU Train worker: {b.get('worker_threads')}")
 
 

@@ -7,7 +7,9 @@ distcon, 64 px for cutswap and clflow) and synthetic uint8 images on the CPU:
   exact loop every Ray Train worker runs (learning-rate schedule, autocast context,
   per-step index sharding, loss-term bookkeeping, one device sync per epoch);
 * bare: a hand-written ``for`` loop over the same model, batch size, optimizer and
-  method loss (``Method.training_step`` + backward + ``optimizer.step``), nothing else.
+  method loss (``Method.training_step`` + backward + ``optimizer.step``) that follows
+  the same numerical path (seeds, batch order, cosine learning rate) and nothing else.
+  Both loops must reach the same last-epoch loss; the script prints whether they do.
 
 An epoch's step time is measured in both from the start of the epoch's first step to
 the end of its last (``on_epoch_end`` and evaluation excluded; in ``train_class`` the
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -77,18 +80,23 @@ def timed_method(method_cls: type, marks: list[tuple[str, float]]) -> type:
     return Timed
 
 
-def raysearch_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> list[float]:
-    """Step seconds of epochs 2..E of one ``train_class`` run."""
+def raysearch_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> tuple[list[float], float]:
+    """Step seconds of epochs 2..E of one ``train_class`` run, and its last-epoch mean loss."""
     marks: list[tuple[str, float]] = []
-    train_class(spec, task, timed_method(method_cls, marks), device)
+    result = train_class(spec, task, timed_method(method_cls, marks), device)
     starts = [t for k, t in marks if k == "start"]
     ends = [t for k, t in marks if k == "end"]
     # epoch e's steps run between the end of on_epoch_end(e-1) and the start of on_epoch_end(e)
-    return [starts[e] - ends[e - 1] for e in range(1, len(starts))]
+    return [starts[e] - ends[e - 1] for e in range(1, len(starts))], result.final_loss
 
 
-def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> list[float]:
-    """Step seconds of epochs 2..E of a hand-written loop over the same model and loss."""
+def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> tuple[list[float], float]:
+    """Step seconds of epochs 2..E of a hand-written loop over the same model and loss.
+
+    It follows the same numerical path as ``train_class`` (seeds, batch order, cosine
+    learning rate), so that both loops do identical work and reach the same losses;
+    what it leaves out is the loop's machinery.
+    """
     t = spec.train
     seed_everything(t.seed)
     dev = torch.device(device)
@@ -99,24 +107,36 @@ def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> list
     # bf16 autocast under the same rule as the raysearch loop (train.precision; auto = bf16 on GPU)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and dev.type == "cuda")
     model = method.build()
-    opt = torch.optim.Adam(list(method.trainable_parameters(model)), lr=t.lr, weight_decay=t.weight_decay)
+    params = list(method.trainable_parameters(model))
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    else:
+        opt = (torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam)(params, lr=t.lr, weight_decay=t.weight_decay)
+    order = torch.Generator().manual_seed(t.seed)
     steps = len(images) // t.batch_size
-    times = []
+    total, warmup = steps * t.epochs, t.warmup_epochs * steps
+    times, step = [], 0
     for epoch in range(t.epochs):
         start = time.perf_counter()
         model.train()
-        perm = torch.randperm(len(images), device=dev)
+        perm = torch.randperm(len(images), generator=order).to(dev)
+        loss_sum = torch.zeros((), device=dev)
         for s in range(steps):
-            batch = images[perm[s * t.batch_size : (s + 1) * t.batch_size]]
+            factor = (step + 1) / warmup if step < warmup else \
+                0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            for group in opt.param_groups:
+                group["lr"] = t.lr * factor
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = method.training_step(model, batch, epoch)["loss"]
+                loss = method.training_step(model, images[perm[s * t.batch_size : (s + 1) * t.batch_size]], epoch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        float(loss.detach())  # the same single sync per epoch as the raysearch loop
+            step += 1
+            loss_sum += loss.detach()
+        last_loss = float(loss_sum) / steps  # the same single sync per epoch as the raysearch loop
         times.append(time.perf_counter() - start)
         method.on_epoch_end(model, images, epoch)
-    return times[1:]
+    return times[1:], last_loss
 
 
 def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: str = "cpu",
@@ -136,13 +156,16 @@ def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: st
 
     ours: list[float] = []
     bare: list[float] = []
+    losses: list[tuple[float, float]] = []  # (raysearch, bare) last-epoch loss of each repeat
     for r in range(repeats):  # alternate loops and their order, so that load changes hit both
         if r % 2 == 0:
-            ours += raysearch_epochs(spec, task, method_cls, device)
-            bare += bare_epochs(spec, task, method_cls, device)
+            o, lo = raysearch_epochs(spec, task, method_cls, device)
+            b, lb = bare_epochs(spec, task, method_cls, device)
         else:
-            bare += bare_epochs(spec, task, method_cls, device)
-            ours += raysearch_epochs(spec, task, method_cls, device)
+            b, lb = bare_epochs(spec, task, method_cls, device)
+            o, lo = raysearch_epochs(spec, task, method_cls, device)
+        ours, bare = ours + o, bare + b
+        losses.append((lo, lb))
     ours_ips = n_train / _bench.median(ours)
     bare_ips = n_train / _bench.median(bare)
     return {
@@ -151,6 +174,7 @@ def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: st
         "steps_per_epoch": n_train // batch, "epochs_measured": len(ours),
         "raysearch_epoch_s": ours, "bare_epoch_s": bare,
         "raysearch_img_s": ours_ips, "bare_img_s": bare_ips, "ratio": ours_ips / bare_ips,
+        "losses": losses, "same_losses": all(math.isclose(a, b, rel_tol=1e-5) for a, b in losses),
     }
 
 
@@ -183,7 +207,8 @@ def main() -> None:
         rows.append(r)
         print(f"{name:8s} {r['backbone']} {r['precision']} {r['image_size']:3d}px batch {r['batch_size']:3d}: raysearch {r['raysearch_img_s']:7.1f} img/s "
               f"(epoch s {_bench.spread(r['raysearch_epoch_s'])}), bare {r['bare_img_s']:7.1f} img/s "
-              f"(epoch s {_bench.spread(r['bare_epoch_s'])}), ratio {r['ratio']:.3f}", flush=True)
+              f"(epoch s {_bench.spread(r['bare_epoch_s'])}), ratio {r['ratio']:.3f}; same losses in both loops: "
+              f"{'yes' if r['same_losses'] else 'no'} ({r['losses'][0][0]:.6f} vs {r['losses'][0][1]:.6f})", flush=True)
     worst = min(r["ratio"] for r in rows)
     print(f"lowest ratio raysearch/bare: {worst:.3f} (goal >= 0.95: {'met' if worst >= 0.95 else 'not met'})")
     result_name = "step_throughput" + (f"_{args.tag}" if args.tag else "")

@@ -362,7 +362,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     }
     kwargs: dict[str, Any] = dict(
         log_to_driver=log_to_driver,
-        runtime_env={"env_vars": env_vars},
+        # ray_setup keeps Train's placement-group cleaner alive under load (see there).
+        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "raysearch.ray_setup.setup_worker"},
         configure_logging=True,
         logging_level="WARNING",
     )

@@ -55,7 +55,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, 
     from ray.util.state import list_actors
 
     spec = load_spec(demo_spec_path, TINY + ["data.max_train=240", "params.backbone.width=32",
-                                             "train.epochs=30", "train.eval_every=2", "train.max_failures=2"])
+                                             "train.epochs=40", "train.eval_every=2", "train.max_failures=2"])
     out = tmp_path / "exp"
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(result=run_train(spec, str(out), quiet=True)))
@@ -63,6 +63,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, 
     deadline = time.time() + 240
     while not glob.glob(str(out / "ray" / "*" / "checkpoint_*")) and time.time() < deadline:
         time.sleep(0.2)
+    time.sleep(3)  # the checkpoint's folder appears before Train has registered it
     import ray
     import ray.util
 
@@ -77,7 +78,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, 
     assert code == 0
     assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
     assert rows[0]["resumed_epoch"] is not None and rows[0]["resumed_epoch"] >= 2
-    assert rows[0]["epochs"] == 30
+    assert rows[0]["epochs"] == 40
     deadline = time.time() + 30  # the lost worker group's placement group is released
     while [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]:
         assert time.time() < deadline, ray.util.placement_group_table()

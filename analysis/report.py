@@ -347,7 +347,11 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
     if df.empty:
         sections[0].text("This folder has no result rows yet.")
     else:
+        # A sweep or a train run is ranked by configuration; an ablation folder alone
+        # ranks its variants (each one configuration over seeds and classes).
         searched = df[df["kind"] != "ablate"]
+        if searched.empty:
+            searched = df
         if len(searched):
             sections += _ranking_sections(searched, metric, mode, confidence, out)
             history = _history_section(searched, metric, mode, out)

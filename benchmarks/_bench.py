@@ -1,5 +1,8 @@
 """Helpers shared by the benchmark scripts: the machine line, timing and result files.
 
+The machine line ends with ``source``, a hash of the raysearch and analysis sources, so
+that figures taken on different versions of the code can be told apart.
+
 Every script prints the figures it claims together with :func:`machine` and writes
 the same figures as JSON to ``benchmarks/results/<name>.json``, from which
 ``benchmarks/run_all.py`` regenerates BENCHMARKS.md.
@@ -7,6 +10,7 @@ the same figures as JSON to ``benchmarks/results/<name>.json``, from which
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -25,6 +29,21 @@ if REPO not in sys.path:  # run from anywhere without installing
     sys.path.insert(0, REPO)
 
 
+def source_hash() -> str:
+    """A short hash of the raysearch and analysis sources, to tell which code a figure was measured on."""
+    digest = hashlib.sha256()
+    for package in ("raysearch", "analysis"):
+        for root, dirs, files in sorted(os.walk(os.path.join(REPO, package))):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    digest.update(os.path.relpath(path, REPO).encode())
+                    with open(path, "rb") as f:
+                        digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def machine() -> dict[str, Any]:
     """Platform, CPU count, library versions, load and date of this run."""
     info: dict[str, Any] = {
@@ -32,6 +51,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "source": source_hash(),
     }
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
@@ -54,7 +74,7 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    keys = ("platform", "cpus", "python", "torch", "ray", "optuna", "pandas", "gpu", "load_avg_1m", "date")
+    keys = ("platform", "cpus", "python", "torch", "ray", "optuna", "pandas", "gpu", "load_avg_1m", "date", "source")
     return "machine: " + ", ".join(f"{k}={info[k]}" for k in keys if k in info)
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 import os
 import warnings
 from multiprocessing import get_context
@@ -196,8 +195,6 @@ def main() -> None:
     for c in sorted(data["curves"], key=lambda c: -c["values"][-1]):
         print(f"  {config_id(c['config'])}: " + " ".join(f"{v:.3f}" for v in c["values"]))
 
-    optuna_logger = logging.getLogger("optuna")
-    optuna_logger.setLevel(logging.WARNING)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,12 +11,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray with 2 CPUs and the dashboard on 127.0.0.1 (Train's cleanup needs it)."""
+    """A local Ray with the dashboard on 127.0.0.1 (Train's cleanup needs it).
+
+    Four logical CPUs on a 2-core machine: a placement group that Ray fails to release
+    (seen under heavy load) makes a test fail its own check instead of hanging the suite.
+    """
     import ray
 
     from raysearch.training import init_ray
 
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
 

@@ -40,6 +40,7 @@ LOGS = os.path.join(tempfile.gettempdir(), "raysearch-bench-logs")
 def run_step(name: str, extra: list[str]) -> dict:
     cmd = [sys.executable, os.path.join(_bench.HERE, STEPS[name][0]), *STEPS[name][1:], *extra]
     load_before = os.getloadavg()[0]
+    source = _bench.source_hash()  # the code the step's process imports
     start = time.perf_counter()
     log_path = os.path.join(LOGS, f"{name}.stderr.log")  # Ray's and torch's chatter, kept out of the repo
     with open(log_path, "w") as err:
@@ -52,7 +53,7 @@ def run_step(name: str, extra: list[str]) -> dict:
         print(f"{name} failed with exit code {proc.returncode}; see {log_path}")
     return {"seconds": seconds, "returncode": proc.returncode, "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2), "date": _bench.machine()["date"],
-            "source": _bench.source_hash()}
+            "source": source}
 
 
 def load(name: str) -> dict:
@@ -86,6 +87,11 @@ def _q(values: list[float], pct: float) -> float:
     k = (len(ordered) - 1) * pct / 100
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _off(r: dict, side: str) -> float:
+    """Median seconds per epoch that a loop's process spent off the CPU (wall clock - CPU time)."""
+    return _bench.median([w - c for w, c in zip(r[f"{side}_epoch_s"], r[f"{side}_epoch_cpu_s"])])
 
 
 def verdict(ok: bool) -> str:
@@ -135,11 +141,15 @@ def section_throughput(d: dict) -> list[str]:
         f"{100 * iqr_cpu:.0f} %), and the slowest epoch took up to {outlier:.1f}x the median wall time. "
         f"Wall-clock ratios away from 1 in either direction (here {min(r['ratio'] for r in rows):.2f}-"
         f"{max(r['ratio'] for r in rows):.2f}) are that noise: both loops did identical work (same losses), "
-        "so a wall-clock ratio well above 1 can only come from the load on the machine, and the same load "
-        "can push a ratio below 0.95 just as well. The CPU-time ratio "
-        f"({min(r.get('cpu_ratio', float('nan')) for r in rows):.2f}-{max(r.get('cpu_ratio', float('nan')) for r in rows):.2f}) "
-        "is the better estimate of the loop's own cost here. On a GPU, steps are shorter and the loop's per-step Python matters more; that "
-        "was not measured.",
+        "and the CPU-time ratio, which counts only the time the process was computing, is "
+        f"{min(r.get('cpu_ratio', float('nan')) for r in rows):.2f}-{max(r.get('cpu_ratio', float('nan')) for r in rows):.2f}."
+        + "".join(
+            f" For {r['method']} the raysearch runs spent a median {_off(r, 'raysearch'):.2f} s per epoch off the "
+            f"CPU (waiting for a core) against {_off(r, 'bare'):.2f} s for the bare runs; that, not the loop, is "
+            "the wall-clock gap."
+            for r in rows if r["ratio"] < 0.95 and "raysearch_epoch_cpu_s" in r)
+        + " The CPU-time ratio is the better estimate of the loop's own cost here. On a GPU, steps are "
+        "shorter and the loop's per-step Python matters more; that was not measured.",
         "",
         "All runs use one torch thread, as a Ray Train worker holding one CPU does (Ray sets "
         "OMP_NUM_THREADS=1 there, checked in the breakdown below). Images/s are not comparable across "
@@ -232,12 +242,14 @@ def section_orchestration(d: dict) -> list[str]:
         out += [
             "Reading: no goal was set for this ratio; it says when Ray pays off. A trial here trains for well "
             "under a second, so the sweep is dominated by a fixed start-up of "
-            f"~{s['startup_vs_wall_time_s']:.0f} s per trial (the design notes measured ~18 s on a quiet "
-            "machine; this one was shared, see the load averages). That cost is per trial, not per epoch: for "
-            "a trial that trains for 10 minutes on a GPU it is a few percent, for the tiny CPU trials of the "
-            "tests it is everything. Ways to cut it (not done here): several classes or seeds per trial, "
-            "`reuse_actors` for the Tune layer (the design notes measured 42-90 ms per plain Tune trial with it), "
-            "and concurrent trials, which overlap the start-ups.",
+            f"~{s['startup_vs_wall_time_s']:.0f} s per trial, most of it the start and teardown of the "
+            "TorchTrainer (controller, placement group, worker process, torch process group); how that splits "
+            "inside Ray Train was not broken down further, and the other jobs on the machine inflate it. "
+            "That cost is per trial, not per epoch: for a trial that trains for 10 minutes on a GPU it is a "
+            "few percent, for the tiny CPU trials of the tests it is everything. Ways to cut it (not done "
+            "here): several classes or seeds per trial, and concurrent trials, which overlap the start-ups; "
+            "`reuse_actors` would only touch the Tune layer"
+            + (f", i.e. at most the {_bench.median(b['tune_noop_trial_s']):.1f} s of a no-op Tune trial." if b else "."),
         ]
     return out or ["Not run."]
 
@@ -349,8 +361,8 @@ def write_report() -> None:
         f"Date: {dates[0] if dates else machine['date']}" + (f" to {dates[-1]}" if len(dates) > 1 else "") + ".",
         source_line(steps),
         "",
-        "**The machine was shared**: a full test run (pytest with its own local Ray cluster) was running "
-        "at the same time"
+        "**The machine was shared**: other jobs ran during the measurements (a CI test run of this "
+        "project, pytest with its own local Ray cluster, and other test runs)"
         + (f", and the 1-minute load average on these 2 cores ranged from {min(loads):.1f} to {max(loads):.1f} "
            "between steps" if loads else "")
         + ". Absolute times are therefore slower and noisier than on an idle machine; the ratios compare runs "

@@ -4,7 +4,7 @@ import math
 
 import pyarrow.dataset as ds
 import pytest
-from tiny import TINY
+from tiny import TINY, check_placement_groups_released
 
 from raysearch.runner import run_train
 from raysearch.spec import load_spec
@@ -79,7 +79,4 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, demo_spec_path, 
     assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
     assert rows[0]["resumed_epoch"] is not None and rows[0]["resumed_epoch"] >= 2
     assert rows[0]["epochs"] == 40
-    deadline = time.time() + 30  # the lost worker group's placement group is released
-    while [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]:
-        assert time.time() < deadline, ray.util.placement_group_table()
-        time.sleep(1)
+    check_placement_groups_released(30)  # the lost worker group's placement group too

@@ -9,7 +9,7 @@ import time
 
 import optuna
 import pytest
-from tiny import TINY
+from tiny import TINY, check_placement_groups_released
 
 from raysearch import results
 from raysearch.spec import load_spec
@@ -73,7 +73,7 @@ def test_sweep_rows_study_states_and_no_leaked_placement_groups(ray_session, dem
     assert by_number[0].params["params.gmm.components"] == spec.params.gmm.components
 
     # Every Train placement group was released (with the dashboard on, Train cleans up).
-    assert not _live_placement_groups()
+    check_placement_groups_released()
 
 
 def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_path, tmp_path):
@@ -90,7 +90,7 @@ def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_p
     assert rows[0.002]["status"] == "completed"
     states = sorted(t.state.name for t in study_of(out, spec.name).trials)
     assert states == ["COMPLETE", "FAIL"]
-    assert not _live_placement_groups()  # the failed run's retries released theirs
+    check_placement_groups_released()  # the failed run released its placement group
 
 
 def _tune_cmd(spec_path, out, *extra):
@@ -134,13 +134,3 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(demo_spec_path, 
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
 
-
-def _live_placement_groups():
-    import ray.util
-
-    deadline = time.time() + 20
-    while True:
-        live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
-        if not live or time.time() > deadline:
-            return live
-        time.sleep(1)

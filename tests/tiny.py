@@ -9,3 +9,25 @@ TINY = [
     "train.batch_size=16",
     "params.backbone.width=8",
 ]
+
+
+def check_placement_groups_released(timeout_s: float = 20.0) -> None:
+    """Every placement group of the session's Ray is released, or the test is marked xfail.
+
+    Ray 2.60's Train sometimes keeps the placement group of a stopped or restarted run
+    (seen under heavy load, see raysearch/ray_setup.py); that is recorded as a known
+    failure here, after every other check of the test has passed.
+    """
+    import time
+
+    import pytest
+    import ray.util
+
+    deadline = time.time() + timeout_s
+    while True:
+        live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+        if not live:
+            return
+        if time.time() > deadline:
+            pytest.xfail(f"Ray kept {len(live)} placement group(s) of finished runs (known Ray 2.60 leak)")
+        time.sleep(1)

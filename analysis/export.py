@@ -22,19 +22,12 @@ from typing import Any
 
 import yaml
 
+from analysis.load import objective
 from raysearch import results
 
 __all__ = ["best_trials", "export_best"]
 
 _SECTIONS = ("data", "selection", "train")
-
-
-def _objective(spec: dict[str, Any]) -> tuple[str, str]:
-    search = spec.get("search") or {}
-    metric, mode = search.get("metric", "val_image_auroc"), search.get("mode", "max")
-    metric = metric[0] if isinstance(metric, list) else metric
-    mode = mode[0] if isinstance(mode, list) else mode
-    return metric, mode
 
 
 def best_trials(experiment: str, metric: str, mode: str = "max") -> list[dict[str, Any]]:
@@ -75,7 +68,8 @@ def _apply_flat(spec: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
 def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
     """Write the ``top`` best trials of ``experiment`` as spec files under ``to``."""
     spec = yaml.safe_load(results.read_bytes(results.join(experiment, "spec.yaml")).decode())
-    metric, mode = _objective(spec)
+    metrics, modes = objective(spec)
+    metric, mode = metrics[0], modes[0]
     ranked = best_trials(experiment, metric, mode)
     if not ranked:
         raise ValueError(f"{experiment}: no trial completed every class; nothing to export")

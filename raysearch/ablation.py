@@ -20,7 +20,6 @@ turns them into paired effects. An ablation writes to its own experiment folder.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -85,32 +84,19 @@ _KEPT_FROM_SPEC = ("data.", "selection.", "method")
 
 def _best_trial_overrides(experiment: str, spec: Spec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The config of the experiment's best completed trial (all classes), as overrides."""
-    table = results.read_results(experiment)
-    rows = [r for r in table.to_pylist() if r["kind"] in ("tune", "train")] if table.num_rows else []
-    metric = (spec.search or {}).get("metric", "val_image_auroc")
-    metric = metric[0] if isinstance(metric, list) else metric
-    mode = (spec.search or {}).get("mode", "max")
-    mode = mode[0] if isinstance(mode, list) else mode
-    by_trial: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_trial.setdefault(r["trial_id"], []).append(r)
-    most = max((len({r["normal_class"] for r in rs if r["status"] == "completed"}) for rs in by_trial.values()),
-               default=0)
-    best, best_value = None, math.nan
-    for tid, rs in sorted(by_trial.items()):
-        done = [r for r in rs if r["status"] == "completed" and r.get(metric) is not None]
-        if not done or any(r["status"] != "completed" for r in rs) or len(done) < most:
-            continue
-        value = sum(r[metric] for r in done) / len(done)
-        if best is None or (value > best_value if mode == "max" else value < best_value):
-            best, best_value = done[0], value
-    if best is None:
+    from analysis.export import best_trials
+    from analysis.load import objective
+
+    metrics, modes = objective(spec.to_dict())
+    ranked = best_trials(experiment, metrics[0], modes[0])
+    if not ranked:
         raise SpecError(f"{experiment} has no trial that completed every class", key="--base")
-    flat = json.loads(best["config_json"])
+    best = ranked[0]
+    flat = json.loads(best["rows"][0]["config_json"])
     overrides = {k: v for k, v in flat.items()
                  if not k.startswith(_KEPT_FROM_SPEC) and k not in ("train.seed", "train.epochs")}
-    origin = {"experiment": experiment, "trial_id": best["trial_id"], "optuna_trial": best.get("optuna_trial"),
-              "metric": metric, "value": best_value}
+    origin = {"experiment": experiment, "trial_id": best["trial_id"],
+              "optuna_trial": best["rows"][0].get("optuna_trial"), "metric": metrics[0], "value": best["value"]}
     return overrides, origin
 
 

@@ -1,8 +1,9 @@
 """Ray Train: the per-worker loop over a spec's classes and the TorchTrainer factory.
 
-This is the only module that imports ``ray.train``. One *run* trains one config over all
+One *run* trains one config over all
 classes of its spec, in the spec's fixed order, on ``train.workers`` Ray Train workers
-(DDP when there are several, GPU when ``train.gpus_per_worker`` > 0). Each finished class
+(DDP when there are several, GPU when ``train.gpus_per_worker`` > 0); a single-worker
+sweep trial runs the same loop in its Tune trial's own process (:class:`TrialSession`). Each finished class
 becomes one result row, written by rank 0 straight into the experiment's storage, and
 its best and last model states are kept as ``checkpoints/<run>/<class>/{best,last}.pt``.
 Every evaluation reports metrics to Ray (and a resumable Ray checkpoint), so a worker
@@ -30,7 +31,7 @@ from raysearch.loop import ClassResult, selection_metric, train_class
 from raysearch.schema import field_paths
 from raysearch.spec import Spec, config_hash, spec_from_dict
 
-__all__ = ["RunInfo", "make_trainer", "worker_loop", "config_schema", "failed_row", "git_commit", "init_ray"]
+__all__ = ["RunInfo", "TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "config_schema", "failed_row", "git_commit", "init_ray"]
 
 # Train's controller polls workers this often; every report waits for a poll (2 s by
 # default), which dominates short epochs. Measured in benchmarks/.
@@ -172,18 +173,81 @@ def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
     return f"{run.trial_id}--{class_index:03d}-{normal_class}"
 
 
-def worker_loop(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: every class of the spec, in order, on this worker."""
+class TrainSession:
+    """A Ray Train worker's view: its rank, device, checkpoint and reports."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None) -> None:
+        import ray.train
+
+        ckpt = None if directory is None else ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(
+            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
+
+
+class TrialSession:
+    """A single-worker run inside a Ray Tune trial's own process (no Ray Train worker group).
+
+    The trial's resource request holds the CPUs and GPU (fraction) that a Train worker
+    would hold; reports and checkpoints go straight to Tune.
+    """
+
+    rank, world = 0, 1
+
+    def __init__(self) -> None:
+        import ray
+
+        gpus = ray.get_gpu_ids()  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
+        self.device = torch.device("cuda", 0) if gpus and torch.cuda.is_available() else torch.device("cpu")
+
+    def checkpoint(self):
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None) -> None:
+        import ray.tune
+
+        ckpt = None if directory is None else ray.tune.Checkpoint.from_directory(directory)
+        ray.tune.report(metrics, checkpoint=ckpt)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
+    """``train_loop_per_worker``: every class of the spec, in order, on this worker.
+
+    Ray Train calls it with the config alone; a sweep trial that runs in its own
+    process passes a :class:`TrialSession`.
+    """
     import ray
-    import ray.train
-    import ray.train.torch
 
     spec = spec_from_dict(config["spec"], source=config.get("source", "<spec>"))
     run = RunInfo(**config["run"])
     progress = config.get("progress")
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    session = session or TrainSession()
+    rank, world, device = session.rank, session.world, session.device
     if spec.train.gpus_per_worker > 0 and device.type != "cuda":
         # Never a silent CPU run on a GPU node: a driver too old for this torch build,
         # or a CPU-only torch, makes torch.cuda unusable.
@@ -202,17 +266,10 @@ def worker_loop(config: dict[str, Any]) -> None:
     classes = spec.classes()
 
     state: dict[str, Any] = {"class_index": 0, "finished": {}, "resume": None}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-
-    def wrap(model: torch.nn.Module) -> torch.nn.Module:
-        if world == 1:
-            return model
-        return ray.train.torch.prepare_model(
-            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
-        )
 
     reported: list[int] = []
     for ci in range(state["class_index"], len(classes)):
@@ -232,13 +289,13 @@ def worker_loop(config: dict[str, Any]) -> None:
             metrics.update(class_means(list(finished.values()) + current))
             if progress is not None and rank == 0:
                 progress.put_nowait(dict(metrics, total_classes=len(classes), epochs=spec.train.epochs))
-            ckpt = None
-            if resumable is not None:
-                tmp = tempfile.mkdtemp(prefix="raysearch-ckpt-")
+            if resumable is None:
+                session.report(metrics)
+            else:
                 saved = resumable if class_state else {"class_index": ci, "finished": dict(finished), "resume": resumable}
-                torch.save(saved, os.path.join(tmp, "state.pt"))
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+                with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as tmp:
+                    torch.save(saved, os.path.join(tmp, "state.pt"))
+                    session.report(metrics, tmp)  # persisted to the run's storage before it returns
             reported.append(ci)
 
         resume = state["resume"] if ci == state["class_index"] else None
@@ -258,7 +315,7 @@ def worker_loop(config: dict[str, Any]) -> None:
                 device,
                 rank=rank,
                 world=world,
-                wrap_model=wrap,
+                wrap_model=session.wrap,
                 report=report,
                 resume=resume,
                 class_offset=ci * spec.train.epochs,
@@ -292,10 +349,15 @@ def worker_loop(config: dict[str, Any]) -> None:
     if state["class_index"] == len(classes) and not reported:
         # Restored from a checkpoint taken after the last class: report the run's end again.
         finished = state["finished"]
-        ray.train.report(dict(class_means(list(finished.values())), progress=len(classes) * spec.train.epochs,
-                              classes_done=len(finished)))
+        session.report(dict(class_means(list(finished.values())), progress=len(classes) * spec.train.epochs,
+                            classes_done=len(finished)))
     if progress is not None and rank == 0:
         progress.put_nowait(None)
+
+
+def loop_config(spec: Spec, run: RunInfo, progress: Any = None) -> dict[str, Any]:
+    """The config :func:`worker_loop` takes (plain data that Ray can ship)."""
+    return {"spec": spec.to_dict(), "source": spec.source, "run": asdict(run), "progress": progress}
 
 
 def make_trainer(
@@ -322,12 +384,7 @@ def make_trainer(
         resources["GPU"] = t.gpus_per_worker
     return TorchTrainer(
         worker_loop,
-        train_loop_config={
-            "spec": spec.to_dict(),
-            "source": spec.source,
-            "run": asdict(run),
-            "progress": progress,
-        },
+        train_loop_config=loop_config(spec, run, progress),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

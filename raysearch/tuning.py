@@ -1,9 +1,11 @@
 """`raysearch tune`: Ray Tune with Optuna over a spec's search space.
 
-This is the only module that imports ``ray.tune``. One Tune trial is one config: a small
-driver function (reserving no CPU) that builds a Ray Train TorchTrainer for
-it, with ``TuneReportCallback`` forwarding rank 0's reports, and runs it over the spec's
-classes. Train workers own the resources (GPU fractions included).
+One Tune trial is one config trained over the spec's classes by the per-worker loop of
+:mod:`raysearch.training`. A single-worker trial runs that loop in its own Tune process,
+which reserves the worker's CPUs and GPU fraction: no worker group to start per trial.
+A multi-worker (DDP) trial is a small driver that reserves nothing and runs a Ray Train
+TorchTrainer, with ``TuneReportCallback`` forwarding rank 0's reports; its workers own
+the resources. ``train.launcher: train`` sends every trial through Ray Train.
 
 What the searcher learns from is kept honest:
 
@@ -227,11 +229,58 @@ class TrialPlan:
 
         return spec_from_dict(self.spec_dict, source=self.source).with_overrides(self.overrides(config))
 
+    def resources(self, config: dict[str, Any]):
+        """The Tune resource request of a trial (a callable for ``tune.with_resources``)."""
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        t = self.trial_spec(config).train
+        if in_trial_process(t):
+            return resource_dict_to_pg_factory({"cpu": t.cpus_per_worker, "gpu": t.gpus_per_worker})
+        # The driver only waits on its Train run: it takes no CPU, so the workers can use
+        # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
+        return resource_dict_to_pg_factory({"cpu": 0, "memory": 1})
+
     def run_info(self, trial_id: str, config: dict[str, Any]):
         from raysearch.training import RunInfo
 
         return RunInfo(experiment=self.name, kind=self.kind, trial_id=trial_id, storage=self.output,
                        optuna_trial=config.get(OPTUNA_KEY), variant=config.get(VARIANT_KEY))
+
+
+def in_trial_process(train) -> bool:
+    """Whether a trial trains in its own Tune process (one worker) rather than through Ray Train."""
+    return train.launcher == "auto" and train.workers == 1
+
+
+class TrialDriver:
+    """The Tune trainable: one trial trains its config over the spec's classes.
+
+    A picklable callable (Tune stores it with the experiment). The rows of a failed
+    or stopped trial are written by :class:`SweepRows`, the single writer, after Tune
+    has decided what became of the trial.
+    """
+
+    def __init__(self, plan: TrialPlan, runs_path: str):
+        self.plan, self.runs_path = plan, runs_path
+        self.__name__ = "raysearch_trial"  # Tune names trainables after their function
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        from ray import tune
+
+        from raysearch.runner import _reason
+        from raysearch.training import TrialSession, loop_config, make_trainer, worker_loop
+
+        spec = self.plan.trial_spec(config)
+        run = self.plan.run_info(tune.get_context().get_trial_id(), config)
+        try:
+            if in_trial_process(spec.train):
+                worker_loop(loop_config(spec, run), TrialSession())
+            else:
+                from ray.tune.integration.ray_train import TuneReportCallback
+
+                make_trainer(spec, run, callbacks=[TuneReportCallback()], storage_path=self.runs_path).fit()
+        except Exception as err:
+            raise TrialFailed(_reason(err)) from None
 
 
 def experiment_paths(output: str) -> tuple[str, str]:
@@ -266,34 +315,15 @@ def run_experiment(
 ) -> None:
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs.
 
-    Ray must be initialised. The trials are small driver functions (no CPU)
-    that run a Ray Train TorchTrainer; Train's workers hold the resources.
+    Ray must be initialised. A single-worker trial trains in its own Tune process, which
+    holds the worker's CPUs and GPU share; a multi-worker trial (or any trial with
+    ``train.launcher: train``) is a small driver without resources that runs a Ray Train
+    TorchTrainer, whose workers hold them.
     """
     from ray import tune
 
-    from raysearch.training import make_trainer
-
     ray_dir, experiment_path = experiment_paths(plan.output)
-
-    def driver(config: dict[str, Any]) -> None:
-        """One Tune trial: train the config over the spec's classes through Ray Train."""
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        run = plan.run_info(tune.get_context().get_trial_id(), config)
-        trainer = make_trainer(plan.trial_spec(config), run, callbacks=[TuneReportCallback()],
-                               storage_path=results.join(ray_dir, "runs"))
-        try:
-            trainer.fit()
-        except Exception as err:
-            from raysearch.runner import _reason
-
-            # The rows are written by the SweepRows callback (one writer, after Tune
-            # has decided whether the trial failed or was stopped by the scheduler).
-            raise TrialFailed(_reason(err)) from None
-
-    # The driver only waits on its Train run: it takes no CPU, so the workers can use
-    # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
-    trainable = tune.with_resources(driver, {"cpu": 0, "memory": 1})
+    trainable = tune.with_resources(TrialDriver(plan, results.join(ray_dir, "runs")), plan.resources)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
@@ -307,9 +337,9 @@ def run_experiment(
             storage_path=ray_dir,
             callbacks=[rows],
             verbose=0,
-            # With train.max_failures, one retry of a trial whose driver was lost (its
-            # node went away); the retried driver's Train run resumes from its checkpoint.
-            failure_config=tune.FailureConfig(max_failures=1 if spec.train.max_failures else 0),
+            # With train.max_failures, retries of a trial whose process or node was lost;
+            # the retry resumes from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
         )
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     tuner.fit()

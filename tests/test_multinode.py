@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from tiny import TINY
+from tiny import TINY, run_command
 
 from raysearch import results
 
@@ -32,8 +32,12 @@ def ray_bin() -> str:
 
 def count_nodes(address: str, env: dict) -> int:
     code = "import ray; ray.init(address=%r, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
-    out = subprocess.run([sys.executable, "-c", code % address], env=env, capture_output=True, text=True, timeout=60)
-    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+    try:
+        out = run_command([sys.executable, "-c", code % address], env=env, timeout_s=60)
+    except AssertionError:  # the node is not answering yet
+        return 0
+    counts = [int(line) for line in out.stdout.splitlines() if line.strip().isdigit()]
+    return counts[-1] if out.returncode == 0 and counts else 0
 
 
 @pytest.fixture
@@ -72,9 +76,8 @@ def test_sweep_spreads_trials_over_two_nodes(two_nodes, demo_spec_path, tmp_path
     address, env = two_nodes
     out = str(tmp_path / "sweep")
     sets = [a for s in TINY for a in ("--set", s)]
-    done = subprocess.run([sys.executable, "-m", "raysearch.cli", "tune", demo_spec_path, *sets, "--address", address,
-                           "--trials", "4", "--concurrent", "2", "--output", out, "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = run_command([sys.executable, "-m", "raysearch.cli", "tune", demo_spec_path, *sets, "--address", address,
+                        "--trials", "4", "--concurrent", "2", "--output", out, "--quiet"], env=env, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = results.read_results(out).to_pylist()
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)

@@ -9,7 +9,7 @@ import time
 
 import optuna
 import pytest
-from tiny import TINY, check_placement_groups_released
+from tiny import TINY, check_placement_groups_released, run_command
 
 from raysearch import results
 from raysearch.spec import load_spec
@@ -119,8 +119,7 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(demo_spec_path, 
               for f in os.listdir(results_path) if f.endswith(".parquet")}
     assert len(before) >= 2
 
-    done = subprocess.run(_tune_cmd(demo_spec_path, out, "--resume"), env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(out)
     trial_ids = [r["trial_id"] for r in rows]

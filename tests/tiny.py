@@ -31,3 +31,31 @@ def check_placement_groups_released(timeout_s: float = 20.0) -> None:
         if time.time() > deadline:
             pytest.xfail(f"Ray kept {len(live)} placement group(s) of finished runs (known Ray 2.60 leak)")
         time.sleep(1)
+
+
+def run_command(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 600):
+    """Run a command that may start Ray daemons, with its output in a file, never hanging.
+
+    ``subprocess.run(capture_output=True, timeout=...)`` waits for every process that
+    holds its pipes, and Ray daemons a killed command started keep them open; here
+    the command runs in its own process group, which is killed on timeout.
+    """
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        log.seek(0)
+        output = log.read()
+    if code is None:
+        raise AssertionError(f"{' '.join(cmd[:4])} ... did not finish in {timeout_s:.0f} s:\n{output[-3000:]}")
+    return subprocess.CompletedProcess(cmd, code, output, output)

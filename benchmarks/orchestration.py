@@ -5,7 +5,9 @@ Part ``sweep`` (one process):
 1. ``raysearch tune`` in-process (:func:`raysearch.tuning.run_tune`) on a local Ray with
    2 CPUs: N trials (default 4) of the digits demo spec shrunk like the end-to-end tests
    (one class, 2 epochs, 48 training images, a width-8 CNN), one trial at a time, no
-   scheduler. Ray's start-up is timed on its own (``init_ray``) before the sweep.
+   scheduler, twice: ``train.launcher=auto`` (each trial trains in its own Tune process)
+   and ``train`` (each trial runs a TorchTrainer). Ray's start-up is timed on its own
+   (``init_ray``) before the sweeps.
 2. The same N configurations (read back from the result rows) trained one after another
    in this plain Python process with ``load_task`` + :func:`raysearch.loop.train_class`,
    as a Train worker does, without Ray.
@@ -121,6 +123,9 @@ def breakdown_part(repeats: int) -> dict:
     return out
 
 
+LAUNCHERS = ("auto", "train")  # a trial in its own Tune process vs a TorchTrainer per trial
+
+
 def sweep_part(n_trials: int) -> dict:
     import ray
 
@@ -135,28 +140,35 @@ def sweep_part(n_trials: int) -> dict:
     spec = load_spec(SPEC, TINY + [f"search.trials={n_trials}", "search.concurrent=1",
                                    "search.scheduler={kind: none}"])
     tmp = tempfile.mkdtemp(prefix="raysearch-bench-")
-    out = os.path.join(tmp, "sweep")
 
     with _bench.Timer() as t_init:
         init_ray(num_cpus=2)
-    with _bench.Timer() as t_sweep:
-        code = run_tune(spec, out, quiet=True)
-    assert code == 0, f"run_tune exited with {code}"
-    rows = [r for r in results.read_results(out).to_pylist() if r["kind"] == "tune"]
-    rows.sort(key=lambda r: r["optuna_trial"])
-    assert len(rows) == n_trials and all(r["status"] == "completed" for r in rows), [r["status"] for r in rows]
+    sweeps: dict[str, dict] = {}
+    rows_by: dict[str, list[dict]] = {}
+    for launcher in LAUNCHERS:  # one after the other on the same Ray
+        out = os.path.join(tmp, f"sweep-{launcher}")
+        with _bench.Timer() as t_sweep:
+            code = run_tune(spec.with_overrides({"train.launcher": launcher}), out, quiet=True)
+        assert code == 0, f"run_tune ({launcher}) exited with {code}"
+        rows = [r for r in results.read_results(out).to_pylist() if r["kind"] == "tune"]
+        rows.sort(key=lambda r: r["optuna_trial"])
+        assert len(rows) == n_trials and all(r["status"] == "completed" for r in rows), [r["status"] for r in rows]
+        rows_by[launcher] = rows
+        sweeps[launcher] = {"sweep_wall_s": t_sweep.s, "per_trial_wall_s": t_sweep.s / n_trials,
+                            "rows_train_time_s": [r["train_time_s"] for r in rows],
+                            "rows_wall_time_s": [r["wall_time_s"] for r in rows]}
     ray.shutdown()
 
     # The same configurations, one after another, in this process without Ray.
     keys = [p.key for p in parse_search(spec).space]
     method_cls = registry.method_class(spec.method)
-    # A Train worker holding one CPU runs torch with one thread (Ray sets OMP_NUM_THREADS
-    # to the worker's CPUs); the plain process does the same, so only the orchestration differs.
+    # A trial holding one CPU runs torch with one thread (Ray sets OMP_NUM_THREADS to the
+    # trial's CPUs); the plain process does the same, so only the orchestration differs.
     import torch
 
     torch.set_num_threads(max(1, int(spec.train.cpus_per_worker)))
     plain = []
-    for r in rows:
+    for r in rows_by[LAUNCHERS[0]]:
         config = json.loads(r["config_json"])
         trial_spec = spec.with_overrides({k: config[k] for k in keys if k in config})
         with _bench.Timer() as t_total:
@@ -164,28 +176,15 @@ def sweep_part(n_trials: int) -> dict:
                 task = load_task(trial_spec.data, trial_spec.selection, trial_spec.classes()[0], trial_spec.train.seed)
             res = train_class(trial_spec, task, method_cls, "cpu")
         plain.append({"data_s": t_data.s, "train_time_s": res.train_time_s, "total_s": t_total.s,
-                      "val_image_auroc": res.metrics.get("val_image_auroc"),
-                      "sweep_val_image_auroc": r["val_image_auroc"]})
-
-    per_trial_wall = t_sweep.s / n_trials
-    train_rows = [r["train_time_s"] for r in rows]
-    wall_rows = [r["wall_time_s"] for r in rows]
+                      "val_image_auroc": res.metrics.get("val_image_auroc")})
     plain_sum = sum(p["total_s"] for p in plain)
-    return {
-        "trials": n_trials,
-        "ray_init_s": t_init.s,
-        "sweep_wall_s": t_sweep.s,
-        "per_trial_wall_s": per_trial_wall,
-        "rows_train_time_s": train_rows,
-        "rows_wall_time_s": wall_rows,
-        "plain": plain,
-        "plain_sum_s": plain_sum,
-        "ratio_sweep_over_plain": t_sweep.s / plain_sum,
-        "ratio_with_init_over_plain": (t_sweep.s + t_init.s) / plain_sum,
-        "startup_vs_train_time_s": per_trial_wall - _bench.median(train_rows),
-        "startup_vs_wall_time_s": per_trial_wall - _bench.median(wall_rows),
-        "torch_threads": torch.get_num_threads(),
-    }
+    for s in sweeps.values():
+        s["ratio_sweep_over_plain"] = s["sweep_wall_s"] / plain_sum
+        s["ratio_with_init_over_plain"] = (s["sweep_wall_s"] + t_init.s) / plain_sum
+        s["startup_vs_train_time_s"] = s["per_trial_wall_s"] - _bench.median(s["rows_train_time_s"])
+        s["startup_vs_wall_time_s"] = s["per_trial_wall_s"] - _bench.median(s["rows_wall_time_s"])
+    return {"trials": n_trials, "ray_init_s": t_init.s, "launchers": sweeps, "plain": plain,
+            "plain_sum_s": plain_sum, "torch_threads": torch.get_num_threads()}
 
 
 def health_child(interval: str, epochs: int) -> None:
@@ -233,16 +232,19 @@ def print_sweep(s: dict) -> None:
     n = s["trials"]
     print(f"sweep: {n} trials x 1 class x 2 epochs (tiny digits distcon), concurrent 1, no scheduler")
     print(f"  Ray start-up (init_ray, once):             {s['ray_init_s']:.1f} s")
-    print(f"  sweep wall time (run_tune):                {s['sweep_wall_s']:.1f} s  ({s['per_trial_wall_s']:.1f} s per trial)")
-    print(f"  per trial, inside the worker: train_time_s median {_bench.median(s['rows_train_time_s']):.2f} s, "
-          f"wall_time_s (data+train+eval+save) median {_bench.median(s['rows_wall_time_s']):.2f} s")
     print(f"  plain process, same {n} configs: sum {s['plain_sum_s']:.1f} s "
           f"(data loading median {_bench.median([p['data_s'] for p in s['plain']]):.2f} s, "
-          f"train_time_s median {_bench.median([p['train_time_s'] for p in s['plain']]):.2f} s)")
-    print(f"  sweep / plain: {s['ratio_sweep_over_plain']:.1f}x  (with Ray start-up: {s['ratio_with_init_over_plain']:.1f}x)")
-    print(f"  per-trial start-up: {s['startup_vs_train_time_s']:.1f} s over train_time_s, "
-          f"{s['startup_vs_wall_time_s']:.1f} s over wall_time_s "
-          f"(plain process: torch with {s['torch_threads']} thread, as in the worker)")
+          f"train_time_s median {_bench.median([p['train_time_s'] for p in s['plain']]):.2f} s; "
+          f"torch with {s['torch_threads']} thread, as in a 1-CPU trial)")
+    for launcher, x in s["launchers"].items():
+        where = "trial in its own Tune process" if launcher == "auto" else "a TorchTrainer per trial"
+        print(f"  train.launcher={launcher} ({where}):")
+        print(f"    sweep wall time {x['sweep_wall_s']:.1f} s ({x['per_trial_wall_s']:.1f} s per trial); inside the "
+              f"trial: train_time_s median {_bench.median(x['rows_train_time_s']):.2f} s, wall_time_s median "
+              f"{_bench.median(x['rows_wall_time_s']):.2f} s")
+        print(f"    sweep / plain: {x['ratio_sweep_over_plain']:.1f}x (with Ray start-up: "
+              f"{x['ratio_with_init_over_plain']:.1f}x); per-trial start-up {x['startup_vs_train_time_s']:.1f} s "
+              f"over train_time_s, {x['startup_vs_wall_time_s']:.1f} s over wall_time_s")
 
 
 def print_breakdown(b: dict) -> None:

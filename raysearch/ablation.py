@@ -180,5 +180,5 @@ def ablation_summary(output: str) -> str:
     lines = [format_table(headers[: len(rows[0])] if rows else headers, rows),
              "effects are factor minus full model, paired by seed and class; "
              f"raysearch report {output} has the full tables and plots",
-             f"results: {results.join(output, 'results')}"]
+             f"results: {results.redact(results.join(output, 'results'))}"]
     return "\n".join(lines)

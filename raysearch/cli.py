@@ -1,6 +1,6 @@
 """The `raysearch` command line: argument parsing and dispatch only.
 
-    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR] [--address ADDR]
+    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR | --storage URI] [--address ADDR]
     raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
     raysearch ablate SPEC [--base FILE|DIR] [--resume] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
@@ -33,7 +33,12 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a spec key; VALUE is YAML (e.g. --set train.epochs=2 --set data.classes=[0,1])",
     )
-    p.add_argument("--output", help="experiment folder (default: raysearch-results/<name>)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--output", help="the experiment folder or URI (default: STORAGE/<name>)")
+    where.add_argument("--storage", default="raysearch-results",
+                       help="where experiments live: a local folder or a URI such as s3://bucket/prefix or "
+                            "gs://bucket/prefix (pyarrow filesystems; S3 options go in the query, e.g. "
+                            "?region=us-west-2); the experiment is STORAGE/<name> (default: raysearch-results)")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
 
@@ -79,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _output_for(spec, given: str | None) -> str:
-    """The experiment folder: a URI as given, a local path made absolute (Ray needs that)."""
-    out = given or os.path.join("raysearch-results", spec.name)
+def _output_for(args: argparse.Namespace, name: str) -> str:
+    """The experiment folder: ``--output``, or ``--storage``/name; a local path made absolute."""
+    from raysearch.results import join
+
+    out = args.output or join(args.storage, name)
     return out if "://" in out else os.path.abspath(os.path.expanduser(out))
 
 
@@ -103,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from raysearch.runner import run_train
 
     spec = _checked_spec(args)
-    code, _ = run_train(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
+    code, _ = run_train(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
                         quiet=args.quiet)
     return code
 
@@ -115,7 +122,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, trials=args.trials, concurrent=args.concurrent)
         return 0
-    return run_tune(spec, _output_for(spec, args.output), address=args.address, num_cpus=args.num_cpus,
+    return run_tune(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
                     trials=args.trials, concurrent=args.concurrent, resume=args.resume, quiet=args.quiet)
 
 
@@ -123,8 +130,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from raysearch.ablation import run_ablate
 
     spec = _checked_spec(args)
-    output = args.output or os.path.join("raysearch-results", f"{spec.name}-ablation")
-    return run_ablate(spec, _output_for(spec, output), base=args.base, address=args.address,
+    return run_ablate(spec, _output_for(args, f"{spec.name}-ablation"), base=args.base, address=args.address,
                       num_cpus=args.num_cpus, resume=args.resume, quiet=args.quiet)
 
 

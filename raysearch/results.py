@@ -93,10 +93,29 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def join(uri: str, *parts: str) -> str:
-    """Join path parts onto a local path or a URI."""
+    """Join path parts onto a local path or a URI (a URI's ``?query`` stays at the end)."""
     if "://" in uri:
-        return posixpath.join(uri, *parts)
+        base, sep, query = uri.partition("?")
+        return posixpath.join(base, *parts) + sep + query
     return os.path.join(uri, *parts)
+
+
+def redact(uri: str) -> str:
+    """A URI without the keys it may carry (``s3://KEY:SECRET@bucket/...``), for output and rows."""
+    return re.sub(r"^([a-z0-9+.-]+://)[^/@]*@", r"\1", uri)
+
+
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """``storage_path`` and ``storage_filesystem`` for Ray's RunConfig and ``Tuner.restore``.
+
+    A URI becomes its pyarrow filesystem and the path inside it, so every option the
+    URI carries (``?endpoint_override=...&scheme=http`` for an S3-compatible server,
+    ``region=...``) reaches Ray's own storage too.
+    """
+    if "://" not in uri:
+        return os.path.abspath(os.path.expanduser(uri)), None
+    fs, path = resolve(uri)
+    return path, fs
 
 
 def write_bytes(uri: str, data: bytes) -> None:

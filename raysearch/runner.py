@@ -114,7 +114,7 @@ def run_train(
     thread.start()
     line = ProgressLine(stream, len(classes), spec.train.epochs)
     if not quiet:
-        stream.write(f"raysearch train: {spec.name} ({spec.method}, {len(classes)} classes) -> {output}\n")
+        stream.write(f"raysearch train: {spec.name} ({spec.method}, {len(classes)} classes) -> {results.redact(output)}\n")
     while thread.is_alive() or not queue.empty():
         try:
             m = queue.get(timeout=0.5)
@@ -139,7 +139,7 @@ def run_train(
         stream.write(f"raysearch train: the run failed: {reason}\n")
     if not quiet:
         stream.write(summary(rows) + "\n")
-        stream.write(f"results: {results_dir(output)}\n")
+        stream.write(f"results: {results.redact(results_dir(output))}\n")
     return code, rows
 
 

@@ -139,7 +139,7 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
         device=_device_name(device),
         node_id=ray.get_runtime_context().get_node_id(),
         weights=result.facts.get("weights"),
-        checkpoint=checkpoint,
+        checkpoint=None if checkpoint is None else results.redact(checkpoint),
         resumed_epoch=result.resumed_epoch,
     )
     row.update({k: v for k, v in result.metrics.items() if k in results.METRIC_COLUMNS})
@@ -378,6 +378,7 @@ def make_trainer(
     from ray.train.torch import TorchTrainer
 
     t = spec.train
+    path, filesystem = results.ray_storage(storage_path or results.join(run.storage, "ray"))
     use_gpu = t.gpus_per_worker > 0
     resources = {"CPU": t.cpus_per_worker}
     if use_gpu:
@@ -390,7 +391,8 @@ def make_trainer(
         ),
         run_config=ray.train.RunConfig(
             name=run.trial_id,
-            storage_path=storage_path or results.join(run.storage, "ray"),
+            storage_path=path,
+            storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(
                 max_failures=t.max_failures if max_failures is None else max_failures

@@ -285,7 +285,7 @@ class TrialDriver:
 
 def experiment_paths(output: str) -> tuple[str, str]:
     """Ray's folder of an experiment and the Tune experiment inside it."""
-    ray_dir = os.path.abspath(os.path.join(output, "ray")) if "://" not in output else results.join(output, "ray")
+    ray_dir = results.join(output if "://" in output else os.path.abspath(output), "ray")
     return ray_dir, results.join(ray_dir, EXPERIMENT)
 
 
@@ -328,13 +328,17 @@ def run_experiment(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
     if resume:
-        tuner = tune.Tuner.restore(experiment_path, trainable, resume_unfinished=True, resume_errored=False)
+        path, filesystem = results.ray_storage(experiment_path)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=filesystem)
     else:
+        storage_path, filesystem = results.ray_storage(ray_dir)
         rows = SweepRows(plan, spec.classes(), full_progress(spec), total, objective, mode,
                          stream=None if quiet else stream, study_sync=study_sync)
         run_config = tune.RunConfig(
             name=EXPERIMENT,
-            storage_path=ray_dir,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             callbacks=[rows],
             verbose=0,
             # With train.max_failures, retries of a trial whose process or node was lost;
@@ -376,13 +380,14 @@ def run_tune(
     os.makedirs(os.path.dirname(sync.local), exist_ok=True)
     storage = optuna.storages.RDBStorage(study_url(output))
     if not quiet:
-        stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> {output}\n")
+        stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> {results.redact(output)}\n")
         stream.write(f"  optuna study: optuna-dashboard {study_url(output)}\n")
         stream.write(f"                optuna trials --study-name {spec.name} --storage {study_url(output)}\n")
 
     searcher = PruningOptunaSearch(
         full_progress=full,
         objective_keys=metric_keys,
+        output=output,
         space=SpaceFunction(search, spec.flat_config()),
         metric=metric_keys if search.multi_objective else metric_keys[0],
         mode=list(search.modes) if search.multi_objective else search.modes[0],
@@ -440,10 +445,30 @@ class PruningOptunaSearch(OptunaSearch):
     objective is told FAIL.
     """
 
-    def __init__(self, *args, full_progress: int, objective_keys: list[str], **kwargs):
+    def __init__(self, *args, full_progress: int, objective_keys: list[str], output: str | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.full_progress = full_progress
         self.objective_keys = objective_keys
+        self.output = output
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore Tune's saved searcher, attached to this machine's copy of the study.
+
+        The saved searcher holds the study's address on the machine that saved it (for
+        an experiment in cloud storage, a cache under that machine's home folder); a
+        driver resumed elsewhere opens the copy that ``--resume`` fetched.
+        """
+        import optuna
+
+        super().restore(checkpoint_path)
+        if self.output is None:  # a study given as an object: nothing to re-attach
+            return
+        saved = self._ot_study
+        self._storage = optuna.storages.RDBStorage(study_url(self.output))
+        self._ot_study = optuna.load_study(study_name=saved.study_name, storage=self._storage, sampler=saved.sampler)
+        for ot_trial in self._ot_trials.values():
+            ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -526,6 +551,9 @@ class SweepRows(Callback):
             if any(r["status"] == "completed" for r in results.read_row_file(where, name)):
                 continue
             results.write_rows(where, schema, [failed_row(trial_spec, run, reason, c, i, status=status)], name)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._push_study()  # the new trial's study entry reaches the storage before its rows
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -621,5 +649,5 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5) -> str:
                                   [[i + 1, tid, n, v] for i, (v, tid, n) in enumerate(scored[:top])]))
     if status_counts["completed"] < 10:
         lines.append("note: fewer than 10 completed trials; rankings and importances are not yet reliable")
-    lines.append(f"results: {results.join(output, 'results')}")
+    lines.append(f"results: {results.redact(results.join(output, 'results'))}")
     return "\n".join(lines)

@@ -25,6 +25,45 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def s3_storage():
+    """A local S3-compatible server (moto's server mode) on loopback with one bucket.
+
+    Returns a function that gives a storage URI under a prefix; the URI carries the
+    endpoint and the (fake) keys, so every Ray process reaches the server without any
+    environment of its own.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import pyarrow.fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("the local S3 server (moto) did not start") from None
+                time.sleep(0.2)
+        pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", scheme="http",
+                          endpoint_override=f"127.0.0.1:{port}", allow_bucket_creation=True).create_dir("raysearch")
+        query = f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        yield lambda prefix: f"s3://testing:testing@raysearch/{prefix}{query}"
+    finally:
+        server.kill()
+        server.wait()
+
+
 @pytest.fixture
 def demo_spec_path() -> str:
     return os.path.join(REPO, "search_spaces", "demo", "distcon.yaml")

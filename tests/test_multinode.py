@@ -1,5 +1,7 @@
 """Two real Ray nodes on one machine (separate `ray start` processes, separate raylets):
-a `raysearch tune --address` sweep spreads its trials over both nodes."""
+a `raysearch tune --address` sweep spreads its trials over both nodes, with its
+experiment in S3-compatible storage (a local moto server), since two nodes on one
+machine share a disk and would hide a dependence on the driver's local files."""
 
 import os
 import signal
@@ -15,8 +17,8 @@ from raysearch import results
 
 pytestmark = pytest.mark.slow
 
-# Each node has one CPU and each trial's worker takes one (its driver takes none), so
-# two concurrent trials must run on different nodes.
+# Each node has one CPU and each trial takes one, so two concurrent trials must run on
+# different nodes.
 TINY = TINY + ["search.scheduler={kind: none}"]
 
 
@@ -72,13 +74,25 @@ def two_nodes(tmp_path):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def test_sweep_spreads_trials_over_two_nodes(two_nodes, demo_spec_path, tmp_path):
+def test_sweep_spreads_trials_over_two_nodes(two_nodes, s3_storage, demo_spec_path, tmp_path):
     address, env = two_nodes
-    out = str(tmp_path / "sweep")
+    storage = s3_storage("multinode")
+    driver_dir = tmp_path / "driver"  # the driver's working folder: it must stay empty
+    driver_dir.mkdir()
     sets = [a for s in TINY for a in ("--set", s)]
     done = run_command([sys.executable, "-m", "raysearch.cli", "tune", demo_spec_path, *sets, "--address", address,
-                        "--trials", "4", "--concurrent", "2", "--output", out, "--quiet"], env=env, timeout_s=600)
+                        "--trials", "4", "--concurrent", "2", "--storage", storage, "--quiet"], env=env,
+                       timeout_s=600, cwd=str(driver_dir))
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = results.read_results(out).to_pylist()
+    experiment = results.join(storage, "distcon-digits-demo")
+    rows = results.read_results(experiment).to_pylist()
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
     assert len({r["node_id"] for r in rows}) == 2, [r["node_id"] for r in rows]
+    # Everything of the experiment is in the bucket, nothing in the driver's folder; the
+    # rows' checkpoint addresses carry no keys.
+    for name in ("spec.yaml", "optuna.db", "ray/tune/tuner.pkl"):
+        assert results.exists(results.join(experiment, name)), name
+    for r in rows:
+        assert r["checkpoint"].startswith("s3://raysearch/multinode/") and "testing" not in r["checkpoint"]
+        assert results.exists(r["checkpoint"].replace("s3://", "s3://testing:testing@"))
+    assert os.listdir(driver_dir) == []

@@ -100,25 +100,38 @@ def _tune_cmd(spec_path, out, *extra):
             "--num-cpus", "2", "--quiet", *extra]
 
 
-def test_killed_driver_resumes_to_full_count_without_duplicates(demo_spec_path, tmp_path):
-    out = str(tmp_path / "resume")
+def _row_files(out):
+    """The result files of an experiment (local folder or URI) and their bytes."""
+    import pyarrow.fs as pafs
+
+    fs, path = results.resolve(results.join(out, "results"))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return {}
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return {i.base_name: results.read_bytes(results.join(out, "results", i.base_name))
+            for i in infos if i.base_name.endswith(".parquet")}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_driver_resumes_to_full_count_without_duplicates(where, request, demo_spec_path, tmp_path):
+    """SIGKILL the driver (and the local Ray it started) mid-sweep, then --resume. In S3
+    storage the resumed driver runs with another home folder: it finds the Optuna study
+    in the storage, as a driver restarted on another machine would."""
+    out = str(tmp_path / "resume") if where == "local" else request.getfixturevalue("s3_storage")("resume")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(_tune_cmd(demo_spec_path, out), env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results_path = os.path.join(out, "results")
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        files = [f for f in os.listdir(results_path)] if os.path.isdir(results_path) else []
-        if len([f for f in files if f.endswith(".parquet")]) >= 2:
-            break
+    while time.time() < deadline and proc.poll() is None and len(_row_files(out)) < 2:
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
-    before = {f: open(os.path.join(results_path, f), "rb").read()
-              for f in os.listdir(results_path) if f.endswith(".parquet")}
+    before = _row_files(out)
     assert len(before) >= 2
 
+    if where == "s3":
+        env["HOME"] = str(tmp_path / "another-machine")
     done = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(out)
@@ -127,9 +140,51 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(demo_spec_path, 
     assert all(r["status"] == "completed" for r in rows)
     numbers = [r["optuna_trial"] for r in rows]
     assert len(set(numbers)) == 4
+    after = _row_files(out)
     for name, data in before.items():  # rows written before the kill are unchanged
-        assert open(os.path.join(results_path, name), "rb").read() == data
-    study = study_of(out, "distcon-digits-demo")
+        assert after[name] == data
+    if where == "s3":  # the study the resumed driver wrote back to the storage
+        local = tmp_path / "study.db"
+        local.write_bytes(results.read_bytes(results.join(out, "optuna.db")))
+        study = optuna.load_study(study_name="distcon-digits-demo", storage=f"sqlite:///{local}")
+    else:
+        study = study_of(out, "distcon-digits-demo")
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
 
+
+def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, demo_spec_path, tmp_path):
+    """SIGKILL a single-worker trial's process after its first checkpoint: Tune restarts
+    the trial from it (train.max_failures), and the class's row records where it resumed."""
+    import glob
+    import threading
+
+    import ray
+    from ray.util.state import list_actors
+
+    spec = load_spec(demo_spec_path, TINY + [
+        "data.max_train=240", "params.backbone.width=32", "train.epochs=40", "train.eval_every=2",
+        "train.max_failures=2", "search.trials=1", "search.concurrent=1", "search.scheduler={kind: none}",
+    ])
+    out = tmp_path / "sweep"
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(code=run_tune(spec, str(out), quiet=True)))
+    thread.start()
+    deadline = time.time() + 240
+    while not glob.glob(str(out / "ray" / "**" / "checkpoint_*"), recursive=True) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # the checkpoint's folder appears before Tune has registered it
+    dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]
+    alive = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")])
+    trials = [a for a in alive if a.class_name == "ImplicitFunc"]
+    assert len(trials) == 1, [a.class_name for a in alive]
+    assert not glob.glob(str(out / "results" / "*.parquet")), "the class finished before the kill"
+    os.kill(trials[0].pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert outcome.get("code") == 0
+    rows = rows_of(str(out))
+    assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
+    assert rows[0]["resumed_epoch"] is not None and rows[0]["resumed_epoch"] >= 2
+    assert rows[0]["epochs"] == 40
+    assert [t.state.name for t in study_of(str(out), spec.name).trials] == ["COMPLETE"]
+    check_placement_groups_released()

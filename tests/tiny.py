@@ -33,7 +33,7 @@ def check_placement_groups_released(timeout_s: float = 20.0) -> None:
         time.sleep(1)
 
 
-def run_command(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 600):
+def run_command(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 600, cwd: str | None = None):
     """Run a command that may start Ray daemons, with its output in a file, never hanging.
 
     ``subprocess.run(capture_output=True, timeout=...)`` waits for every process that
@@ -47,7 +47,7 @@ def run_command(cmd: list[str], env: dict[str, str] | None = None, timeout_s: fl
 
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+                                start_new_session=True, cwd=cwd)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

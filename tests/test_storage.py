@@ -1,0 +1,43 @@
+"""The storage layer: local folders and URIs (with their query options and keys) alike."""
+
+import pyarrow.fs as pafs
+import pytest
+
+from raysearch import results
+from raysearch.cli import build_parser, main
+
+
+def test_join_keeps_a_uri_query_at_the_end(tmp_path):
+    uri = "s3://bucket/exp?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert results.join(uri, "results", "a.parquet") == (
+        "s3://bucket/exp/results/a.parquet?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert results.join("gs://bucket/exp", "ray") == "gs://bucket/exp/ray"
+    assert results.join(str(tmp_path), "x") == str(tmp_path / "x")
+
+
+def test_redact_drops_keys_only():
+    assert results.redact("s3://KEY:SECRET@bucket/p/x.pt?region=eu-west-1") == "s3://bucket/p/x.pt?region=eu-west-1"
+    assert results.redact("gs://bucket/a@b") == "gs://bucket/a@b"  # an @ in the path is no key
+    assert results.redact("/tmp/a@b") == "/tmp/a@b"
+
+
+def test_ray_storage_passes_the_uri_options_as_a_filesystem(tmp_path):
+    path, fs = results.ray_storage(str(tmp_path / "exp" / "ray"))
+    assert path == str(tmp_path / "exp" / "ray") and fs is None
+    path, fs = results.ray_storage("s3://bucket/exp/ray?endpoint_override=127.0.0.1:9&scheme=http&region=x")
+    assert path == "bucket/exp/ray" and isinstance(fs, pafs.S3FileSystem)
+
+
+def test_storage_and_output_place_the_experiment(tmp_path, monkeypatch, capsys):
+    from raysearch import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_checked_spec", lambda args: type("S", (), {"name": "demo"})())
+    monkeypatch.setattr("raysearch.tuning.run_tune", lambda spec, output, **kw: seen.setdefault("out", output) and 0)
+    main(["tune", "spec.yaml", "--storage", str(tmp_path / "store")])
+    assert seen.pop("out") == str(tmp_path / "store" / "demo")
+    main(["tune", "spec.yaml", "--storage", "s3://bucket/sweeps?region=eu-west-1"])
+    assert seen.pop("out") == "s3://bucket/sweeps/demo?region=eu-west-1"
+    with pytest.raises(SystemExit) as err:
+        build_parser().parse_args(["tune", "s.yaml", "--storage", "a", "--output", "b"])
+    assert err.value.code == 2 and "not allowed with" in capsys.readouterr().err

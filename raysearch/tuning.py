@@ -388,6 +388,8 @@ def run_tune(
         full_progress=full,
         objective_keys=metric_keys,
         output=output,
+        budget=search.trials,
+        n_classes=len(spec.classes()),
         space=SpaceFunction(search, spec.flat_config()),
         metric=metric_keys if search.multi_objective else metric_keys[0],
         mode=list(search.modes) if search.multi_objective else search.modes[0],
@@ -446,11 +448,14 @@ class PruningOptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args, full_progress: int, objective_keys: list[str], output: str | None = None,
-                 **kwargs):
+                 budget: int | None = None, n_classes: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.full_progress = full_progress
         self.objective_keys = objective_keys
         self.output = output
+        # The sweep's trial count, kept here rather than by Tune alone: Tune's saved
+        # state can lag the study by the trials that started after its last snapshot.
+        self.budget, self.n_classes, self.asked = budget, n_classes, 0
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore Tune's saved searcher, attached to this machine's copy of the study.
@@ -469,11 +474,57 @@ class PruningOptunaSearch(OptunaSearch):
         self._ot_study = optuna.load_study(study_name=saved.study_name, storage=self._storage, sampler=saved.sampler)
         for ot_trial in self._ot_trials.values():
             ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
+        self._adopt_unrecorded_trials()
+
+    def _adopt_unrecorded_trials(self) -> None:
+        """Count trials that ran after Tune's last snapshot of a killed driver.
+
+        Tune saves its state every few seconds; a trial that started after the last save
+        is unknown to the restored experiment, but the study has it (pushed when it was
+        asked) and it may have written rows. One with a row for every class counts
+        toward the sweep's total and is told to the study from its rows; one without
+        is replaced by a new trial (the study closes it as FAIL at the end).
+        """
+        import optuna
+
+        known = {t.number for t in self._ot_trials.values()}
+        self.asked = len(known)
+        try:
+            table = results.read_results(self.output)
+        except FileNotFoundError:
+            return
+        rows: dict[int, list[dict]] = {}
+        for r in table.to_pylist() if table.num_rows else []:
+            if r["kind"] == "tune" and r["optuna_trial"] is not None:
+                rows.setdefault(r["optuna_trial"], []).append(r)
+        State = optuna.trial.TrialState
+        for t in self._ot_study.get_trials(deepcopy=False):
+            trial_rows = rows.get(t.number, [])
+            if t.number in known or t.state == State.WAITING or len({r["class_index"] for r in trial_rows}) < self.n_classes:
+                continue
+            self.asked += 1
+            if t.state != State.RUNNING:
+                continue  # told before the driver was killed
+            statuses = {r["status"] for r in trial_rows}
+            columns = [k.removeprefix("mean_") for k in self.objective_keys]
+            cells = [[r.get(c) for r in trial_rows] for c in columns]
+            if statuses == {"completed"} and all(v is not None and math.isfinite(v) for col in cells for v in col):
+                values = [sum(col) / len(col) for col in cells]
+                self._ot_study.tell(t.number, values if len(values) > 1 else values[0])
+            else:
+                self._ot_study.tell(t.number, state=State.FAIL if "failed" in statuses else State.PRUNED)
 
     def suggest(self, trial_id: str):
+        from ray.tune.search import Searcher
+
+        if self.budget is not None and self.asked >= self.budget and trial_id not in self._ot_trials:
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             config[OPTUNA_KEY] = self._ot_trials[trial_id].number
+            self.asked += 1
+            if self.output is not None:
+                StudySync(self.output).push()  # the study knows the trial before Tune's state does
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -36,3 +36,47 @@ def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
     assert trials[4].intermediate_values == {2: 0.4}
     assert trials[0].value == 0.8
     assert trials[1].intermediate_values == {1: 0.5}  # kept, never posing as a final value
+
+
+def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_path):
+    """A driver killed between Tune's snapshots: the restored searcher opens this machine's
+    study, adopts a trial that finished unrecorded (told COMPLETE from its rows), replaces
+    one that left no row, and stops at the sweep's budget."""
+    from ray.tune.search import Searcher
+
+    from raysearch import results
+    from raysearch.space import parse_search
+    from raysearch.spec import spec_from_dict
+    from raysearch.training import config_schema
+    from raysearch.tuning import PruningOptunaSearch, SpaceFunction, study_url
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
+    out = str(tmp_path)
+
+    def searcher():
+        return PruningOptunaSearch(
+            space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
+            full_progress=2, objective_keys=["mean_val_image_auroc"], output=out, budget=4, n_classes=1,
+            storage=optuna.storages.RDBStorage(study_url(out)), study_name="s",
+            sampler=optuna.samplers.RandomSampler(seed=0))
+
+    first = searcher()
+    for tid in ("a", "b"):
+        first.suggest(tid)
+    first.on_trial_complete("a", {"progress": 2, "mean_val_image_auroc": 0.9})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: trials a and b
+    # Two more trials start after it; one writes its row, then the driver is killed.
+    late = [first._ot_study.ask() for _ in range(2)]
+    row = {"experiment": "s", "kind": "tune", "trial_id": "c", "optuna_trial": late[0].number, "status": "completed",
+           "normal_class": "0", "class_index": 0, "val_image_auroc": 0.7}
+    results.write_rows(results.join(out, "results"), config_schema(spec), [row], "c--000-0")
+
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    trials = {t.number: t for t in restored._ot_study.get_trials()}
+    assert trials[late[0].number].state.name == "COMPLETE" and trials[late[0].number].value == 0.7
+    assert trials[late[1].number].state.name == "RUNNING"  # no row: replaced, closed at the end
+    assert restored.asked == 3
+    assert isinstance(restored.suggest("d"), dict)  # the one trial still missing
+    assert restored.suggest("e") == Searcher.FINISHED

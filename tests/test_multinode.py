@@ -64,18 +64,26 @@ def two_nodes(tmp_path):
         while count_nodes(address, env) < 2 and time.time() < deadline:
             time.sleep(2)
         assert count_nodes(address, env) == 2, "the two Ray nodes did not come up"
-        yield address, env
+
+        def lose_second_node():
+            """The second node disappears at once, as a reclaimed spot instance does."""
+            os.killpg(procs[1].pid, signal.SIGKILL)
+            procs[1].wait()
+
+        yield address, env, lose_second_node
     finally:
         for p in reversed(procs):  # each node by its own process group, never `ray stop`
             try:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(timeout=30)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except ProcessLookupError:  # already gone (the lost node)
+                pass
+            except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
 def test_sweep_spreads_trials_over_two_nodes(two_nodes, s3_storage, demo_spec_path, tmp_path):
-    address, env = two_nodes
+    address, env, _ = two_nodes
     storage = s3_storage("multinode")
     driver_dir = tmp_path / "driver"  # the driver's working folder: it must stay empty
     driver_dir.mkdir()
@@ -96,3 +104,46 @@ def test_sweep_spreads_trials_over_two_nodes(two_nodes, s3_storage, demo_spec_pa
         assert r["checkpoint"].startswith("s3://raysearch/multinode/") and "testing" not in r["checkpoint"]
         assert results.exists(r["checkpoint"].replace("s3://", "s3://testing:testing@"))
     assert os.listdir(driver_dir) == []
+
+
+def test_trial_of_a_lost_node_restarts_elsewhere_from_its_checkpoint(two_nodes, s3_storage, demo_spec_path):
+    """Two long trials, one per node; the second node is killed after both have
+    checkpointed: its trial restarts on the remaining node from its last checkpoint
+    (train.max_failures) and the sweep completes with one row per trial."""
+    import pyarrow.fs as pafs
+
+    address, env, lose_second_node = two_nodes
+    storage = s3_storage("node-loss")
+    experiment = results.join(storage, "distcon-digits-demo")
+    sets = [a for s in TINY + ["data.max_train=240", "params.backbone.width=32", "train.epochs=30",
+                               "train.eval_every=2", "train.max_failures=2"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "raysearch.cli", "tune", demo_spec_path, *sets, "--address", address,
+           "--trials", "2", "--concurrent", "2", "--storage", storage, "--quiet"]
+    log = open(os.devnull, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        fs, tune_dir = results.resolve(results.join(experiment, "ray", "tune"))
+        deadline = time.time() + 300
+        trials_with_checkpoints: set = set()
+        while len(trials_with_checkpoints) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if fs.get_file_info(tune_dir).type == pafs.FileType.NotFound:
+                continue
+            trials_with_checkpoints = {
+                i.path.split("/")[-2] for i in fs.get_file_info(pafs.FileSelector(tune_dir, recursive=True))
+                if i.base_name == "state.pt"
+            }
+        assert len(trials_with_checkpoints) == 2, "both trials should have checkpointed by now"
+        assert not results.exists(results.join(experiment, "results")) or results.read_results(experiment).num_rows == 0
+        lose_second_node()
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 0
+    rows = results.read_results(experiment).to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "completed" and r["epochs"] == 30 for r in rows)
+    assert len({r["trial_id"] for r in rows}) == 2
+    resumed = [r for r in rows if r["resumed_epoch"] is not None]
+    assert len(resumed) == 1 and resumed[0]["resumed_epoch"] >= 2, [r["resumed_epoch"] for r in rows]
+    assert len({r["node_id"] for r in rows}) == 1  # both finished on the node that was left

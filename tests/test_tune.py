@@ -112,23 +112,26 @@ def _row_files(out):
             for i in infos if i.base_name.endswith(".parquet")}
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_killed_driver_resumes_to_full_count_without_duplicates(where, request, demo_spec_path, tmp_path):
-    """SIGKILL the driver (and the local Ray it started) mid-sweep, then --resume. In S3
-    storage the resumed driver runs with another home folder: it finds the Optuna study
-    in the storage, as a driver restarted on another machine would."""
+@pytest.mark.parametrize("where, kill_at", [("local", (1, 3)), ("s3", (2,))])
+def test_killed_driver_resumes_to_full_count_without_duplicates(where, kill_at, request, demo_spec_path, tmp_path):
+    """SIGKILL the driver (and the local Ray it started) mid-sweep, then --resume; locally
+    twice (the resumed driver is killed too). In S3 storage the resumed driver runs with
+    another home folder: it finds the Optuna study in the storage, as a driver restarted
+    on another machine would."""
     out = str(tmp_path / "resume") if where == "local" else request.getfixturevalue("s3_storage")("resume")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(_tune_cmd(demo_spec_path, out), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(_row_files(out)) < 2:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the sweep finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
+    for i, rows_before_kill in enumerate(kill_at):
+        extra = ("--resume",) if i else ()
+        proc = subprocess.Popen(_tune_cmd(demo_spec_path, out, *extra), env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and len(_row_files(out)) < rows_before_kill:
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
     before = _row_files(out)
-    assert len(before) >= 2
+    assert len(before) >= kill_at[-1]
 
     if where == "s3":
         env["HOME"] = str(tmp_path / "another-machine")

@@ -138,7 +138,7 @@ def run_ablate(
 
     from raysearch.runner import write_resolved_spec
     from raysearch.training import init_ray
-    from raysearch.tuning import VARIANT_KEY, TrialPlan, check_resume, run_experiment
+    from raysearch.tuning import VARIANT_KEY, TrialPlan, check_resume, reuse_processes, run_experiment
 
     ablation = parse_ablations(spec)
     if base is not None and "://" not in base and os.path.abspath(os.path.expanduser(base)) == os.path.abspath(output):
@@ -154,7 +154,7 @@ def run_ablate(
         stream.write(f"raysearch ablate: {spec.name}: {len(variants)} variants ({', '.join(variants)}) x "
                      f"{len(ablation.seeds)} seeds x {len(full_spec.classes())} classes -> {output}\n")
     plan = TrialPlan(full_spec, output, "ablate", variants=ablation.factors)
-    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=ablation.concurrent, reuse_actors=False)
+    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=ablation.concurrent, reuse_actors=reuse_processes(spec.train))
     param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
     run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
                    objective="mean_val_image_auroc", mode="max", resume=resume, quiet=quiet, stream=stream)

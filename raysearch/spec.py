@@ -109,11 +109,12 @@ class TrainSpec:
     # whose driver was lost once. Set it (e.g. 2) on clusters with spot instances. A
     # diverged loss fails again on every restart.
     max_failures: int = 0
-    # How sweep and ablation trials run: `auto` trains a single-worker trial in the Tune
-    # trial's own process (no worker group to start per trial) and several workers
-    # through Ray Train; `train` always goes through Ray Train. `raysearch train`
-    # always uses Ray Train. See docs/DESIGN.md ("Trial launch").
-    launcher: Literal["auto", "train"] = "auto"
+    # How sweep and ablation trials run: `auto` trains a single-worker trial in a Tune
+    # trial process, reused from one trial to the next (no process or worker group to
+    # start per trial), and several workers through Ray Train; `fresh` is `auto` with a
+    # new process for every trial; `train` always goes through Ray Train. `raysearch
+    # train` always uses Ray Train. See docs/DESIGN.md ("Trial launch").
+    launcher: Literal["auto", "fresh", "train"] = "auto"
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "workers"):

@@ -249,7 +249,12 @@ class TrialPlan:
 
 def in_trial_process(train) -> bool:
     """Whether a trial trains in its own Tune process (one worker) rather than through Ray Train."""
-    return train.launcher == "auto" and train.workers == 1
+    return train.launcher in ("auto", "fresh") and train.workers == 1
+
+
+def reuse_processes(train) -> bool:
+    """Whether Tune hands a finished trial's process to the next trial (``reuse_actors``)."""
+    return train.launcher == "auto" and in_trial_process(train)
 
 
 class TrialDriver:
@@ -416,7 +421,7 @@ def run_tune(
         scheduler=scheduler,
         num_samples=search.trials,
         max_concurrent_trials=search.concurrent,
-        reuse_actors=False,
+        reuse_actors=reuse_processes(spec.train),
     )
     run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                    total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,

@@ -130,7 +130,7 @@ def test_trial_of_a_lost_node_restarts_elsewhere_from_its_checkpoint(two_nodes, 
             if fs.get_file_info(tune_dir).type == pafs.FileType.NotFound:
                 continue
             trials_with_checkpoints = {
-                i.path.split("/")[-2] for i in fs.get_file_info(pafs.FileSelector(tune_dir, recursive=True))
+                i.path.split("/")[-3] for i in fs.get_file_info(pafs.FileSelector(tune_dir, recursive=True))
                 if i.base_name == "state.pt"
             }
         assert len(trials_with_checkpoints) == 2, "both trials should have checkpointed by now"

@@ -5,8 +5,9 @@ Part ``sweep`` (one process):
 1. ``raysearch tune`` in-process (:func:`raysearch.tuning.run_tune`) on a local Ray with
    2 CPUs: N trials (default 4) of the digits demo spec shrunk like the end-to-end tests
    (one class, 2 epochs, 48 training images, a width-8 CNN), one trial at a time, no
-   scheduler, twice: ``train.launcher=auto`` (each trial trains in its own Tune process)
-   and ``train`` (each trial runs a TorchTrainer). Ray's start-up is timed on its own
+   scheduler, three times: ``train.launcher=auto`` (trials train in Tune trial processes
+   that are reused from trial to trial), ``fresh`` (a new process per trial) and
+   ``train`` (each trial runs a TorchTrainer). Ray's start-up is timed on its own
    (``init_ray``) before the sweeps.
 2. The same N configurations (read back from the result rows) trained one after another
    in this plain Python process with ``load_task`` + :func:`raysearch.loop.train_class`,
@@ -123,7 +124,8 @@ def breakdown_part(repeats: int) -> dict:
     return out
 
 
-LAUNCHERS = ("auto", "train")  # a trial in its own Tune process vs a TorchTrainer per trial
+# Trials in reused Tune processes (the default), a new process per trial, a TorchTrainer per trial.
+LAUNCHERS = ("auto", "fresh", "train")
 
 
 def sweep_part(n_trials: int) -> dict:
@@ -156,7 +158,8 @@ def sweep_part(n_trials: int) -> dict:
         rows_by[launcher] = rows
         sweeps[launcher] = {"sweep_wall_s": t_sweep.s, "per_trial_wall_s": t_sweep.s / n_trials,
                             "rows_train_time_s": [r["train_time_s"] for r in rows],
-                            "rows_wall_time_s": [r["wall_time_s"] for r in rows]}
+                            "rows_wall_time_s": [r["wall_time_s"] for r in rows],
+                            "rows_host_rss_mb": [r["host_rss_mb"] for r in rows]}
     ray.shutdown()
 
     # The same configurations, one after another, in this process without Ray.
@@ -237,7 +240,8 @@ def print_sweep(s: dict) -> None:
           f"train_time_s median {_bench.median([p['train_time_s'] for p in s['plain']]):.2f} s; "
           f"torch with {s['torch_threads']} thread, as in a 1-CPU trial)")
     for launcher, x in s["launchers"].items():
-        where = "trial in its own Tune process" if launcher == "auto" else "a TorchTrainer per trial"
+        where = {"auto": "trials in reused Tune processes", "fresh": "a new Tune process per trial",
+                 "train": "a TorchTrainer per trial"}[launcher]
         print(f"  train.launcher={launcher} ({where}):")
         print(f"    sweep wall time {x['sweep_wall_s']:.1f} s ({x['per_trial_wall_s']:.1f} s per trial); inside the "
               f"trial: train_time_s median {_bench.median(x['rows_train_time_s']):.2f} s, wall_time_s median "
@@ -245,6 +249,8 @@ def print_sweep(s: dict) -> None:
         print(f"    sweep / plain: {x['ratio_sweep_over_plain']:.1f}x (with Ray start-up: "
               f"{x['ratio_with_init_over_plain']:.1f}x); per-trial start-up {x['startup_vs_train_time_s']:.1f} s "
               f"over train_time_s, {x['startup_vs_wall_time_s']:.1f} s over wall_time_s")
+        print("    training process RSS after each trial (MiB): "
+              + ", ".join(f"{v:.0f}" for v in x["rows_host_rss_mb"]))
 
 
 def print_breakdown(b: dict) -> None:
@@ -274,7 +280,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("sweep", "breakdown", "health", "all"), default="all")
     ap.add_argument("--repeats", type=int, default=2, help="no-op trials / trainers in the breakdown")
-    ap.add_argument("--trials", type=int, default=4)
+    ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--health-epochs", type=int, default=6)
     ap.add_argument("--health-child", metavar="INTERVAL", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -119,6 +119,20 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
+def memory_mb(device: torch.device) -> dict[str, float | None]:
+    """This process's memory now and at its peak, and the device's peak since the last reset."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        rss = None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    device_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"host_rss_mb": rss, "host_peak_rss_mb": peak, "device_peak_mb": device_peak}
+
+
 def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, wall: float,
               device: torch.device, checkpoint: str | None) -> dict[str, Any]:
     """The result row of a finished class."""
@@ -141,6 +155,7 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
         weights=result.facts.get("weights"),
         checkpoint=None if checkpoint is None else results.redact(checkpoint),
         resumed_epoch=result.resumed_epoch,
+        **memory_mb(device),
     )
     row.update({k: v for k, v in result.metrics.items() if k in results.METRIC_COLUMNS})
     return row
@@ -307,6 +322,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             finished[normal_class] = {k: stored.get(k) for k in MEAN_METRICS}
             final_loss = stored.get("final_loss")
         else:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
             result = train_class(
                 spec,
@@ -418,6 +435,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     env_vars = {
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
     }
     kwargs: dict[str, Any] = dict(
         log_to_driver=log_to_driver,

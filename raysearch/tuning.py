@@ -23,6 +23,7 @@ optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import math
@@ -286,6 +287,10 @@ class TrialDriver:
                 make_trainer(spec, run, callbacks=[TuneReportCallback()], storage_path=self.runs_path).fit()
         except Exception as err:
             raise TrialFailed(_reason(err)) from None
+        finally:
+            # A reused process hands what this trial built (models, data, optimizer
+            # state, often in reference cycles) back before the next trial starts.
+            gc.collect()
 
 
 def experiment_paths(output: str) -> tuple[str, str]:

@@ -26,6 +26,7 @@ def test_train_demo_spec_writes_rows_and_checkpoints(ray_session, demo_spec_path
     assert row["test_pixel_auroc"] is None  # digits have no masks
     assert row["epochs"] == 2 and row["best_epoch"] in (1, 2)
     assert row["num_params"] > 0 and row["device"] == "cpu"
+    assert 0 < row["host_rss_mb"] <= row["host_peak_rss_mb"] and row["device_peak_mb"] is None
     assert row["params.gmm.components"] == spec.params.gmm.components
     assert row["selection_split"] == "validation"
     # The store reads as one Parquet dataset; the resolved spec and both checkpoints exist.

@@ -5,6 +5,7 @@ output is kept in ``benchmarks/results/<step>.txt`` beside the JSON figures each
 writes, and BENCHMARKS.md is rebuilt from those files.
 
 Run:  python benchmarks/run_all.py                 # everything (~15 minutes on 2 cores)
+      python benchmarks/run_all.py --quick         # the same with fewer repeats (a few minutes)
       python benchmarks/run_all.py --only analysis_speed search_efficiency
       python benchmarks/run_all.py --report-only   # rebuild BENCHMARKS.md from benchmarks/results/
       python benchmarks/run_all.py --recompute-curves   # also retrain the search-efficiency grid
@@ -31,6 +32,17 @@ STEPS = {  # name -> script and arguments
     "orchestration_health": ["orchestration.py", "--part", "health"],
     "analysis_speed": ["analysis_speed.py"],
     "search_efficiency": ["search_efficiency.py"],
+}
+# --quick: fewer repeats, trials and seeds (a few minutes; figures noisier, same goals).
+QUICK = {
+    "step_throughput_distcon": ["--repeats", "1", "--epochs", "3"],
+    "step_throughput_cutswap": ["--repeats", "1", "--epochs", "3"],
+    "step_throughput_clflow": ["--repeats", "1", "--epochs", "3"],
+    "orchestration_sweep": ["--trials", "3"],
+    "orchestration_breakdown": ["--repeats", "1"],
+    "orchestration_health": ["--health-epochs", "3"],
+    "analysis_speed": ["--repeats", "2", "--store-files", "500"],
+    "search_efficiency": ["--seeds", "10"],
 }
 LOG = os.path.join(_bench.RESULTS, "run_all.json")
 OUT = os.path.join(_bench.REPO, "BENCHMARKS.md")
@@ -460,6 +472,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=list(STEPS), help="run these steps only")
     ap.add_argument("--report-only", action="store_true", help="rebuild BENCHMARKS.md without running anything")
     ap.add_argument("--recompute-curves", action="store_true", help="retrain the search-efficiency grid")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, trials and seeds (a few minutes)")
     args = ap.parse_args()
     os.makedirs(_bench.RESULTS, exist_ok=True)
     os.makedirs(LOGS, exist_ok=True)
@@ -467,6 +480,7 @@ def main() -> None:
         log = load("run_all") or {"steps": {}}
         for name in args.only or list(STEPS):
             extra = ["--recompute"] if name == "search_efficiency" and args.recompute_curves else []
+            extra += QUICK[name] if args.quick else []
             print(f"== {name} ==", flush=True)
             log["steps"][name] = run_step(name, extra)
             with open(LOG, "w") as f:

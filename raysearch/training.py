@@ -129,6 +129,8 @@ def memory_mb(device: torch.device) -> dict[str, float | None]:
     except (OSError, ValueError):
         rss = None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if rss is not None:
+        peak = max(peak, rss)  # the kernel updates its high-water mark lazily
     device_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {"host_rss_mb": rss, "host_peak_rss_mb": peak, "device_peak_mb": device_peak}
 

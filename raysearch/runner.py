@@ -9,6 +9,7 @@ that fails leaves a failed row with its reason for every class it did not finish
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import time
@@ -143,13 +144,17 @@ def run_train(
     return code, rows
 
 
+_EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(Error|Exception|Diverged|Failed)\b)(:|$)")
+
+
 def _reason(err: BaseException) -> str:
-    """The innermost readable cause of a Ray Train failure."""
+    """The innermost readable cause of a Ray Train failure: its last ``SomeError: ...``
+    line, or, where Ray cut the traceback short, its last line."""
     text = str(err).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Output truncated" not in ln]
     for ln in reversed(lines):
-        if "Error" in ln or "Diverged" in ln:
-            return ln.strip()[:500]
+        if _EXCEPTION_LINE.match(ln):
+            return ln[:500]
     return (lines[-1] if lines else type(err).__name__)[:500]
 
 

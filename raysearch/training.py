@@ -218,7 +218,7 @@ class TrainSession:
         import ray.train.torch
 
         return ray.train.torch.prepare_model(
-            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+            model, move_to_device=False, parallel_strategy_kwargs={"static_graph": True}
         )
 
 

@@ -41,3 +41,16 @@ def test_storage_and_output_place_the_experiment(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as err:
         build_parser().parse_args(["tune", "s.yaml", "--storage", "a", "--output", "b"])
     assert err.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_failure_reason_is_the_innermost_exception_line():
+    from raysearch.runner import _reason
+
+    train = RuntimeError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
+                         '  File "loop.py", line 3, in f\nraysearch.loop.TrainingDiverged: loss became nan at epoch 2\n')
+    assert _reason(train) == "raysearch.loop.TrainingDiverged: loss became nan at epoch 2"
+    cut = RuntimeError("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback ...\n"
+                       "... (Output truncated. See individual worker logs for full details) ...\n"
+                       "Parameter at index 20 has been marked as ready twice.")
+    assert _reason(cut) == "Parameter at index 20 has been marked as ready twice."
+    assert _reason(RuntimeError("loss became inf at epoch 1")) == "loss became inf at epoch 1"

@@ -191,3 +191,18 @@ def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, demo_spe
     assert rows[0]["epochs"] == 40
     assert [t.state.name for t in study_of(str(out), spec.name).trials] == ["COMPLETE"]
     check_placement_groups_released()
+
+
+def test_ddp_trial_runs_through_ray_train(ray_session, demo_spec_path, tmp_path):
+    """A trial with two workers goes through a TorchTrainer (DDP over gloo); its rows and
+    study entry are those of any other trial, and its placement groups are released."""
+    spec = load_spec(demo_spec_path, TINY + [
+        "train.workers=2", "search.trials=1", "search.concurrent=1", "search.scheduler={kind: none}",
+    ])
+    out = str(tmp_path / "ddp")
+    assert run_tune(spec, out, quiet=True) == 0
+    rows = rows_of(out)
+    assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["workers"] == 2
+    assert rows[0]["val_image_auroc"] is not None
+    assert [t.state.name for t in study_of(out, spec.name).trials] == ["COMPLETE"]
+    check_placement_groups_released()

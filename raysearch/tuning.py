@@ -66,10 +66,19 @@ def study_url(output: str) -> str:
 
 
 class StudySync:
-    """Copies the local study file to a remote experiment folder (no-op for local ones)."""
+    """Copies the local study file to a remote experiment folder (no-op for local ones).
+
+    Tune pickles it with the experiment (in the searcher and the rows callback), so the
+    local file is found on the machine that uses it, never the one that pickled it.
+    """
 
     def __init__(self, output: str):
-        self.local, self.remote = study_path(output), (results.join(output, "optuna.db") if "://" in output else None)
+        self.output = output
+        self.remote = results.join(output, "optuna.db") if "://" in output else None
+
+    @property
+    def local(self) -> str:
+        return study_path(self.output)
 
     def fetch(self) -> None:
         if self.remote and results.exists(self.remote):
@@ -612,9 +621,6 @@ class SweepRows(Callback):
             if any(r["status"] == "completed" for r in results.read_row_file(where, name)):
                 continue
             results.write_rows(where, schema, [failed_row(trial_spec, run, reason, c, i, status=status)], name)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._push_study()  # the new trial's study entry reaches the storage before its rows
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -54,3 +54,20 @@ def test_failure_reason_is_the_innermost_exception_line():
                        "Parameter at index 20 has been marked as ready twice.")
     assert _reason(cut) == "Parameter at index 20 has been marked as ready twice."
     assert _reason(RuntimeError("loss became inf at epoch 1")) == "loss became inf at epoch 1"
+
+
+def test_study_sync_finds_the_local_study_on_the_machine_that_unpickles_it(tmp_path, monkeypatch):
+    """Tune pickles the sync with the experiment; a driver resumed with another home
+    folder (another machine) must push its own copy of the study, not the old path."""
+    import pickle
+
+    from raysearch.tuning import StudySync
+
+    monkeypatch.setenv("HOME", str(tmp_path / "first"))
+    sync = StudySync("s3://bucket/exp?region=x")
+    assert sync.local.startswith(str(tmp_path / "first"))
+    data = pickle.dumps(sync)
+    monkeypatch.setenv("HOME", str(tmp_path / "second"))
+    restored = pickle.loads(data)
+    assert restored.local.startswith(str(tmp_path / "second"))
+    assert restored.remote == "s3://bucket/exp/optuna.db?region=x"

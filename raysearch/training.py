@@ -1,10 +1,9 @@
 """Ray Train: the per-worker loop over a spec's classes and the TorchTrainer factory.
 
-One *run* trains one config over all
-classes of its spec, in the spec's fixed order, on ``train.workers`` Ray Train workers
-(DDP when there are several, GPU when ``train.gpus_per_worker`` > 0); a single-worker
-sweep trial runs the same loop in its Tune trial's own process (:class:`TrialSession`). Each finished class
-becomes one result row, written by rank 0 straight into the experiment's storage, and
+One *run* trains one config over all classes of its spec, in the spec's fixed order, on
+``train.workers`` Ray Train workers (DDP when there are several, GPU when
+``train.gpus_per_worker`` > 0); a single-worker sweep trial runs the same loop in its
+Tune trial's own process (:class:`TrialSession`). Each finished class becomes one result row, written by rank 0 straight into the experiment's storage, and
 its best and last model states are kept as ``checkpoints/<run>/<class>/{best,last}.pt``.
 Every evaluation reports metrics to Ray (and a resumable Ray checkpoint), so a worker
 lost mid-run restarts from its last evaluation.
@@ -12,6 +11,7 @@ lost mid-run restarts from its last evaluation.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -190,7 +190,21 @@ def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
     return f"{run.trial_id}--{class_index:03d}-{normal_class}"
 
 
-class TrainSession:
+class _Session:
+    """Checkpoints and reports through ``api``: ``ray.train`` and ``ray.tune`` share the calls."""
+
+    api = "ray.train"
+
+    def checkpoint(self):
+        return importlib.import_module(self.api).get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], directory: str | None = None) -> None:
+        api = importlib.import_module(self.api)
+        ckpt = None if directory is None else api.Checkpoint.from_directory(directory)
+        api.report(metrics, checkpoint=ckpt)
+
+
+class TrainSession(_Session):
     """A Ray Train worker's view: its rank, device, checkpoint and reports."""
 
     def __init__(self) -> None:
@@ -200,17 +214,6 @@ class TrainSession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-
-    def checkpoint(self):
-        import ray.train
-
-        return ray.train.get_checkpoint()
-
-    def report(self, metrics: dict[str, Any], directory: str | None = None) -> None:
-        import ray.train
-
-        ckpt = None if directory is None else ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=ckpt)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.world == 1:
@@ -222,13 +225,14 @@ class TrainSession:
         )
 
 
-class TrialSession:
+class TrialSession(_Session):
     """A single-worker run inside a Ray Tune trial's own process (no Ray Train worker group).
 
     The trial's resource request holds the CPUs and GPU (fraction) that a Train worker
     would hold; reports and checkpoints go straight to Tune.
     """
 
+    api = "ray.tune"
     rank, world = 0, 1
 
     def __init__(self) -> None:
@@ -236,17 +240,6 @@ class TrialSession:
 
         gpus = ray.get_gpu_ids()  # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU
         self.device = torch.device("cuda", 0) if gpus and torch.cuda.is_available() else torch.device("cpu")
-
-    def checkpoint(self):
-        import ray.tune
-
-        return ray.tune.get_checkpoint()
-
-    def report(self, metrics: dict[str, Any], directory: str | None = None) -> None:
-        import ray.tune
-
-        ckpt = None if directory is None else ray.tune.Checkpoint.from_directory(directory)
-        ray.tune.report(metrics, checkpoint=ckpt)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model

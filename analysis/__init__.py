@@ -9,6 +9,8 @@ only when a figure is drawn or an importance computed.
 - :mod:`analysis.rank` — :func:`rank_configs`, :func:`per_class_table`, the history;
 - :mod:`analysis.ablation` — :func:`ablation_table` (paired effects against ``full``);
 - :mod:`analysis.importance` — :func:`param_importance`, :func:`pareto_front`;
+- :mod:`analysis.fidelity` — :func:`selection_fidelity`, :func:`fidelity_line` (does the
+  validation objective predict test? a diagnostic on test labels, never used to select);
 - :mod:`analysis.plots` — one PNG per function;
 - :mod:`analysis.report` — :func:`write_report` (Markdown, HTML, CSV, LaTeX).
 
@@ -19,9 +21,17 @@ Example:
 """
 
 from analysis.ablation import ablation_table
+from analysis.fidelity import fidelity_line, selection_fidelity
 from analysis.importance import load_study, param_importance, pareto_front
 from analysis.load import config_key, load_results, load_spec, objective
-from analysis.plots import plot_ablation, plot_history, plot_importance, plot_pareto, plot_per_class
+from analysis.plots import (
+    plot_ablation,
+    plot_fidelity,
+    plot_history,
+    plot_importance,
+    plot_pareto,
+    plot_per_class,
+)
 from analysis.rank import history_table, per_class_table, rank_configs
 from analysis.report import write_report
 
@@ -37,10 +47,13 @@ __all__ = [
     "param_importance",
     "pareto_front",
     "load_study",
+    "selection_fidelity",
+    "fidelity_line",
     "plot_history",
     "plot_importance",
     "plot_ablation",
     "plot_per_class",
     "plot_pareto",
+    "plot_fidelity",
     "write_report",
 ]

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.rank import history_table
 
-__all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto"]
+__all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto", "plot_fidelity"]
 
 DPI = 120  # dots per inch of the saved PNGs
 MAX_HEATMAP_ROWS = 30  # configurations shown in the per-class heatmap (the table has all)
@@ -177,6 +177,53 @@ def plot_pareto(study_or_source: Any, path: str | Path, metrics: Sequence[str] |
     ax.set_ylabel(f"{names[1]} ({directions[1]})")
     extra = f"; {len(names) - 2} more objectives not shown" if len(names) > 2 else ""
     ax.set_title(f"Pareto front{extra}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_fidelity(df_or_result: Any, path: str | Path, objective: str = "val_image_auroc",
+                  test_metric: str = "test_image_auroc", mode: str = "max") -> Path:
+    """Class-mean objective (x) vs class-mean ``test_metric`` (y), one point per complete config.
+
+    ``df_or_result``: a results DataFrame (passed to
+    :func:`analysis.fidelity.selection_fidelity` with ``objective`` and ``mode``) or a
+    :class:`analysis.fidelity.FidelityResult` (its own objective is used). The configuration
+    the objective picked is drawn as a red star and labelled; the title gives Spearman's rho
+    with its interval and the regret. A diagnostic on test labels, never used to select.
+    """
+    from analysis.fidelity import FidelityResult, selection_fidelity
+
+    if isinstance(df_or_result, FidelityResult):
+        result = df_or_result
+    else:
+        result = selection_fidelity(df_or_result, objective, mode, test_metrics=[test_metric])
+    if not result.computed:
+        raise ValueError(f"no selection fidelity to plot: {result.reason}")
+    rows = result.table.set_index("test_metric")
+    if test_metric not in rows.index:
+        raise ValueError(f"no selection fidelity for {test_metric}; computed for {', '.join(rows.index)}")
+    stats = rows.loc[test_metric]
+    configs = result.configs
+    shown = configs[np.isfinite(configs[test_metric].to_numpy(float))]
+    picked = shown[shown["picked"]]
+    others = shown[~shown["picked"]]
+    fig = _figure(6.5, 4.8)
+    ax = fig.add_subplot()
+    ax.plot(others[result.objective], others[test_metric], "o", color="tab:blue", alpha=0.7,
+            label=f"complete configuration ({len(shown)})")
+    if len(picked):
+        x, y = float(picked[result.objective].iloc[0]), float(picked[test_metric].iloc[0])
+        ax.plot([x], [y], "*", color="tab:red", ms=16, label="picked by the objective")
+        ax.annotate(f"picked {picked['trial_id'].iloc[0]}", (x, y), xytext=(8, -14), textcoords="offset points",
+                    fontsize=8, color="tab:red")
+    ax.axhline(stats["best_test"], color="tab:gray", ls="--", lw=1, label="best test value")
+    ax.set_xlabel(f"{result.objective} (mean over classes; {result.mode} is best)")
+    ax.set_ylabel(f"{test_metric} (mean over classes; not used to select)")
+    ci = (f" [{stats['spearman_ci_low']:.2f}, {stats['spearman_ci_high']:.2f}]"
+          if np.isfinite(stats["spearman_ci_low"]) else "")
+    ax.set_title(f"Selection fidelity (diagnostic): Spearman {stats['spearman']:.2f}{ci}, "
+                 f"regret {stats['regret']:.4f}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
     return _save(fig, path)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.ablation import ablation_table
+from analysis.fidelity import MIN_CONFIGS, fidelity_line, selection_fidelity
 from analysis.importance import param_importance, pareto_front
 from analysis.load import load_results, load_spec, objective
 from analysis.rank import per_class_table, rank_configs
@@ -75,7 +76,8 @@ class _Section:
 
 # -- cell formatting and table writers -----------------------------------------------------
 # Columns holding metric values or statistics of them: fixed 4 decimals, so they line up.
-_FIXED = re.compile(r"mean|std|ci_low|ci_high|rank|effect|_full$|_variant$|auroc|f1_max|aupro")
+_FIXED = re.compile(r"mean|std|ci_low|ci_high|rank|effect|_full$|_variant$|auroc|f1_max|aupro"
+                    r"|spearman|kendall|regret|_test$")
 
 
 def _cell(value, column: str = "") -> str:
@@ -194,6 +196,45 @@ def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: floa
     plots.plot_per_class(per_class, out / "per_class.png", metric)
     c.image("per_class.png", f"Heatmap of {metric} per configuration and class")
     return [s, c]
+
+
+def _fidelity_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _Section | None:
+    """Selection fidelity of a sweep (rows of kind tune, or 3 or more non-ablation trials)."""
+    sweep = df[df["kind"] != "ablate"]
+    if not ((sweep["kind"] == "tune").any() or sweep["trial_id"].nunique() >= MIN_CONFIGS):
+        return None
+    s = _Section("Selection fidelity (diagnostic)")
+    result = selection_fidelity(sweep, metric, mode)
+    if not result.computed:
+        s.text(f"Not computed: {result.reason}.")
+        return s
+    s.text(fidelity_line(result) + ".")
+    s.text(f"Does the objective {metric} predict test performance? Each configuration is one complete "
+           f"trial ({result.n_configs} of {result.n_trials} trials finished all {result.n_classes} classes; "
+           "pruned, failed and partial trials are left out), with its objective and each test metric "
+           "averaged over classes. **Computed on test labels: a diagnostic only, never used for "
+           "selection** (choosing a configuration or an objective by it would be selection on test).")
+    s.text("How to read it: Spearman near 1 means the order of the configurations by the objective "
+           "follows their order on test; near 0 or negative, the objective does not predict test. "
+           "Regret = best test value among the configurations minus the test value of the one the "
+           f"objective picked: the test points lost by trusting the objective. The {result.confidence:.0%} "
+           "interval is a percentile bootstrap over configurations; with few configurations it is wide, "
+           "so read it before the point value.")
+    s.table("fidelity", result.table, f"Objective {metric} ({mode}) against each test metric across "
+            "configurations; spearman_per_class_mean averages the correlation within each class.")
+    per_class = result.per_class.pivot(index="normal_class", columns="test_metric",
+                                       values=["spearman", "kendall", "regret"])
+    per_class.columns = [f"{m}_{stat}" for stat, m in per_class.columns]
+    per_class = per_class.reindex(index=list(dict.fromkeys(result.per_class["normal_class"])),
+                                  columns=[f"{m}_{stat}" for m in result.table["test_metric"]
+                                           for stat in ("spearman", "kendall", "regret")])
+    per_class.index.name = "normal_class"
+    s.table("fidelity_per_class", per_class, "Within each class: the correlations across configurations "
+            "and the regret of that class's own pick (n/a: fewer than 3 configurations with values).")
+    test_metric = result.table["test_metric"].iloc[0]
+    plots.plot_fidelity(result, out / "fidelity.png", metric, test_metric)
+    s.image("fidelity.png", f"{metric} vs {test_metric} per configuration, picked one highlighted")
+    return s
 
 
 def _history_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _Section | None:
@@ -320,7 +361,8 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
 
     Sections: overview (runs by kind and status), ranking and per-class table of the
     non-ablation runs (with the best configuration's mean, spread, interval and n), the
-    optimisation history (sweeps), hyperparameter importance (sweeps with at least
+    selection fidelity (sweeps: does the objective predict the test metrics? a diagnostic
+    on test labels, see :mod:`analysis.fidelity`), the optimisation history (sweeps), hyperparameter importance (sweeps with at least
     :data:`analysis.importance.MIN_TRIALS` completed trials; otherwise a sentence saying
     why not), the Pareto front (multi-objective sweeps), the ablation table (ablation runs)
     and the failed runs with their reasons. Returns ``out``.
@@ -354,6 +396,8 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
             searched = df
         if len(searched):
             sections += _ranking_sections(searched, metric, mode, confidence, out)
+            fidelity = _fidelity_section(searched, metric, mode, out)
+            sections += [fidelity] if fidelity else []
             history = _history_section(searched, metric, mode, out)
             sections += [history] if history else []
         if (df["kind"] == "ablate").any():

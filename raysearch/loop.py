@@ -25,7 +25,7 @@ from torch import nn
 
 from raysearch.data.base import OneClassTask, Split
 from raysearch.methods.base import DataInfo, Method
-from raysearch.metrics import evaluate
+from raysearch.metrics import evaluate, family_aurocs
 from raysearch.spec import Spec
 
 __all__ = ["ClassResult", "TrainingDiverged", "train_class", "seed_everything", "selection_metric"]
@@ -59,8 +59,10 @@ def seed_everything(seed: int) -> None:
 
 
 def selection_metric(spec: Spec) -> str:
-    """The metric that picks the best epoch: validation unless the spec opts into test."""
-    return "test_image_auroc" if spec.selection.split == "test" else "val_image_auroc"
+    """The metric that picks each class's best epoch: ``selection.metric``, resolved when the
+    spec loaded (the search's first objective when it is a val_* metric, else
+    val_image_auroc). With ``selection.split: test`` the val_* metrics are the test set's."""
+    return spec.selection.metric or "val_image_auroc"
 
 
 def _autocast(spec: Spec, device: torch.device) -> contextlib.AbstractContextManager:
@@ -86,16 +88,25 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _evaluate_split(method: Method, model: nn.Module, split: Split, prefix: str, batch_size: int) -> dict[str, float]:
+def _evaluate_split(method: Method, model: nn.Module, split: Split, prefix: str, batch_size: int,
+                    keep: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Metrics of one split; a split with families gets one image AUROC per family and
+    ``image_auroc`` = their unweighted mean. ``keep`` receives the image scores."""
     scores = method.score_batched(model, split.images, batch_size)
     maps = scores.maps if split.masks is not None else None
-    return evaluate(
+    image = scores.image.float().cpu().numpy()
+    if keep is not None:
+        keep[prefix.rstrip("_")] = image
+    out = evaluate(
         split.labels.cpu().numpy(),
-        scores.image.float().cpu().numpy(),
+        image,
         masks=None if maps is None else split.masks.cpu().numpy(),
         maps=None if maps is None else maps.float().cpu().numpy(),
         prefix=prefix,
     )
+    if split.family is not None:
+        out.update(family_aurocs(split.family.cpu().numpy(), image, split.family_names, prefix=prefix))
+    return out
 
 
 @torch.no_grad()
@@ -130,7 +141,8 @@ def train_class(
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     report: ReportFn | None = None,
     resume: dict[str, Any] | None = None,
-    class_offset: int = 0,
+    class_offset: float = 0.0,
+    observe: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> ClassResult:
     """Train and evaluate one class of a spec; see the module docstring.
 
@@ -141,7 +153,11 @@ def train_class(
             checkpoints are off). The caller reports the class's end itself, after it has
             stored the class's result, so that a run stopped at that report loses nothing.
         resume: a state produced by an earlier ``report`` for this class.
-        class_offset: epochs of earlier classes, so reports carry a global progress.
+        class_offset: classes done before this one, so reports carry the run's progress
+            (``class_offset + epochs done / train.epochs``).
+        observe: for diagnostics and benchmarks: called on rank 0 after every evaluation
+            with the epoch and ``{"val": image scores, "test": image scores}``; the test
+            split is scored at every evaluation only when it is given. Never selects.
 
     Example:
         >>> result = train_class(spec, load_task(spec.data, spec.selection, "0", 0), DistCon)  # doctest: +SKIP
@@ -211,11 +227,15 @@ def train_class(
         state = None
         if rank == 0:
             method.fit_scorer(model, train_images)
-            metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size))
-            if select.startswith("test_"):
-                metrics.update(_evaluate_split(method, model, test, "test_", t.batch_size))
+            kept: dict[str, np.ndarray] = {}
+            metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size, kept))
+            if observe is not None:
+                metrics.update(_evaluate_split(method, model, test, "test_", t.batch_size, kept))
+                observe(epoch + 1, kept)
             value = metrics.get(select, float("nan"))
-            if best_state is None or (math.isfinite(value) and value > best_value):
+            # Ties go to the later epoch: an equal score after more training is no reason
+            # to keep the under-trained model.
+            if best_state is None or (math.isfinite(value) and not value < best_value):
                 best_value, best_epoch, best_state = value, epoch, _cpu_state(model)
             if t.checkpoint:
                 state = {
@@ -231,7 +251,7 @@ def train_class(
         metrics.update(
             epoch=epoch + 1,
             normal_class=task.normal_class,
-            progress=class_offset + epoch + 1,
+            progress=class_offset + (epoch + 1) / t.epochs,
             best_class_value=best_value,
         )
         if report is not None and not last:

@@ -20,13 +20,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-__all__ = ["image_auroc", "pixel_auroc", "aupro", "f1_max", "evaluate"]
+__all__ = ["image_auroc", "pixel_auroc", "aupro", "f1_max", "evaluate", "family_aurocs"]
 
 # 8-connectivity for ground-truth regions (MVTec AD's AUPRO definition).
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -92,6 +92,34 @@ def image_auroc(labels: Any, scores: Any) -> float:
     if y.all() or not y.any():
         return float("nan")
     return float(roc_auc_score(y, s))
+
+
+def family_aurocs(family: Any, scores: Any, names: Sequence[str], prefix: str = "") -> dict[str, float]:
+    """Image AUROC of each anomaly family against all normals, and their unweighted mean.
+
+    Args:
+        family: (N,) -1 for a normal image, j for an anomaly of family ``names[j]``.
+        scores: (N,) higher = more anomalous.
+        names: the family names.
+
+    Returns:
+        ``{prefix + "image_auroc_<name>": ..., prefix + "image_auroc": mean of those}``;
+        the mean is over the families with a finite AUROC.
+
+    Example:
+        >>> family_aurocs([-1, -1, 0, 1], [0.1, 0.5, 0.9, 0.3], ["blur", "noise"], prefix="val_")
+        {'val_image_auroc_blur': 1.0, 'val_image_auroc_noise': 0.5, 'val_image_auroc': 0.75}
+    """
+    f = np.asarray(family).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    normal = f < 0
+    out: dict[str, float] = {}
+    for j, name in enumerate(names):
+        pick = normal | (f == j)
+        out[f"{prefix}image_auroc_{name}"] = image_auroc((f[pick] == j).astype(np.int64), s[pick])
+    values = [v for v in out.values() if math.isfinite(v)]
+    out[f"{prefix}image_auroc"] = float(np.mean(values)) if values else float("nan")
+    return out
 
 
 def f1_max(labels: Any, scores: Any) -> float:

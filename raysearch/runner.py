@@ -55,7 +55,7 @@ class ProgressLine:
     def __init__(self, stream: TextIO, n_classes: int, epochs: int):
         self.stream = stream
         self.tty = stream.isatty()
-        self.total = n_classes * epochs
+        self.total = n_classes  # progress counts classes (a fraction within the current one)
         self.started = time.perf_counter()
         self.last_len = 0
 

@@ -75,17 +75,46 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class SelectionSpec:
+    """How the best epoch of a run (and so every ranking) is chosen; see raysearch.selection."""
+
     # validation: select on a split made from training data only (leakage-free);
     # test: paper-style selection on the test set, flagged in every result row.
     split: Literal["validation", "test"] = "validation"
-    # what the validation anomalies are: synthetic (CutPaste on held-out normals) or
-    # held-out training images of the other classes (classification datasets only).
-    anomalies: Literal["synthetic", "other_classes"] = "synthetic"
+    # What the validation anomalies are: synthetic (the `synthesis` families, made from
+    # held-out normals), other_classes (held-out training images of the other classes;
+    # datasets of classes only) or both (other_classes is then one more family).
+    anomalies: Literal["synthetic", "other_classes", "both"] = "synthetic"
+    # Synthetic families of the validation split (raysearch.selection.SYNTHETIC_FAMILIES).
+    # null = every known family that no configuration of the spec trains on (its values,
+    # each choice of its search space, each ablation factor), resolved at load time.
+    synthesis: Any = None
+    allow_overlap: bool = False  # accept families that some configuration trains on (recorded in rows)
     holdout: float = 0.1  # fraction of training normals held out for validation
+    min_normals: int = 20  # floor on held-out normals (at most half of the training normals)
+    min_anomalies: int = 100  # anomalies per family, made from held-out normals drawn with replacement
+    seed: int = 0  # fixes the hold-out, the test subset and the synthesis; independent of train.seed
+    # The validation metric that picks each class's best epoch (ties: the later epoch).
+    # null = the search's first objective when it is a val_* metric, else val_image_auroc.
+    metric: str | None = None
 
     def validate(self) -> None:
+        from raysearch.selection import SYNTHETIC_FAMILIES
+
         if not 0.0 < self.holdout < 0.9:
             raise SpecError(f"expected a fraction in (0, 0.9), got {self.holdout}", key="holdout")
+        if self.synthesis is not None:
+            names = self.synthesis
+            if isinstance(names, str):
+                names = [t for t in names.split("+") if t]
+            if (not isinstance(names, (list, tuple)) or not names or len(set(names)) != len(names)
+                    or any(n not in SYNTHETIC_FAMILIES for n in names)):
+                raise SpecError(f"expected a non-empty list of distinct families from {', '.join(SYNTHETIC_FAMILIES)}, "
+                                f"got {self.synthesis!r}", key="synthesis")
+            object.__setattr__(self, "synthesis", tuple(names))
+        if self.min_normals < 2:
+            raise SpecError(f"expected at least 2, got {self.min_normals}", key="min_normals")
+        if self.min_anomalies < 1:
+            raise SpecError(f"expected at least 1, got {self.min_anomalies}", key="min_anomalies")
 
 
 @dataclass(frozen=True)
@@ -248,7 +277,7 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
             raise SpecError(f"expected a mapping, got {value!r}", key=key)
         free[key] = dict(value)
     spec = Spec(name=raw["name"], method=method, params=params, source=source, **sections, **free)
-    if spec.selection.anomalies == "other_classes":
+    if spec.selection.anomalies != "synthetic":
         from raysearch.data import dataset_kind
 
         if dataset_kind(spec.data.dataset) != "classes":
@@ -257,6 +286,12 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
                 "with their own defects: use synthetic",
                 key="selection.anomalies",
             )
+    from raysearch.selection import resolve_selection
+
+    resolved = resolve_selection(spec)
+    selection = spec.selection
+    for key, value in resolved.items():
+        object.__setattr__(selection, key, value)
     return spec
 
 

@@ -330,7 +330,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
                 wrap_model=session.wrap,
                 report=report,
                 resume=resume,
-                class_offset=ci * spec.train.epochs,
+                class_offset=ci,
             )
             if rank == 0:
                 ckpt_uri = None
@@ -353,7 +353,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             metrics,
             epoch=spec.train.epochs,
             normal_class=normal_class,
-            progress=(ci + 1) * spec.train.epochs,
+            progress=ci + 1,
             best_class_value=metrics.get(selection_metric(spec)),
             loss_loss=final_loss,
         )
@@ -361,7 +361,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     if state["class_index"] == len(classes) and not reported:
         # Restored from a checkpoint taken after the last class: report the run's end again.
         finished = state["finished"]
-        session.report(dict(class_means(list(finished.values())), progress=len(classes) * spec.train.epochs,
+        session.report(dict(class_means(list(finished.values())), progress=len(classes),
                             classes_done=len(finished)))
     if progress is not None and rank == 0:
         progress.put_nowait(None)

@@ -11,9 +11,11 @@ What the searcher learns from is kept honest:
 
 * the objective is ``mean_<metric>``, the metric averaged over the classes a trial has
   reached (validation unless the spec opts into paper-style test selection);
-* ASHA compares trials at the same ``progress`` (epochs over the spec's fixed class
-  order), and a trial it stops early is told to Optuna as PRUNED with its intermediate
-  values, never as COMPLETE with a low-fidelity score;
+* ASHA compares trials at the same ``progress``: classes done in the spec's fixed order
+  plus the fraction of the current class's epochs (each trial's own ``train.epochs``,
+  so a trial that searches its epochs reaches full progress when it ends), and a trial
+  it stops early is told to Optuna as PRUNED with its intermediate values, never as
+  COMPLETE with a low-fidelity score;
 * failed trials (NaN loss, out of memory, a crash) are told as FAIL and leave a failed
   result row with the reason; the sweep goes on.
 
@@ -117,14 +119,18 @@ def make_sampler(search: SearchSpec):
     raise SpecError(f"unknown sampler {search.sampler!r}", key="search.sampler")
 
 
+# Optuna's intermediate values need integer steps: progress in thousandths of a class.
+OPTUNA_STEPS_PER_CLASS = 1000
+
+
 def full_progress(spec: Spec) -> int:
-    """Epochs over all classes: the fidelity of a run that trained every class."""
-    return len(spec.classes()) * spec.train.epochs
+    """The number of classes: the progress of a run that trained every class."""
+    return len(spec.classes())
 
 
 def finished(result: dict[str, Any] | None, full: int) -> bool:
     """Whether a trial's last report is the end of its last class (every row stored)."""
-    return bool(result) and int(result.get("progress", 0)) >= full
+    return bool(result) and float(result.get("progress", 0)) >= full - 1e-9
 
 
 def default_point(spec: Spec, search: SearchSpec) -> dict[str, Any]:
@@ -425,7 +431,8 @@ def run_tune(
             # A class's last report comes after its row is stored, so a stop at a rung
             # or at max_t never loses a finished class.
             max_t=full,
-            grace_period=min(full, search.scheduler.grace * spec.train.eval_every),
+            # `grace` evaluations of the first class, as a fraction of the spec's epochs.
+            grace_period=min(full, search.scheduler.grace * spec.train.eval_every / spec.train.epochs),
             reduction_factor=search.scheduler.reduction_factor,
         )
     else:
@@ -547,10 +554,10 @@ class PruningOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Intermediate values at step = progress (epochs over the spec's class order)."""
+        """Intermediate values at step = progress in thousandths of a class."""
         if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return  # Optuna keeps no intermediate values for multi-objective studies
-        value, step = result.get(self.metric), int(result.get("progress", 0))
+        value, step = result.get(self.metric), round(float(result.get("progress", 0)) * OPTUNA_STEPS_PER_CLASS)
         ot_trial = self._ot_trials[trial_id]
         if value is not None and math.isfinite(value) and step not in ot_trial.storage.get_trial(
             ot_trial._trial_id
@@ -625,7 +632,7 @@ class SweepRows(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         if not finished(last, self.full):
-            self._finish_rows(trial, "pruned", f"stopped early by ASHA at progress {last.get('progress', 0)}/{self.full}")
+            self._finish_rows(trial, "pruned", f"stopped early by ASHA at progress {float(last.get('progress', 0)):.2f}/{self.full} classes")
         self._push_study()
 
     def on_trial_error(self, iteration, trials, trial, **info):

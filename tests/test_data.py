@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -79,7 +81,7 @@ def test_cifar10_reads_pickles_one_class(tmp_path):
     write_cifar10(tmp_path)
     data = data_spec(dataset="cifar10", root=str(tmp_path), classes=["bird"])
     assert list_classes(data) == ["2"]  # names map to indices
-    task = load_task(data, SelectionSpec(holdout=0.34), "2", seed=0)
+    task = load_task(data, SelectionSpec(holdout=0.34, min_normals=2, min_anomalies=2, synthesis=("blur",)), "2", seed=0)
     # 6 training images of class 2: 2 held out for validation, 4 to train on.
     assert task.train.shape == (4, 3, 32, 32) and task.train.dtype == torch.uint8
     assert (task.train[:, 0, 0, 0] == 40).all()  # only class 2 in training
@@ -91,7 +93,7 @@ def test_cifar10_reads_pickles_one_class(tmp_path):
 def test_cifar_other_classes_validation_draws_from_training_only(tmp_path):
     write_cifar10(tmp_path)
     data = data_spec(dataset="cifar10", root=str(tmp_path), image_size=16)
-    task = load_task(data, SelectionSpec(holdout=0.34, anomalies="other_classes"), "5", seed=3)
+    task = load_task(data, SelectionSpec(holdout=0.34, anomalies="other_classes", min_normals=2, min_anomalies=2), "5", seed=3)
     assert task.val.images.shape == (4, 3, 16, 16) and task.val.masks is None
     # The anomalies are training images of other classes, not test images.
     test_set = {bytes(x.numpy()) for x in task.test.images}
@@ -121,7 +123,7 @@ def test_mvtec_folder_with_masks(tmp_path, grayscale):
     write_mvtec(tmp_path, grayscale=grayscale)
     data = data_spec(dataset="folder", root=str(tmp_path), image_size=32)
     assert list_classes(data) == ["widget"]
-    task = load_task(data, SelectionSpec(holdout=0.25), "widget", seed=0)
+    task = load_task(data, SelectionSpec(holdout=0.25, min_normals=2), "widget", seed=0)
     assert task.train.shape == (9, 3, 32, 32)
     assert task.test.labels.tolist() == [1, 1, 1, 0, 0, 0]  # crack/ sorts before good/
     masks = task.test.masks
@@ -148,8 +150,9 @@ def test_mvtec_finds_conventional_subfolder_and_reports_missing(tmp_path):
 
 def test_digits_protocol_is_leakage_free_and_deterministic():
     data = data_spec(dataset="digits", max_train=40, max_test=50)
-    a = load_task(data, SelectionSpec(holdout=0.2), "4", seed=0)
-    b = load_task(data, SelectionSpec(holdout=0.2), "4", seed=0)
+    selection = SelectionSpec(holdout=0.2, min_normals=2, min_anomalies=8, synthesis=("noise",))
+    a = load_task(data, selection, "4", seed=0)
+    b = load_task(data, selection, "4", seed=0)
     assert torch.equal(a.train, b.train) and torch.equal(a.val.images, b.val.images)
     assert len(a.train) == 32 and len(a.val) == 16 and int(a.val.labels.sum()) == 8
     # Held-out normals are not trained on, and nothing of the test set is in training.
@@ -158,8 +161,11 @@ def test_digits_protocol_is_leakage_free_and_deterministic():
     assert not any(bytes(x.numpy()) in train for x in a.test.images)
     # max_test keeps the normal/anomaly ratio (about 1:9) with at least 2 normals.
     assert len(a.test) == 50 and 2 <= int((a.test.labels == 0).sum()) <= 8
-    c = load_task(data, SelectionSpec(holdout=0.2), "4", seed=1)
-    assert not torch.equal(a.train, c.train)  # another seed, another hold-out
+    # The split depends on selection.seed alone: every training seed gets the same one.
+    c = load_task(data, selection, "4", seed=1)
+    assert torch.equal(a.train, c.train) and torch.equal(a.val.images, c.val.images)
+    d = load_task(data, dataclasses.replace(selection, seed=1), "4", seed=0)
+    assert not torch.equal(a.train, d.train)  # another selection seed, another hold-out
 
 
 def test_too_few_images_for_holdout_is_a_spec_error():

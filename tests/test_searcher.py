@@ -33,9 +33,9 @@ def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
     searcher.on_trial_complete("e", {"progress": 2, "mean_val_image_auroc": 0.4, "training_iteration": 1})
     trials = searcher._ot_study.trials
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "PRUNED"]
-    assert trials[4].intermediate_values == {2: 0.4}
+    assert trials[4].intermediate_values == {2000: 0.4}  # steps: thousandths of a class
     assert trials[0].value == 0.8
-    assert trials[1].intermediate_values == {1: 0.5}  # kept, never posing as a final value
+    assert trials[1].intermediate_values == {1000: 0.5}  # kept, never posing as a final value
 
 
 def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_path):

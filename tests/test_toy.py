@@ -70,3 +70,49 @@ def test_ensure_is_cached_and_atomic(tmp_path, monkeypatch):
         path / "dots" / "train" / "good" / "000.png"
     ).stat().st_mtime_ns == stamp  # not regenerated
     assert len(list((path / "stripes" / "ground_truth").rglob("*_mask.png"))) == 12
+
+
+@pytest.mark.parametrize("defect", DEFECTS)
+def test_defect_opacity_and_scale_make_fainter_smaller_defects(defect):
+    def sample(**kw):
+        return render_sample("dots", 48, np.random.default_rng(7), defect, **kw)
+
+    def inside_diff(image, mask, clean):
+        return np.abs(image.astype(int) - clean.astype(int))[mask == 1].mean()
+
+    full, faint = sample(), sample(defect_opacity=0.3)
+    # The same draws: the same texture and defect geometry, hence the same mask.
+    assert np.array_equal(full[1], faint[1]) and np.array_equal(full[2], faint[2])
+    assert inside_diff(*faint) < 0.5 * inside_diff(*full)
+    assert inside_diff(*faint) > 0  # still visible
+    for image, mask, clean in (
+        faint,
+        sample(defect_scale=0.5),
+        sample(defect_opacity=0.3, defect_scale=0.5),
+    ):
+        assert mask.sum() >= 4
+        assert np.array_equal(
+            image[mask == 0], clean[mask == 0]
+        )  # nothing changes outside the mask
+    assert sample(defect_scale=0.5)[1].sum() < full[1].sum()
+    # The defaults are the original generator: explicit 1.0 equals the default call.
+    explicit = sample(defect_opacity=1.0, defect_scale=1.0)
+    assert all(np.array_equal(a, b) for a, b in zip(full, explicit, strict=True))
+
+
+def test_make_toy_mvtec_difficulty_defaults_and_validation(tmp_path):
+    kw = dict(SMALL, categories=("dots",), n_train=1, n_test_good=1, n_test_defect=1)
+    a = make_toy_mvtec(tmp_path / "a", seed=4, **kw)
+    b = make_toy_mvtec(tmp_path / "b", seed=4, defect_opacity=1.0, defect_scale=1.0, **kw)
+    c = make_toy_mvtec(tmp_path / "c", seed=4, defect_opacity=0.3, defect_scale=0.5, **kw)
+    assert _files(a) == _files(b) == _files(c)
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in _files(a))
+    # Normal images do not depend on the difficulty; defective ones do.
+    assert all((a / f).read_bytes() == (c / f).read_bytes() for f in _files(a) if "/good/" in f)
+    assert not any(
+        (a / f).read_bytes() == (c / f).read_bytes() for f in _files(a) if "/good/" not in f
+    )
+    with pytest.raises(ValueError, match="defect_opacity"):
+        make_toy_mvtec(tmp_path / "d", defect_opacity=0.0, **kw)
+    with pytest.raises(ValueError, match="defect_scale"):
+        render_sample("dots", 16, np.random.default_rng(0), "hole", defect_scale=-1.0)

@@ -20,13 +20,18 @@ class Split:
     images: torch.Tensor  # uint8 (N, 3, S, S)
     labels: torch.Tensor  # int64 (N,), 1 = anomalous
     masks: torch.Tensor | None = None  # uint8 (N, S, S) in {0, 1}, or None
+    # Validation splits: the anomaly family of each image (int64 (N,), -1 = normal, j =
+    # family_names[j]), so each family is scored against all normals. None elsewhere.
+    family: torch.Tensor | None = None
+    family_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device | str) -> "Split":
         masks = None if self.masks is None else self.masks.to(device)
-        return Split(self.images.to(device), self.labels.to(device), masks)
+        family = None if self.family is None else self.family.to(device)
+        return Split(self.images.to(device), self.labels.to(device), masks, family, self.family_names)
 
 
 @dataclass

@@ -3,10 +3,14 @@
 - Training: the normal class's training images, shuffled with the run's seed and capped
   at ``data.max_train`` (before the hold-out, so the validation split shrinks with it).
 - Validation (``selection.split: validation``, the default): a ``selection.holdout``
-  fraction of those normals (at least 2), removed from training, plus as many anomalies:
-  synthetic ones (CutPaste and scar on copies of the held-out normals, with their masks)
-  or held-out training images of the other classes (``selection.anomalies:
-  other_classes``). Nothing of the test set is used.
+  fraction of those normals (raised to ``selection.min_normals`` up to half of them), removed
+  from training, plus ``max(selection.min_anomalies, held-out normals)`` anomalies of
+  every validation family (:mod:`raysearch.selection`): synthetic ones made from held-out
+  normals drawn with replacement (each family from its own random stream, so adding a
+  family leaves the others unchanged), or held-out training images of the other classes.
+  The hold-out, the test subset and the synthesis depend on ``selection.seed`` alone, so
+  every trial and every training seed of an experiment is ranked on the same split.
+  Nothing of the test set is used.
 - Test: the dataset's official test set for this class, capped at ``data.max_test``
   with the normal / anomalous ratio kept (at least 2 of each).
 - ``selection.split: test`` is the paper-style protocol: no hold-out, and the validation
@@ -22,10 +26,9 @@ import torch
 
 from raysearch.data.base import OneClassTask, Split
 from raysearch.data.readers import RawClass
-from raysearch.data.synthesis import synthesize
 from raysearch.schema import SpecError
 
-__all__ = ["make_task", "stratified_subset"]
+__all__ = ["make_task", "stratified_subset", "validation_split", "holdout_size", "validation_families"]
 
 
 def _rng(seed: int, normal_class: str, stream: int) -> np.random.Generator:
@@ -44,14 +47,80 @@ def stratified_subset(labels: np.ndarray, limit: int, rng: np.random.Generator) 
     return np.sort(np.concatenate(picked))
 
 
+def _family_stream(family: str) -> int:
+    return 16 + zlib.crc32(family.encode()) % 2**20
+
+
+def _balanced_draw(n_from: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices into ``n_from`` items, with replacement but every item used as evenly as possible."""
+    reps = -(-n // n_from)
+    return np.concatenate([rng.permutation(n_from) for _ in range(reps)])[:n]
+
+
+def validation_split(normals: torch.Tensor, families: tuple[str, ...], count: int, others: RawClass | None,
+                     seed: int, normal_class: str, dataset: str) -> Split:
+    """Held-out ``normals`` plus ``count`` anomalies of every family, labelled by family."""
+    from raysearch.data.synthesis import synthesize_family
+    from raysearch.selection import OTHER_CLASSES
+
+    images, masks, family_ids = [normals], [torch.zeros(len(normals), *normals.shape[-2:], dtype=torch.uint8)], [
+        torch.full((len(normals),), -1, dtype=torch.int64)]
+    with_masks = OTHER_CLASSES not in families
+    for j, family in enumerate(families):
+        rng = _rng(seed, normal_class, _family_stream(family))
+        if family == OTHER_CLASSES:
+            pool = others.others if others is not None else None
+            if pool is None or pool.size == 0:
+                raise SpecError(f"{dataset} has no other classes to draw anomalies from", key="selection.anomalies")
+            pick = rng.choice(pool.size, size=count, replace=count > pool.size)
+            anomalies = pool.read(np.sort(pick))
+            anomaly_masks = torch.zeros(count, *normals.shape[-2:], dtype=torch.uint8)
+        else:
+            sources = normals[torch.from_numpy(_balanced_draw(len(normals), count, rng))]
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            anomalies, anomaly_masks = synthesize_family(family, sources, generator)
+        images.append(anomalies)
+        masks.append(anomaly_masks.to(torch.uint8))
+        family_ids.append(torch.full((count,), j, dtype=torch.int64))
+    family = torch.cat(family_ids)
+    return Split(
+        images=torch.cat(images),
+        labels=(family >= 0).to(torch.int64),
+        masks=torch.cat(masks) if with_masks else None,
+        family=family,
+        family_names=tuple(families),
+    )
+
+
+def holdout_size(n_train: int, selection) -> int:
+    """Held-out normals: the ``holdout`` fraction, raised to ``min_normals`` as long as
+    that takes at most half of the training normals."""
+    return max(int(round(selection.holdout * n_train)), min(selection.min_normals, n_train // 2))
+
+
+def validation_families(selection) -> tuple[str, ...]:
+    """The families of a selection. A spec resolves ``synthesis`` when it loads; a bare
+    ``SelectionSpec`` (tests, notebooks) with ``synthesis`` null gets every known family."""
+    from raysearch.selection import OTHER_CLASSES, SYNTHETIC_FAMILIES
+
+    synthesis = tuple(SYNTHETIC_FAMILIES if selection.synthesis is None else selection.synthesis)
+    if selection.anomalies == "other_classes":
+        return (OTHER_CLASSES,)
+    return synthesis + ((OTHER_CLASSES,) if selection.anomalies == "both" else ())
+
+
 def make_task(raw: RawClass, data, selection, seed: int, normal_class: str, dataset: str) -> OneClassTask:
-    order = _rng(seed, normal_class, 0).permutation(raw.train.size)
+    """The task of one class. ``seed`` (the run's train.seed) is unused: the split depends
+    on ``selection.seed`` only, so all seeds and trials share one validation set."""
+    del seed
+    split_seed = selection.seed
+    order = _rng(split_seed, normal_class, 0).permutation(raw.train.size)
     if data.max_train is not None:
         order = order[: data.max_train]
 
     test_idx = np.arange(raw.test.size)
     if data.max_test is not None:
-        test_idx = stratified_subset(raw.test_labels, data.max_test, _rng(seed, normal_class, 1))
+        test_idx = stratified_subset(raw.test_labels, data.max_test, _rng(split_seed, normal_class, 1))
     test = Split(
         images=raw.test.read(test_idx),
         labels=torch.from_numpy(raw.test_labels[test_idx]),
@@ -61,27 +130,15 @@ def make_task(raw: RawClass, data, selection, seed: int, normal_class: str, data
     if selection.split == "test":
         return OneClassTask(dataset, normal_class, raw.train.read(np.sort(order)), test, test)
 
-    n_val = max(2, int(round(selection.holdout * len(order))))
-    if len(order) - n_val < 2:
+    n_val = holdout_size(len(order), selection)
+    if n_val < 2 or len(order) - n_val < 2:
         raise SpecError(
             f"class {normal_class!r} has {len(order)} training images: too few to hold out "
-            f"{n_val} for validation and train on the rest",
+            f"{max(n_val, 2)} for validation and train on the rest",
             key="data.max_train",
         )
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     normals = raw.train.read(val_idx)
-    if selection.anomalies == "synthetic":
-        generator = torch.Generator().manual_seed(int(_rng(seed, normal_class, 2).integers(2**62)))
-        anomalies, anomaly_masks = synthesize(normals, generator)
-        masks = torch.cat([torch.zeros_like(anomaly_masks), anomaly_masks])
-    else:
-        if raw.others is None or raw.others.size < n_val:
-            raise SpecError(f"{dataset} has no other classes to draw anomalies from", key="selection.anomalies")
-        pick = np.sort(_rng(seed, normal_class, 3).choice(raw.others.size, size=n_val, replace=False))
-        anomalies, masks = raw.others.read(pick), None
-    val = Split(
-        images=torch.cat([normals, anomalies]),
-        labels=torch.cat([torch.zeros(n_val, dtype=torch.int64), torch.ones(len(anomalies), dtype=torch.int64)]),
-        masks=masks,
-    )
+    count = max(selection.min_anomalies, n_val)
+    val = validation_split(normals, validation_families(selection), count, raw, split_seed, normal_class, dataset)
     return OneClassTask(dataset, normal_class, raw.train.read(train_idx), val, test)

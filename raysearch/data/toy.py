@@ -8,6 +8,12 @@ colour stain) and ``hole`` (a dark disk with a soft edge). Every ground-truth ma
 exactly the set of pixels the defect touched (alpha >= ``alpha_cut``; weaker alpha is
 cut to zero, so no pixel outside the mask differs from the defect-free image).
 
+Difficulty: ``defect_opacity`` (< 1: fainter, semi-transparent defects) and
+``defect_scale`` (< 1: smaller defects) of :func:`render_sample` and
+:func:`make_toy_mvtec` make a harder setting that spreads weak and strong
+configurations apart; the defaults (1.0, 1.0) give the original, very visible defects
+(bit for bit, so ``TOY_MVTEC_NAME`` covers them), e.g. 0.3 / 0.5 for a hard variant.
+
 Layout (as MVTec AD)::
 
     root/<category>/train/good/000.png
@@ -99,33 +105,36 @@ def _weave(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) 
 
 _TEXTURES = {"stripes": _stripes, "dots": _dots, "weave": _weave}
 
-# Defects: (rng, yy, xx, size) -> (alpha (H, W) in [0, 1], colour (3,)).
+# Defects: (rng, yy, xx, size, scale) -> (alpha (H, W) in [0, 1], colour (3,)); ``scale``
+# multiplies every length of the defect (1.0: the original sizes, bit for bit).
 
 
 def _scratch(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     p0 = rng.uniform(0.2 * size, 0.8 * size, 2)
     # Head roughly towards the centre (+- 60 deg) so that most of the stroke stays inside.
     to_centre = np.arctan2(size / 2 - p0[0], size / 2 - p0[1])  # direction is (sin, cos) as (y, x)
-    theta, length = to_centre + rng.uniform(-np.pi / 3, np.pi / 3), rng.uniform(0.3, 0.6) * size
+    theta = to_centre + rng.uniform(-np.pi / 3, np.pi / 3)
+    length = rng.uniform(0.3, 0.6) * size * scale
     p2 = p0 + length * np.array([np.sin(theta), np.cos(theta)])
     normal = np.array([np.cos(theta), -np.sin(theta)])
-    p1 = (p0 + p2) / 2 + normal * rng.normal(0, 0.15 * size)  # bend of the quadratic Bezier
+    bend = rng.normal(0, 0.15 * size) * scale
+    p1 = (p0 + p2) / 2 + normal * bend  # control point of the quadratic Bezier
     t = np.linspace(0, 1, 4 * size)[:, None]  # dense enough for sub-pixel spacing
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # (T, 2) as (y, x)
     pix = np.stack([yy.ravel(), xx.ravel()], 1)  # (H*W, 2)
     d = np.sqrt(((pix[:, None, :] - curve[None]) ** 2).sum(-1)).min(1).reshape(yy.shape)
-    half_width = rng.uniform(0.7, 1.4)  # pixels
+    half_width = rng.uniform(0.7, 1.4) * scale  # pixels
     alpha = np.clip(half_width + 0.5 - d, 0, 1)  # anti-aliased stroke
     return alpha, np.full(3, rng.uniform(0.04, 0.14))
 
 
 def _blob(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
-    a, b = rng.uniform(0.08, 0.18, 2) * size  # semi-axes, pixels
+    a, b = rng.uniform(0.08, 0.18, 2) * size * scale  # semi-axes, pixels
     rot = rng.uniform(0, np.pi)
     u = (yy - cy) * np.cos(rot) + (xx - cx) * np.sin(rot)
     v = -(yy - cy) * np.sin(rot) + (xx - cx) * np.cos(rot)
@@ -139,11 +148,11 @@ def _blob(
 
 
 def _hole(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     cy, cx = rng.uniform(0.15 * size, 0.85 * size, 2)
-    radius = rng.uniform(0.06, 0.12) * size
-    edge = rng.uniform(1.0, 2.0)  # soft edge width, pixels
+    radius = rng.uniform(0.06, 0.12) * size * scale
+    edge = rng.uniform(1.0, 2.0) * scale  # soft edge width, pixels
     alpha = np.clip((radius - np.hypot(yy - cy, xx - cx)) / edge, 0, 1)
     return alpha, np.full(3, rng.uniform(0.02, 0.08))
 
@@ -159,6 +168,8 @@ def render_sample(
     noise_std: float = 0.015,
     alpha_cut: float = 0.25,
     min_defect_pixels: int = 4,
+    defect_opacity: float = 1.0,
+    defect_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One toy image, its defect mask and the same image without the defect.
 
@@ -168,8 +179,15 @@ def render_sample(
         rng: numpy generator (all randomness of the sample).
         defect: one of :data:`DEFECTS`, or None for a normal image.
         noise_std: Gaussian pixel noise (on [0, 1] intensities), shared by both images.
-        alpha_cut: defect alpha below this is dropped; the mask is alpha >= alpha_cut.
+        alpha_cut: defect alpha below this is dropped; the mask is alpha >= alpha_cut
+            (tested before ``defect_opacity`` scales it, so the opacity leaves the mask as is).
         min_defect_pixels: redraw a defect whose mask is smaller than this.
+        defect_opacity: in (0, 1], multiplies the defect's alpha: 1.0 is the original
+            defect, e.g. 0.3 a faint, semi-transparent one. The mask stays the pixels of
+            nonzero alpha; a faint pixel may round to its defect-free value, but no pixel
+            outside the mask ever differs.
+        defect_scale: > 0, multiplies the defect's size (lengths, widths, radii, soft
+            edges; not its position): e.g. 0.5 for defects of half the size.
 
     Returns:
         image uint8 (H, W, 3), mask uint8 (H, W) in {0, 1}, clean uint8 (H, W, 3);
@@ -184,22 +202,31 @@ def render_sample(
         raise ValueError(f"unknown toy category {category=}; expected one of {CATEGORIES}.")
     if defect is not None and defect not in _DEFECTS:
         raise ValueError(f"unknown toy defect {defect=}; expected one of {DEFECTS} or None.")
+    _check_difficulty(defect_opacity, defect_scale)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # pixel centres
     texture = _TEXTURES[category](rng, yy, xx, size)  # (H, W, 3)
     noise = rng.normal(0, noise_std, texture.shape)
     alpha, colour = np.zeros((size, size)), np.zeros(3)
     if defect is not None:
         for _ in range(100):  # a defect almost never falls under min_defect_pixels
-            alpha, colour = _DEFECTS[defect](rng, yy, xx, size)
+            alpha, colour = _DEFECTS[defect](rng, yy, xx, size, defect_scale)
             alpha = np.where(alpha >= alpha_cut, alpha, 0.0)
             if (alpha > 0).sum() >= min_defect_pixels:
                 break
+        alpha = alpha * defect_opacity  # exact for 1.0; zero stays zero, so the mask is unchanged
 
     def to_uint8(x: np.ndarray) -> np.ndarray:
         return np.clip(np.round((x + noise) * 255), 0, 255).astype(np.uint8)
 
     image = texture + alpha[..., None] * (colour - texture)  # alpha-blend the defect
     return to_uint8(image), (alpha > 0).astype(np.uint8), to_uint8(texture)
+
+
+def _check_difficulty(defect_opacity: float, defect_scale: float) -> None:
+    if not 0 < defect_opacity <= 1:
+        raise ValueError(f"defect_opacity must be in (0, 1], but got {defect_opacity=}.")
+    if not defect_scale > 0:
+        raise ValueError(f"defect_scale must be > 0, but got {defect_scale=}.")
 
 
 def _rng(seed: int, category: str, split: int) -> np.random.Generator:
@@ -218,6 +245,8 @@ def make_toy_mvtec(
     size: int = 64,
     seed: int = 0,
     defects: Sequence[str] = DEFECTS,
+    defect_opacity: float = 1.0,
+    defect_scale: float = 1.0,
 ) -> Path:
     """Write the toy dataset in the MVTec AD layout under ``root`` and return ``root``.
 
@@ -230,6 +259,9 @@ def make_toy_mvtec(
         size: image side in pixels.
         seed: everything is a deterministic function of the seed.
         defects: defect types from :data:`DEFECTS`, one test folder each.
+        defect_opacity, defect_scale: difficulty, as in :func:`render_sample` (defaults:
+            the original defects; e.g. 0.3 and 0.5 for faint, small ones). Use a different
+            ``root`` per setting: the output layout does not record them.
 
     Example:
         >>> import tempfile
@@ -255,6 +287,7 @@ def make_toy_mvtec(
             raise ValueError(f"{name} must be >= 0, but got {name}={n}.")
     if size < 8:
         raise ValueError(f"size must be >= 8 pixels, but got {size=}.")
+    _check_difficulty(defect_opacity, defect_scale)
     root = Path(root)
 
     def save(array: np.ndarray, path: Path) -> None:
@@ -272,7 +305,9 @@ def make_toy_mvtec(
         for defect in defects:
             rng = _rng(seed, cat, 2 + DEFECTS.index(defect))
             for i in range(n_test_defect):
-                image, mask, _ = render_sample(cat, size, rng, defect)
+                image, mask, _ = render_sample(
+                    cat, size, rng, defect, defect_opacity=defect_opacity, defect_scale=defect_scale
+                )
                 save(image, base / "test" / defect / f"{i:03d}.png")
                 save(mask * 255, base / "ground_truth" / defect / f"{i:03d}_mask.png")
     return root

@@ -230,6 +230,11 @@ class CLFlowParams:
     loss: LossParams = field(default_factory=LossParams)
     score: ScoreParams = field(default_factory=ScoreParams)
 
+    def trained_families(self) -> frozenset[str]:
+        """Synthetic anomaly families this configuration trains on (raysearch.selection):
+        the synthesis kinds of the proxy tasks; none for plain_fastflow."""
+        return frozenset(self.synthesis.parsed_kinds()) if self.uses_proxy_tasks() else frozenset()
+
     def uses_proxy_tasks(self) -> bool:
         """True when training synthesises anomalies (mode clflow with a proxy weight > 0)."""
         return self.mode == "clflow" and (self.loss.cls_weight > 0 or self.loss.con_weight > 0)

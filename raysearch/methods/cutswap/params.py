@@ -203,6 +203,15 @@ class CutSwapParams:
     augment: AugmentParams = field(default_factory=AugmentParams)
     score: ScoreParams = field(default_factory=ScoreParams)
 
+    def trained_families(self) -> frozenset[str]:
+        """Synthetic anomaly families this configuration trains on (raysearch.selection):
+        patch swaps (a paste of one patch over another is CutPaste without the jitter),
+        and the third class of the three-way task."""
+        out = {"patchswap" if self.patch.mode == "swap" else "cutpaste"}
+        if self.task.classes == "three_way":
+            out.add(self.task.third)
+        return frozenset(out)
+
     def validate(self) -> None:
         if self.score.embedding == "head" and self.head.layers == 0:
             raise SpecError("score embedding 'head' needs a hidden head layer (head.layers >= 1)", key="score.embedding")

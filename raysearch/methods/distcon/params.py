@@ -136,6 +136,16 @@ class DistConParams:
     score: ScoreParams = field(default_factory=ScoreParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
 
+    def trained_families(self) -> frozenset[str]:
+        """Synthetic anomaly families this configuration trains on (raysearch.selection):
+        none; distcon learns from rotations and views of normal images only."""
+        return frozenset()
+
+    def flips_rotations(self) -> bool:
+        """True when the rotation set holds flipped twins: the random horizontal flip of the
+        views is then off, since a flipped view would be another rotation class."""
+        return any(flipped for _, flipped in parse_rotations(self.rotations))
+
     def validate(self) -> None:
         parse_rotations(self.rotations)
         if self.projection_dim < 2 or self.projection_hidden < 2:

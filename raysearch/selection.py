@@ -1,0 +1,188 @@
+"""What the validation split is made of, and what picks a run's epoch: torch-free.
+
+Self-supervised anomaly detectors train on synthetic anomalies of their own (cutswap on
+swapped and pasted patches, clflow on Perlin / CutPaste blends). Scored on validation
+anomalies of a family it trains on, a configuration is rewarded for having learnt that
+generator, not for detecting real defects. So the validation families of an experiment
+are held out from every family that *any* configuration of the spec could train on: the
+spec's own values, every choice of its search space and every ablation factor. Every
+trial of a sweep or an ablation is then ranked on the same validation set.
+
+Families (``selection.synthesis``; :data:`SYNTHETIC_FAMILIES`):
+
+- ``cutpaste``, ``scar``: CutPaste (Li et al. 2021) boxes and thin rotated scars;
+- ``perlin``: a DRAEM (Zavrtanik et al. 2021) Perlin mask filled from another image;
+- ``patchswap``: two patches of the same image exchanged (cutswap's negatives);
+- ``elastic``, ``blur``, ``noise``: a locally warped, blurred or noisy region, which no
+  method trains on.
+
+``other_classes`` (held-out training images of the other classes, datasets of classes
+only) is one more family; ``selection.anomalies: both`` combines it with the synthetic
+ones. ``val_image_auroc_<family>`` is each family against all validation normals and
+``val_image_auroc`` their unweighted mean.
+
+Each method's parameter class declares ``trained_families()``: the families a
+configuration trains on.
+
+Example:
+    >>> from raysearch.methods.cutswap.params import CutSwapParams
+    >>> sorted(CutSwapParams().trained_families())
+    ['cutpaste', 'patchswap']
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Iterable, Mapping
+
+from raysearch.schema import SpecError, override
+
+__all__ = [
+    "SYNTHETIC_FAMILIES",
+    "OTHER_CLASSES",
+    "FAMILIES",
+    "FAMILY_METRICS",
+    "VAL_METRICS",
+    "family_metric",
+    "trained_families",
+    "default_families",
+    "resolve_selection",
+]
+
+SYNTHETIC_FAMILIES = ("cutpaste", "scar", "perlin", "patchswap", "elastic", "blur", "noise")
+OTHER_CLASSES = "other_classes"
+FAMILIES = (*SYNTHETIC_FAMILIES, OTHER_CLASSES)
+
+# Validation metrics that may pick an epoch (all: higher is better).
+POOLED_VAL_METRICS = ("val_image_auroc", "val_image_f1_max", "val_pixel_auroc", "val_aupro")
+PIXEL_METRICS = ("val_pixel_auroc", "val_aupro")
+# Enumerating the search space's choices beyond this many combinations is refused: the
+# families a configuration trains on must be known for every combination.
+MAX_COMBINATIONS = 100_000
+
+
+def family_metric(family: str) -> str:
+    """The result column of one validation family: ``val_image_auroc_<family>``."""
+    return f"val_image_auroc_{family}"
+
+
+FAMILY_METRICS = tuple(family_metric(f) for f in FAMILIES)
+VAL_METRICS = (*POOLED_VAL_METRICS, *FAMILY_METRICS)
+
+
+def _params_variants(spec: Any) -> Iterable[Mapping[str, Any]]:
+    """Dotted ``params.*`` overrides of every configuration the spec can run (as far as
+    categorical choices go: numbers never change what a method trains on)."""
+    yield {}
+    space = (spec.search or {}).get("space") or {}
+    choices = {}
+    if isinstance(space, Mapping):
+        for key, entry in space.items():
+            if str(key).startswith("params.") and isinstance(entry, Mapping) and isinstance(entry.get("choice"), list):
+                values = ["-".join(map(str, c)) if isinstance(c, list) else c for c in entry["choice"]]
+                choices[str(key)] = values
+    count = 1
+    for values in choices.values():
+        count *= len(values)
+    if count > MAX_COMBINATIONS:
+        raise SpecError(
+            f"{count} combinations of categorical choices: too many to check which synthetic "
+            "anomalies each trains on; set selection.synthesis and selection.allow_overlap explicitly",
+            key="search.space",
+        )
+    keys = list(choices)
+    for combo in itertools.product(*(choices[k] for k in keys)):
+        yield dict(zip(keys, combo))
+    factors = (spec.ablations or {}).get("factors") or {}
+    if isinstance(factors, Mapping):
+        for overrides in factors.values():
+            if isinstance(overrides, Mapping):
+                yield {str(k): v for k, v in overrides.items() if str(k).startswith("params.")}
+
+
+def trained_families(spec: Any) -> frozenset[str]:
+    """Every synthetic family that some configuration of ``spec`` trains on.
+
+    Combinations the method refuses (caught later, where the search space is checked)
+    are skipped.
+    """
+    out: set[str] = set()
+    for updates in _params_variants(spec):
+        try:
+            params = override(spec.params, {k[len("params."):]: v for k, v in updates.items()}) if updates else spec.params
+        except SpecError:
+            continue
+        out |= set(params.trained_families())
+    return frozenset(out)
+
+
+def default_families(spec: Any) -> tuple[str, ...]:
+    """The known synthetic families minus every family the spec's configurations train on."""
+    trained = trained_families(spec)
+    return tuple(f for f in SYNTHETIC_FAMILIES if f not in trained)
+
+
+def _cache_key(spec: Any) -> str:
+    return json.dumps([spec.method, repr(spec.params), spec.search, spec.ablations], sort_keys=True, default=str)
+
+
+_CACHE: dict[str, frozenset[str]] = {}
+
+
+def _trained_cached(spec: Any) -> frozenset[str]:
+    key = _cache_key(spec)
+    if key not in _CACHE:
+        if len(_CACHE) > 256:
+            _CACHE.clear()
+        _CACHE[key] = trained_families(spec)
+    return _CACHE[key]
+
+
+def resolve_selection(spec: Any) -> dict[str, Any]:
+    """The resolved ``synthesis`` and ``metric`` of ``spec.selection``, checked against the spec.
+
+    Raises:
+        SpecError: a family that some configuration trains on (unless
+            ``selection.allow_overlap``), a metric the split cannot have.
+    """
+    sel = spec.selection
+    if sel.split == "test" or sel.anomalies == "other_classes":
+        if sel.synthesis:
+            why = "selection.split is test" if sel.split == "test" else "selection.anomalies is other_classes"
+            raise SpecError(f"synthetic families are unused when {why}; remove selection.synthesis or use "
+                            "anomalies: synthetic or both", key="selection.synthesis")
+        synthesis: tuple[str, ...] = ()
+    else:
+        trained = _trained_cached(spec)
+        if sel.synthesis is None:
+            synthesis = tuple(f for f in SYNTHETIC_FAMILIES if f not in trained)
+            if not synthesis:
+                raise SpecError("the spec's configurations train on every known synthetic family; name "
+                                "selection.synthesis with selection.allow_overlap: true", key="selection.synthesis")
+        else:
+            synthesis = tuple(sel.synthesis)
+            overlap = [f for f in synthesis if f in trained]
+            if overlap and not sel.allow_overlap:
+                held_out = [f for f in SYNTHETIC_FAMILIES if f not in trained]
+                raise SpecError(
+                    f"validation families {overlap} are trained on by configurations of this spec (its values, "
+                    f"search space or ablation factors), so selection would reward learning the generator; "
+                    f"use families from {held_out} or set selection.allow_overlap: true",
+                    key="selection.synthesis",
+                )
+    families = synthesis + ((OTHER_CLASSES,) if sel.anomalies in ("other_classes", "both") and sel.split != "test" else ())
+
+    metric = sel.metric
+    if metric is None:
+        first = (spec.search or {}).get("metric", "val_image_auroc")
+        first = first[0] if isinstance(first, (list, tuple)) and first else first
+        metric = first if isinstance(first, str) and first.startswith("val_") else "val_image_auroc"
+    allowed = list(POOLED_VAL_METRICS) + [family_metric(f) for f in families]
+    if metric not in allowed:
+        raise SpecError(f"expected one of {', '.join(allowed)} for this validation split, got {metric!r}",
+                        key="selection.metric")
+    if metric in PIXEL_METRICS and sel.split != "test" and (OTHER_CLASSES in families):
+        raise SpecError(f"{metric} needs pixel masks, and other-class validation anomalies have none; "
+                        "use val_image_auroc", key="selection.metric")
+    return {"synthesis": synthesis, "metric": metric}

@@ -215,8 +215,10 @@ def plot_fidelity(df_or_result: Any, path: str | Path, objective: str = "val_ima
     if len(picked):
         x, y = float(picked[result.objective].iloc[0]), float(picked[test_metric].iloc[0])
         ax.plot([x], [y], "*", color="tab:red", ms=16, label="picked by the objective")
-        ax.annotate(f"picked {picked['trial_id'].iloc[0]}", (x, y), xytext=(8, -14), textcoords="offset points",
-                    fontsize=8, color="tab:red")
+        # The pick sits at the best end of the x axis: write its label towards the middle.
+        right = result.mode == "max"
+        ax.annotate(f"picked {picked['trial_id'].iloc[0]}", (x, y), xytext=(-10 if right else 10, 8),
+                    textcoords="offset points", ha="right" if right else "left", fontsize=8, color="tab:red")
     ax.axhline(stats["best_test"], color="tab:gray", ls="--", lw=1, label="best test value")
     ax.set_xlabel(f"{result.objective} (mean over classes; {result.mode} is best)")
     ax.set_ylabel(f"{test_metric} (mean over classes; not used to select)")
@@ -224,6 +226,7 @@ def plot_fidelity(df_or_result: Any, path: str | Path, objective: str = "val_ima
           if np.isfinite(stats["spearman_ci_low"]) else "")
     ax.set_title(f"Selection fidelity (diagnostic): Spearman {stats['spearman']:.2f}{ci}, "
                  f"regret {stats['regret']:.4f}", fontsize=10)
+    ax.margins(x=0.08, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)
     return _save(fig, path)

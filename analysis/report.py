@@ -230,7 +230,8 @@ def _fidelity_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _S
                                            for stat in ("spearman", "kendall", "regret")])
     per_class.index.name = "normal_class"
     s.table("fidelity_per_class", per_class, "Within each class: the correlations across configurations "
-            "and the regret of that class's own pick (n/a: fewer than 3 configurations with values).")
+            "and the regret of that class's own pick (n/a: fewer than 3 configurations with values, or "
+            "constant values).")
     test_metric = result.table["test_metric"].iloc[0]
     plots.plot_fidelity(result, out / "fidelity.png", metric, test_metric)
     s.image("fidelity.png", f"{metric} vs {test_metric} per configuration, picked one highlighted")

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 from raysearch import results
 from raysearch.schema import SpecError
@@ -138,7 +139,13 @@ def run_ablate(
 
     from raysearch.runner import write_resolved_spec
     from raysearch.training import init_ray
-    from raysearch.tuning import VARIANT_KEY, TrialPlan, check_resume, reuse_processes, run_experiment
+    from raysearch.tuning import (
+        VARIANT_KEY,
+        TrialPlan,
+        check_resume,
+        reuse_processes,
+        run_experiment,
+    )
 
     ablation = parse_ablations(spec)
     if base is not None and "://" not in base and os.path.abspath(os.path.expanduser(base)) == os.path.abspath(output):
@@ -166,7 +173,6 @@ def run_ablate(
 def ablation_summary(output: str) -> str:
     """Each factor's paired effect against the full model (validation and test AUROC)."""
     from analysis import ablation_table, load_results
-
     from raysearch.runner import format_table
 
     try:

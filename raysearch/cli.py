@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from raysearch import __version__
 
@@ -103,7 +103,18 @@ def _checked_spec(args: argparse.Namespace):
         check_data(spec.data)
     except SpecError as err:
         raise err.located(spec.source) from None
+    _print_notes(spec)
     return spec
+
+
+def _print_notes(spec) -> None:
+    """The method's warnings about this spec on this machine (stderr), before Ray starts."""
+    from raysearch import registry
+
+    space = (spec.search or {}).get("space") or {}
+    searched = {k: v["choice"] for k, v in space.items() if isinstance(v, dict) and isinstance(v.get("choice"), list)}
+    for line in registry.method_class(spec.method).notes(spec.params, searched):
+        print(line, file=sys.stderr)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -16,8 +16,9 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ class ClassResult:
     final_loss: float
     facts: dict[str, Any] = field(default_factory=dict)  # method.describe()
     resumed_epoch: int | None = None  # epochs already done when a restarted run resumed this class
+    val_counts: tuple[int, int] = (0, 0)  # normal and anomalous images of the validation split
     states: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # best / last (rank 0)
 
 
@@ -282,4 +284,5 @@ def train_class(
         facts=method.describe(),
         states=states,
         resumed_epoch=start_epoch if resume is not None else None,
+        val_counts=(int((task.val.labels == 0).sum()), int((task.val.labels == 1).sum())),
     )

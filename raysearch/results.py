@@ -24,11 +24,14 @@ import re
 import types
 import typing
 import uuid
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from raysearch.selection import FAMILY_METRICS
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -46,7 +49,9 @@ __all__ = [
 
 SPLITS = ("val", "test")
 METRICS = ("image_auroc", "image_f1_max", "pixel_auroc", "aupro")
-METRIC_COLUMNS = tuple(f"{s}_{m}" for s in SPLITS for m in METRICS)
+# Pooled metrics of each split, then one validation image AUROC per known family (null
+# where the experiment does not use the family), so every file of a store has one schema.
+METRIC_COLUMNS = tuple(f"{s}_{m}" for s in SPLITS for m in METRICS) + FAMILY_METRICS
 
 # name -> (arrow type, meaning)
 ROW_FIELDS: dict[str, tuple[pa.DataType, str]] = {
@@ -63,6 +68,9 @@ ROW_FIELDS: dict[str, tuple[pa.DataType, str]] = {
     "class_index": (pa.int64(), "position of the class in the spec's fixed order"),
     "seed": (pa.int64(), "train.seed"),
     "selection_split": (pa.string(), "validation (leakage-free) or test (paper-style)"),
+    "selection_metric": (pa.string(), "the validation metric that picked the best epoch"),
+    "val_normals": (pa.int64(), "normal images of the validation split"),
+    "val_anomalies": (pa.int64(), "anomalous images of the validation split (all families)"),
     "config_hash": (pa.string(), "hash of the resolved config"),
     "config_json": (pa.string(), "the resolved flat config as JSON"),
     "epochs": (pa.int64(), "epochs trained"),
@@ -79,6 +87,7 @@ ROW_FIELDS: dict[str, tuple[pa.DataType, str]] = {
     "workers": (pa.int64(), "Ray Train workers"),
     "node_id": (pa.string(), "Ray node that ran rank 0"),
     "weights": (pa.string(), "backbone weights loaded"),
+    "facts": (pa.string(), "what the method says of the run (describe()) as JSON, e.g. augmentations turned off"),
     "checkpoint": (pa.string(), "URI of the selected (best) checkpoint"),
     "resumed_epoch": (pa.int64(), "epochs done before a restart resumed this class (null: trained in one go)"),
     "package_version": (pa.string(), "raysearch version"),

@@ -94,7 +94,15 @@ def run_train(
     """Train ``spec`` once; returns (exit code, result rows of this run)."""
     from ray.util.queue import Empty, Queue
 
-    from raysearch.training import RunInfo, config_schema, failed_row, init_ray, make_trainer, results_dir, row_name
+    from raysearch.training import (
+        RunInfo,
+        config_schema,
+        failed_row,
+        init_ray,
+        make_trainer,
+        results_dir,
+        row_name,
+    )
 
     classes = spec.classes()  # fails fast on missing data or unknown classes
     init_ray(address=address, num_cpus=num_cpus)

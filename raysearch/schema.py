@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Mapping, Union
+from collections.abc import Mapping
+from typing import Any, Literal, Union
 
 __all__ = ["SpecError", "build", "to_dict", "flatten", "override", "field_paths"]
 
@@ -35,7 +36,7 @@ class SpecError(ValueError):
         parts = [p for p in (source, key) if p]
         super().__init__(": ".join([*parts, message]))
 
-    def located(self, source: str) -> "SpecError":
+    def located(self, source: str) -> SpecError:
         """The same error, attributed to ``source`` (a file name) if it has none yet."""
         if self.source:
             return self

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from raysearch.schema import SpecError, override
 

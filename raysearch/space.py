@@ -19,10 +19,12 @@ This module imports neither torch nor ray (optuna only when sampling).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from raysearch.schema import SpecError, build
+from raysearch.selection import FAMILY_METRICS
 
 __all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "METRICS"]
 
@@ -32,6 +34,7 @@ METRICS = {
     "val_image_f1_max": "max",
     "val_pixel_auroc": "max",
     "val_aupro": "max",
+    **{name: "max" for name in FAMILY_METRICS},  # one validation family's image AUROC
     "test_image_auroc": "max",  # paper-style only (selection.split: test)
     "latency_ms": "min",
     "num_params": "min",

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 
@@ -201,7 +202,7 @@ class Spec:
                 out[f"{section}.{key}"] = value
         return out
 
-    def with_overrides(self, updates: Mapping[str, Any]) -> "Spec":
+    def with_overrides(self, updates: Mapping[str, Any]) -> Spec:
         """A new spec with dotted overrides (``params.gmm.components``, ``train.lr``) applied."""
         raw = self.to_dict()
         for key, value in updates.items():

@@ -88,6 +88,7 @@ def _base_row(spec: Spec, run: RunInfo) -> dict[str, Any]:
         "dataset": spec.data.dataset,
         "seed": spec.train.seed,
         "selection_split": spec.selection.split,
+        "selection_metric": selection_metric(spec),
         "config_hash": config_hash(flat),
         "config_json": json.dumps(flat, sort_keys=True, default=str),
         "workers": spec.train.workers,
@@ -155,8 +156,11 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
         device=_device_name(device),
         node_id=ray.get_runtime_context().get_node_id(),
         weights=result.facts.get("weights"),
+        facts=json.dumps(result.facts, sort_keys=True, default=str),
         checkpoint=None if checkpoint is None else results.redact(checkpoint),
         resumed_epoch=result.resumed_epoch,
+        val_normals=result.val_counts[0],
+        val_anomalies=result.val_counts[1],
         **memory_mb(device),
     )
     row.update({k: v for k, v in result.metrics.items() if k in results.METRIC_COLUMNS})

@@ -1,8 +1,8 @@
 """`raysearch ablate` and `raysearch export`: spec checks (fast) and real runs (slow)."""
 
 import pytest
-from tiny import TINY
 import yaml
+from tiny import TINY
 
 from raysearch import results
 from raysearch.ablation import parse_ablations, resolve_base

@@ -234,7 +234,7 @@ def test_report_of_a_sweep(tmp_path):
     expected = {"report.md", "report.html", "history.png", "per_class.png", "importance.png", "failures.csv"}
     expected |= {f"{t}.{e}" for t in ("runs", "ranking", "per_class", "importance") for e in ("csv", "tex")}
     assert expected <= {p.name for p in out.iterdir()}
-    assert set(check_html(out)) == {"per_class.png", "history.png", "importance.png"}
+    assert set(check_html(out)) == {"per_class.png", "history.png", "importance.png", "fidelity.png"}
     md = (out / "report.md").read_text()
     assert "loss is NaN" in md and "Hyperparameter importance" in md
     assert r"\begin{tabular}" in (out / "ranking.tex").read_text()

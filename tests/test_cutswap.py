@@ -7,7 +7,12 @@ import torch
 from raysearch.methods.base import DataInfo
 from raysearch.methods.cutswap.density import GaussianDensity
 from raysearch.methods.cutswap.method import CutSwap
-from raysearch.methods.cutswap.params import BackboneParams, CutSwapParams, PatchParams, SaliencyParams
+from raysearch.methods.cutswap.params import (
+    BackboneParams,
+    CutSwapParams,
+    PatchParams,
+    SaliencyParams,
+)
 from raysearch.methods.cutswap.swap import cutswap, pick_pairs, sample_patch_sizes, swap_patches
 from raysearch.schema import SpecError, build
 

@@ -6,13 +6,18 @@ import dataclasses
 import pickle
 
 import numpy as np
-
 import pytest
 import torch
 from PIL import Image
 
 from raysearch.data import DataNotFoundError, list_classes, load_task
-from raysearch.data.augment import color_jitter, random_grayscale, random_resized_crop, simclr_augment, to_float
+from raysearch.data.augment import (
+    color_jitter,
+    random_grayscale,
+    random_resized_crop,
+    simclr_augment,
+    to_float,
+)
 from raysearch.data.synthesis import cutpaste, scar, synthesize
 from raysearch.schema import SpecError
 from raysearch.spec import DataSpec, SelectionSpec

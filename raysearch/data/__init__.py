@@ -152,7 +152,7 @@ def _category_dirs(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "train").is_dir() and (p / "test").is_dir())
 
 
-def list_classes(data: "DataSpec") -> list[str]:
+def list_classes(data: DataSpec) -> list[str]:
     """The normal classes a spec runs, in its fixed order, each checked against the dataset."""
     info = _info(data.dataset)
     known = info.classes
@@ -177,7 +177,7 @@ def list_classes(data: "DataSpec") -> list[str]:
     return out
 
 
-def check_data(data: "DataSpec") -> list[str]:
+def check_data(data: DataSpec) -> list[str]:
     """The spec's classes, after checking that the dataset's files are there (before any
     worker starts): a missing dataset is one clear message, not a failed trial per class."""
     classes = list_classes(data)
@@ -197,7 +197,7 @@ def check_data(data: "DataSpec") -> list[str]:
     return classes
 
 
-def load_task(data: "DataSpec", selection: "SelectionSpec", normal_class: str, seed: int) -> "OneClassTask":
+def load_task(data: DataSpec, selection: SelectionSpec, normal_class: str, seed: int) -> OneClassTask:
     """Read one normal class's data and cut it into train / validation / test splits."""
     from raysearch.data.protocol import make_task
 

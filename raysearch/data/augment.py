@@ -174,9 +174,12 @@ def simclr_augment(
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
     jitter_p: float = 0.8,
     gray_p: float = 0.2,
+    flip: bool = True,
 ) -> torch.Tensor:
-    """The SimCLR view: crop, flip, colour jitter (p = ``jitter_p``), grayscale (p = ``gray_p``)."""
+    """The SimCLR view: crop, flip (unless ``flip`` is False), colour jitter (p = ``jitter_p``),
+    grayscale (p = ``gray_p``)."""
     x = random_resized_crop(x, generator, scale=crop_scale)
-    x = random_hflip(x, generator)
+    if flip:
+        x = random_hflip(x, generator)
     x = color_jitter(x, generator, *jitter, p=jitter_p)
     return random_grayscale(x, generator, p=gray_p)

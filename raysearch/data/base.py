@@ -28,7 +28,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         masks = None if self.masks is None else self.masks.to(device)
         family = None if self.family is None else self.family.to(device)
         return Split(self.images.to(device), self.labels.to(device), masks, family, self.family_names)

@@ -36,7 +36,7 @@ class Pool:
     read: Callable[[Sequence[int]], torch.Tensor]
 
     @classmethod
-    def of_array(cls, array: np.ndarray, image_size: int) -> "Pool":
+    def of_array(cls, array: np.ndarray, image_size: int) -> Pool:
         """From a uint8 (N, C, H, W) array with C in {1, 3}."""
 
         def read(indices: Sequence[int]) -> torch.Tensor:
@@ -48,7 +48,7 @@ class Pool:
         return cls(len(array), read)
 
     @classmethod
-    def of_files(cls, paths: Sequence[Path | None], image_size: int, mask: bool = False) -> "Pool":
+    def of_files(cls, paths: Sequence[Path | None], image_size: int, mask: bool = False) -> Pool:
         """From image files (colour or grayscale, any size); ``None`` is an empty mask."""
 
         def read(indices: Sequence[int]) -> torch.Tensor:

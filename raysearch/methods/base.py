@@ -24,8 +24,9 @@ higher means more anomalous.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -105,6 +106,13 @@ class Method(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Facts for the result row (e.g. which backbone weights were loaded)."""
         return {}
+
+    @classmethod
+    def notes(cls, params: Any, searched: Mapping[str, Sequence[Any]]) -> list[str]:
+        """Lines the CLI prints before a run starts: facts a user must not miss (e.g. a
+        fallback to random weights). ``searched`` maps the search space's ``params.*``
+        choice keys to their values. Runs on the driver, before Ray starts."""
+        return []
 
     # -- helpers ----------------------------------------------------------------
     @staticmethod

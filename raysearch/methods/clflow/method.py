@@ -46,8 +46,9 @@ anomalies, so "no synthesis" and "flow only" are the same ablation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,8 @@ from raysearch.data.perlin import draem_blend, perlin_masks
 from raysearch.data.synthesis import cutpaste, scar
 from raysearch.methods.base import Method, Scores
 from raysearch.methods.clflow.loss import clflow_loss
-from raysearch.methods.clflow.model import CLFlowNet
+from raysearch.components.backbones import imagenet_weights_path
+from raysearch.methods.clflow.model import CLFlowNet, resolve_weights
 from raysearch.methods.clflow.params import CLFlowParams
 from raysearch.schema import SpecError
 
@@ -192,6 +194,19 @@ class CLFlow(Method):
             k = max(1, round(sc.topk_fraction * flat.shape[1]))
             image = flat.topk(k, dim=1).values.mean(1)
         return Scores(image=image, maps=maps)
+
+    @classmethod
+    def notes(cls, params: CLFlowParams, searched: Mapping[str, Sequence[Any]]) -> list[str]:
+        if params.backbone.weights != "auto":
+            return []
+        names = {params.backbone.name, *searched.get("params.backbone.name", ())}
+        fallback = sorted(n for n in names if resolve_weights(n, "auto") == "random" and n != "small_cnn")
+        if not fallback:
+            return []
+        files = ", ".join(str(imagenet_weights_path(n)[0]) for n in fallback)
+        return [f"note: backbone.weights auto: no ImageNet weights on this machine for {', '.join(fallback)}; "
+                f"those backbones stay RANDOM and frozen (a weak clflow). Put {files} there, or set "
+                "params.backbone.weights: random to silence this."]
 
     def describe(self) -> dict[str, str]:
         p = self.params

@@ -35,7 +35,7 @@ class GaussianDensity:
     shrinkage: float  # Ledoit-Wolf's shrinkage coefficient in [0, 1]
 
     @classmethod
-    def fit(cls, x: torch.Tensor) -> "GaussianDensity":
+    def fit(cls, x: torch.Tensor) -> GaussianDensity:
         """Fit on (N, D) samples (N >= 2); returned tensors on ``x``'s device, float64."""
         from sklearn.covariance import LedoitWolf  # local: keep import-time light
 
@@ -58,5 +58,5 @@ class GaussianDensity:
         sq = ((d @ self.precision) * d).sum(dim=1)  # (N,) = d^T P d per row
         return sq.clamp_min(0).sqrt().float()
 
-    def to(self, device: torch.device | str) -> "GaussianDensity":
+    def to(self, device: torch.device | str) -> GaussianDensity:
         return GaussianDensity(self.mean.to(device), self.precision.to(device), self.shrinkage)

@@ -79,6 +79,9 @@ class DistCon(Method):
             jitter=(p.augment.jitter, p.augment.jitter, p.augment.jitter, p.augment.hue),
             jitter_p=p.augment.jitter_p,
             gray_p=p.augment.gray_p,
+            # (k quarter turns, flipped) of an image equals (-k, not flipped) of its mirror:
+            # with flipped transformations a random flip would make the classes collide.
+            flip=not p.flips_rotations(),
         ).reshape(2, b, *x.shape[1:])
         rotated = self._rotated(normalize(views))  # (2, M, C, H, W), M = B * R
         n_rot = len(self.transforms)
@@ -178,4 +181,7 @@ class DistCon(Method):
         return Scores(image=total)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, str]:
-        return {"weights": self.params.backbone.weights}
+        facts = {"weights": self.params.backbone.weights}
+        if self.params.flips_rotations():
+            facts["view_flip"] = "off (the rotation set has flipped transformations)"
+        return facts

@@ -1,6 +1,8 @@
 """The tiny run every end-to-end test uses: one digits class, two epochs, a few dozen images."""
 
 TINY = [
+    "selection.min_normals=4",  # a small validation split: 4 normals, 8 anomalies per family
+    "selection.min_anomalies=8",
     "data.classes=[3]",
     "data.max_train=48",
     "data.max_test=40",

@@ -693,6 +693,17 @@ def _close_running(storage, study_name: str) -> None:
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
+def _fidelity_line(table, objective: str, mode: str) -> str:
+    """One line of the selection-fidelity diagnostic (test labels; never selects anything)."""
+    from analysis import fidelity_line, selection_fidelity
+    from analysis.load import prepare
+
+    df = prepare(table.to_pandas())
+    if objective not in df.columns:
+        return f"selection fidelity: not computed ({objective} is not in the rows)"
+    return fidelity_line(selection_fidelity(df[df["kind"] == "tune"], objective, mode))
+
+
 def sweep_summary(output: str, search: SearchSpec, top: int = 5) -> str:
     """The best configurations of a sweep by their class-mean objective."""
     table = results.read_results(output)
@@ -723,5 +734,9 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5) -> str:
                                   [[i + 1, tid, n, v] for i, (v, tid, n) in enumerate(scored[:top])]))
     if status_counts["completed"] < 10:
         lines.append("note: fewer than 10 completed trials; rankings and importances are not yet reliable")
+    if metric.startswith("val_"):
+        lines.append(_fidelity_line(table, metric, search.modes[0]))
+    else:
+        lines.append(_fidelity_line(table, "val_image_auroc", "max"))
     lines.append(f"results: {results.redact(results.join(output, 'results'))}")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ STEPS = {  # name -> script and arguments
     "orchestration_health": ["orchestration.py", "--part", "health"],
     "analysis_speed": ["analysis_speed.py"],
     "search_efficiency": ["search_efficiency.py"],
+    "selection_fidelity": ["selection_fidelity.py"],
 }
 # --quick: fewer repeats, trials and seeds (a few minutes; figures noisier, same goals).
 QUICK = {
@@ -43,6 +44,7 @@ QUICK = {
     "orchestration_health": ["--health-epochs", "3"],
     "analysis_speed": ["--repeats", "2", "--store-files", "500"],
     "search_efficiency": ["--seeds", "10"],
+    "selection_fidelity": ["--boot", "500"],  # replays the kept traces; --recompute trains them again
 }
 LOG = os.path.join(_bench.RESULTS, "run_all.json")
 OUT = os.path.join(_bench.REPO, "BENCHMARKS.md")
@@ -362,6 +364,54 @@ def section_search(d: dict) -> list[str]:
     return out
 
 
+def _fidelity_ok(rule: dict) -> bool:
+    return rule["spearman"] >= 0.6 and rule["regret"] <= 0.02
+
+
+def section_selection(d: dict) -> list[str]:
+    if not d:
+        return ["Not run."]
+    opts = d["toy_options"]
+    out = [
+        f"Each configuration trained once (traces of {d['traces_date']}); selection rules replayed offline from "
+        "the scores kept at every evaluation (benchmarks/README.md). Settings: distcon on digits 3 and 8 "
+        "(150 training and 300 test images per class); cutswap and clflow on a harder toy-mvtec "
+        f"(stripes, dots, {opts['size']} px, defect opacity {opts['defect_opacity']}, size x{opts['defect_scale']}, "
+        f"{opts['n_train']} training images, {opts['n_test_good']} good and {opts['n_test_defect']} per defect "
+        "in test). Random configurations include weak ones (a learning rate 10x off, few epochs, small "
+        "networks). Validation: 20 held-out normals and 40 anomalies per family. `old` is the protocol before "
+        "validation families (round(0.1 N) normals and as many CutPaste + scar anomalies, earliest epoch on "
+        "ties); `new default` is raysearch's default (toy textures: the families no configuration of the "
+        "space trains on, mean family AUROC; digits: held-out training images of the other classes; later "
+        "epoch on ties); `new synthetic` is the synthetic families on digits.",
+        "",
+        "| method | rule | configs | Spearman(val, test) [95% CI] | Kendall | regret | picked test | median | best | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, m in d["methods"].items():
+        for r in m["rules"]:
+            if "reason" in r or not (r["rule"].startswith("old") or r["rule"].startswith("new")):
+                continue
+            goal = verdict(_fidelity_ok(r)) if r["rule"].startswith("new default") else "-"
+            out.append(f"| {method} | {r['rule']} | {r['n']} | {r['spearman']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] "
+                       f"| {r['kendall']:+.2f} | {r['regret']:.3f} | {r['picked_test']:.3f} | {r['median_test']:.3f} "
+                       f"| {r['best_test']:.3f} | {goal} |")
+    out += ["", "Each validation family alone (Spearman of the family's AUROC at the selected epochs with the test "
+            "AUROC; for the toy textures also with each test defect type alone):", ""]
+    for method, m in d["methods"].items():
+        alone = [r for r in m["rules"] if r["rule"].endswith(" alone") and "reason" not in r]
+        if not alone:
+            continue
+        defects = list(alone[0].get("by_defect") or {})
+        out += [f"**{method}**", "", "| family | Spearman with test AUROC | regret | " + " | ".join(defects) + (" |" if defects else ""),
+                "|---|---|---|" + "---|" * len(defects)]
+        for r in alone:
+            out.append(f"| {r['rule'].removesuffix(' alone')} | {r['spearman']:+.2f} | {r['regret']:.3f} | "
+                       + " | ".join(f"{r['by_defect'][x]:+.2f}" for x in defects) + (" |" if defects else ""))
+        out.append("")
+    return out
+
+
 def source_line(steps: dict) -> str:
     """Which version of the code the steps measured (a hash of raysearch/ and analysis/)."""
     hashes = {name: st.get("source") for name, st in steps.items()}
@@ -432,6 +482,15 @@ def write_report() -> None:
     if se:
         summary.append(f"| search efficiency | TPE+ASHA / random, epochs to within 1 point of the best: "
                        f"{se['ratio']:.2f} | <= 0.33 | {verdict(se['ratio'] <= 1 / 3)} |")
+    sf = load("selection_fidelity")
+    for method, m in (sf.get("methods") or {}).items():
+        new = next((r for r in m["rules"] if r["rule"].startswith("new default") and "reason" not in r), None)
+        old = next((r for r in m["rules"] if r["rule"].startswith("old") and "reason" not in r), None)
+        if new:
+            summary.append(f"| selection fidelity, {method} | Spearman(val, test) {new['spearman']:+.2f}, regret "
+                           f"{new['regret']:.3f} over {new['n']} configs"
+                           + (f" (old protocol {old['spearman']:+.2f}, {old['regret']:.3f})" if old else "")
+                           + f" | Spearman >= 0.6, regret <= 0.02 | {verdict(_fidelity_ok(new))} |")
     lines += summary + [""]
 
     sections = [
@@ -441,6 +500,7 @@ def write_report() -> None:
          ["orchestration_sweep", "orchestration_breakdown", "orchestration_health"]),
         ("3. Analysis speed (`benchmarks/analysis_speed.py`)", section_analysis(an), ["analysis_speed"]),
         ("4. Search efficiency (`benchmarks/search_efficiency.py`)", section_search(se), ["search_efficiency"]),
+        ("5. Selection fidelity (`benchmarks/selection_fidelity.py`)", section_selection(sf), ["selection_fidelity"]),
     ]
     for title, body, step_names in sections:
         lines += [f"## {title}", "", *body, "", "<details><summary>Printed output</summary>", "", "```"]

@@ -153,7 +153,7 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
             why = "selection.split is test" if sel.split == "test" else "selection.anomalies is other_classes"
             raise SpecError(f"synthetic families are unused when {why}; remove selection.synthesis or use "
                             "anomalies: synthetic or both", key="selection.synthesis")
-        synthesis: tuple[str, ...] = ()
+        synthesis: tuple[str, ...] | None = None  # unused
     else:
         trained = _trained_cached(spec)
         if sel.synthesis is None:
@@ -172,7 +172,7 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
                     f"use families from {held_out} or set selection.allow_overlap: true",
                     key="selection.synthesis",
                 )
-    families = synthesis + ((OTHER_CLASSES,) if sel.anomalies in ("other_classes", "both") and sel.split != "test" else ())
+    families = (synthesis or ()) + ((OTHER_CLASSES,) if sel.anomalies in ("other_classes", "both") and sel.split != "test" else ())
 
     metric = sel.metric
     if metric is None:

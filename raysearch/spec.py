@@ -83,8 +83,10 @@ class SelectionSpec:
     split: Literal["validation", "test"] = "validation"
     # What the validation anomalies are: synthetic (the `synthesis` families, made from
     # held-out normals), other_classes (held-out training images of the other classes;
-    # datasets of classes only) or both (other_classes is then one more family).
-    anomalies: Literal["synthetic", "other_classes", "both"] = "synthetic"
+    # datasets of classes only), both (other_classes is then one more family), or auto:
+    # other_classes for datasets of classes (their test anomalies are other classes),
+    # synthetic for datasets of categories (MVTec-like defects). Resolved at load time.
+    anomalies: Literal["auto", "synthetic", "other_classes", "both"] = "auto"
     # Synthetic families of the validation split (raysearch.selection.SYNTHETIC_FAMILIES).
     # null = every known family that no configuration of the spec trains on (its values,
     # each choice of its search space, each ablation factor), resolved at load time.
@@ -278,9 +280,12 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
             raise SpecError(f"expected a mapping, got {value!r}", key=key)
         free[key] = dict(value)
     spec = Spec(name=raw["name"], method=method, params=params, source=source, **sections, **free)
-    if spec.selection.anomalies != "synthetic":
-        from raysearch.data import dataset_kind
+    from raysearch.data import dataset_kind
 
+    if spec.selection.anomalies == "auto":
+        resolved = "other_classes" if dataset_kind(spec.data.dataset) == "classes" else "synthetic"
+        object.__setattr__(spec.selection, "anomalies", resolved)
+    if spec.selection.anomalies != "synthetic":
         if dataset_kind(spec.data.dataset) != "classes":
             raise SpecError(
                 f"other_classes needs a dataset of classes; {spec.data.dataset!r} has categories "

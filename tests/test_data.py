@@ -86,7 +86,7 @@ def test_cifar10_reads_pickles_one_class(tmp_path):
     write_cifar10(tmp_path)
     data = data_spec(dataset="cifar10", root=str(tmp_path), classes=["bird"])
     assert list_classes(data) == ["2"]  # names map to indices
-    task = load_task(data, SelectionSpec(holdout=0.34, min_normals=2, min_anomalies=2, synthesis=("blur",)), "2", seed=0)
+    task = load_task(data, SelectionSpec(anomalies="synthetic", holdout=0.34, min_normals=2, min_anomalies=2, synthesis=("blur",)), "2", seed=0)
     # 6 training images of class 2: 2 held out for validation, 4 to train on.
     assert task.train.shape == (4, 3, 32, 32) and task.train.dtype == torch.uint8
     assert (task.train[:, 0, 0, 0] == 40).all()  # only class 2 in training
@@ -155,7 +155,7 @@ def test_mvtec_finds_conventional_subfolder_and_reports_missing(tmp_path):
 
 def test_digits_protocol_is_leakage_free_and_deterministic():
     data = data_spec(dataset="digits", max_train=40, max_test=50)
-    selection = SelectionSpec(holdout=0.2, min_normals=2, min_anomalies=8, synthesis=("noise",))
+    selection = SelectionSpec(anomalies="synthetic", holdout=0.2, min_normals=2, min_anomalies=8, synthesis=("noise",))
     a = load_task(data, selection, "4", seed=0)
     b = load_task(data, selection, "4", seed=0)
     assert torch.equal(a.train, b.train) and torch.equal(a.val.images, b.val.images)

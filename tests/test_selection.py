@@ -34,7 +34,8 @@ def test_each_method_declares_what_it_trains_on():
 
 def test_default_families_exclude_every_configuration_of_the_spec():
     # distcon trains on no synthetic anomaly: every family validates.
-    assert load_spec(DEMO.format("distcon")).selection.synthesis == SYNTHETIC_FAMILIES
+    distcon = load_spec(DEMO.format("distcon"), ["selection.anomalies=synthetic"])
+    assert distcon.selection.synthesis == SYNTHETIC_FAMILIES
     # cutswap: patch swaps and its CutPaste third class; the paste_not_swap factor is CutPaste too.
     cutswap = load_spec(DEMO.format("cutswap"))
     assert cutswap.selection.synthesis == ("scar", "perlin", "elastic", "blur", "noise")
@@ -74,6 +75,13 @@ def test_selection_metric_follows_the_search_objective():
     assert blur.selection.metric == "val_image_auroc_blur"
 
 
+def test_auto_anomalies_are_other_classes_for_classes_and_synthetic_for_categories():
+    digits = load_spec(DEMO.format("distcon"), ["selection.anomalies=auto"]).selection
+    assert digits.anomalies == "other_classes" and digits.synthesis is None  # no synthetic family
+    toy = load_spec(DEMO.format("cutswap"), ["selection.anomalies=auto"]).selection
+    assert toy.anomalies == "synthetic" and "blur" in toy.synthesis
+
+
 def test_selection_metrics_the_split_cannot_have_are_refused():
     with pytest.raises(SpecError, match="selection.metric: expected one of .* got 'val_image_auroc_cutpaste'"):
         load_spec(DEMO.format("cutswap"), ["selection.metric=val_image_auroc_cutpaste"])
@@ -104,7 +112,7 @@ def test_validation_split_has_every_family_at_its_size_and_is_fixed_by_selection
 
 def test_synthetic_validation_has_masks_and_the_floor_never_takes_half():
     data = DataSpec(dataset="digits", max_train=12)
-    task = load_task(data, SelectionSpec(min_normals=20, min_anomalies=3, synthesis=("elastic",)), "1", seed=0)
+    task = load_task(data, SelectionSpec(anomalies="synthetic", min_normals=20, min_anomalies=3, synthesis=("elastic",)), "1", seed=0)
     assert int((task.val.family == -1).sum()) == 6 and len(task.train) == 6  # floor capped at half
     anomalies = task.val.family == 0
     assert int(anomalies.sum()) == 6  # at least as many anomalies as normals

@@ -98,13 +98,14 @@ def holdout_size(n_train: int, selection) -> int:
     return max(int(round(selection.holdout * n_train)), min(selection.min_normals, n_train // 2))
 
 
-def validation_families(selection) -> tuple[str, ...]:
-    """The families of a selection. A spec resolves ``synthesis`` when it loads; a bare
-    ``SelectionSpec`` (tests, notebooks) with ``synthesis`` null gets every known family."""
+def validation_families(selection, has_others: bool = False) -> tuple[str, ...]:
+    """The families of a selection. A spec resolves ``synthesis`` and ``anomalies`` when it
+    loads; a bare ``SelectionSpec`` (tests, notebooks) with ``synthesis`` null gets every
+    known family, and ``anomalies: auto`` other classes where the dataset has them."""
     from raysearch.selection import OTHER_CLASSES, SYNTHETIC_FAMILIES
 
     synthesis = tuple(SYNTHETIC_FAMILIES if selection.synthesis is None else selection.synthesis)
-    if selection.anomalies == "other_classes":
+    if selection.anomalies == "other_classes" or (selection.anomalies == "auto" and has_others):
         return (OTHER_CLASSES,)
     return synthesis + ((OTHER_CLASSES,) if selection.anomalies == "both" else ())
 
@@ -140,5 +141,5 @@ def make_task(raw: RawClass, data, selection, seed: int, normal_class: str, data
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     normals = raw.train.read(val_idx)
     count = max(selection.min_anomalies, n_val)
-    val = validation_split(normals, validation_families(selection), count, raw, split_seed, normal_class, dataset)
+    val = validation_split(normals, validation_families(selection, raw.others is not None), count, raw, split_seed, normal_class, dataset)
     return OneClassTask(dataset, normal_class, raw.train.read(train_idx), val, test)

@@ -288,8 +288,8 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 def _elastic(
     images: torch.Tensor,
     generator: torch.Generator | None,
-    amplitude: tuple[float, float] = (0.02, 0.04),
-    min_pixels: float = 1.5,
+    amplitude: tuple[float, float] = (0.05, 0.1),
+    min_pixels: float = 2.5,
     lattice: int = 6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp inside an ellipse by a smooth random field of peak ``amplitude`` x side pixels.
@@ -319,8 +319,8 @@ def _elastic(
 
 
 def _blur(
-    images: torch.Tensor, generator: torch.Generator | None, sigma: tuple[float, float] = (0.015, 0.045),
-    min_sigma: float = 1.0,
+    images: torch.Tensor, generator: torch.Generator | None, sigma: tuple[float, float] = (0.03, 0.07),
+    min_sigma: float = 1.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace an ellipse by a Gaussian blur of sigma ``sigma`` x side pixels (>= ``min_sigma``).
 
@@ -345,7 +345,7 @@ def _blur(
 
 
 def _noise(
-    images: torch.Tensor, generator: torch.Generator | None, std: tuple[float, float] = (0.08, 0.25)
+    images: torch.Tensor, generator: torch.Generator | None, std: tuple[float, float] = (0.04, 0.12)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Add Gaussian noise of std ``std`` x 255 (per image; per pixel and channel) in an ellipse."""
     b, c, h, w = images.shape
@@ -378,8 +378,8 @@ def synthesize_family(
     0.02..0.15 and aspect 0.3..3.3 (log-uniform), as CutPaste; the elliptical regions
     of elastic / blur / noise have semi-axes 0.08..0.3 of the shorter side (>= 1 px),
     a random angle, and a centre in the middle 70 %; elastic displaces by up to
-    0.02..0.04 x side (>= 1.5 px), blur has sigma 0.015..0.045 x side (>= 1 px),
-    noise std 0.08..0.25 x 255.
+    0.05..0.1 x side (>= 2.5 px), blur has sigma 0.03..0.07 x side (>= 1.5 px),
+    noise std 0.04..0.12 x 255.
 
     Example:
         >>> x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8,

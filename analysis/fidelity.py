@@ -96,26 +96,24 @@ def counterpart_metric(objective: str) -> str | None:
 
 
 # -- statistics ------------------------------------------------------------------------------
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rho of the finite pairs; NaN with fewer than 3 pairs or a constant side."""
+def _rank_correlation(x: np.ndarray, y: np.ndarray, kind: str) -> float:
+    """Spearman's rho or Kendall's tau-b of the finite pairs; NaN with fewer than 3 pairs or a
+    constant side."""
     from scipy import stats
 
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < MIN_CONFIGS or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
-    return float(stats.spearmanr(x, y)[0])
+    return float((stats.spearmanr if kind == "spearman" else stats.kendalltau)(x, y)[0])
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return _rank_correlation(x, y, "spearman")
 
 
 def _kendall(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's tau-b of the finite pairs; NaN with fewer than 3 pairs or a constant side."""
-    from scipy import stats
-
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < MIN_CONFIGS or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(stats.kendalltau(x, y)[0])
+    return _rank_correlation(x, y, "kendall")
 
 
 def _bootstrap_spearman(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int,

@@ -331,6 +331,33 @@ def evaluate_rules(records: list[dict], method: str, n_boot: int = 2000) -> list
     return out
 
 
+def within_groups(records: list[dict], method: str) -> dict[str, dict[str, float]]:
+    """Spearman(val, test) of the default rule within each value of every categorical
+    parameter of the space: does the objective rank configurations that share it?"""
+    from scipy import stats
+
+    rule = next(v for k, v in rules_for(method).items() if k.startswith("new default"))
+    records = [r for r in records if r["method"] == method]
+    points = []
+    for r in records:
+        chosen = [(select(c, rule), c) for c in r["classes"].values()]
+        if any(ch is None for ch, _ in chosen):
+            continue
+        points.append((r["config"], float(np.mean([ch["value"] for ch, _ in chosen])),
+                       float(np.mean([test_auroc(c, ch["eval"]) for ch, c in chosen]))))
+    out: dict[str, dict[str, float]] = {}
+    for key, entry in SETTINGS[method]["space"].items():
+        if "choice" not in entry:
+            continue
+        groups = {}
+        for value in entry["choice"]:
+            pts = [(v, t) for config, v, t in points if config[key] == value]
+            if len(pts) >= 5:
+                groups[str(value)] = float(stats.spearmanr(*zip(*pts))[0])
+        out[key] = groups
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -362,8 +389,9 @@ def main() -> None:
         rows = [r for r in records if r["method"] == method]
         failed = sum(any(c["error"] for c in r["classes"].values()) for r in rows)
         results = evaluate_rules(rows, method, args.boot)
+        groups = within_groups(rows, method)
         payload["methods"][method] = {"configs": len(rows), "failed": failed, "rules": results,
-                                      "train_seconds": sum(r["seconds"] for r in rows)}
+                                      "within_groups": groups, "train_seconds": sum(r["seconds"] for r in rows)}
         print(f"\n{method}: {len(rows)} configurations ({failed} failed)")
         print(f"  {'rule':52s} {'n':>3s} {'Spearman [95% CI]':>24s} {'Kendall':>8s} {'regret':>7s} "
               f"{'picked':>7s} {'median':>7s} {'best':>7s}")
@@ -381,6 +409,9 @@ def main() -> None:
             print(f"  {'rule':52s} " + " ".join(f"{d:>8s}" for d in defects))
             for e in by_defect:
                 print(f"  {e['rule']:52s} " + " ".join(f"{e['by_defect'][d]:+8.2f}" for d in defects))
+        print("  Spearman(val, test) of the default rule among configurations that share a categorical value:")
+        for key, g in groups.items():
+            print(f"  {key:36s} " + ", ".join(f"{v}: {x:+.2f}" for v, x in g.items()))
     print("\ngoal per method: Spearman >= 0.6 and regret <= 0.02 AUROC for the new rule")
     print(f"results: {_bench.save('selection_fidelity', payload)}")
 

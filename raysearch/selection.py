@@ -49,6 +49,7 @@ __all__ = [
     "trained_families",
     "default_families",
     "resolve_selection",
+    "selection_summary",
 ]
 
 SYNTHETIC_FAMILIES = ("cutpaste", "scar", "perlin", "patchswap", "elastic", "blur", "noise")
@@ -138,6 +139,25 @@ def _trained_cached(spec: Any) -> frozenset[str]:
             _CACHE.clear()
         _CACHE[key] = trained_families(spec)
     return _CACHE[key]
+
+
+def selection_summary(spec: Any) -> str:
+    """One line: what the validation split of a resolved spec holds and what picks the epoch.
+
+    Example:
+        >>> from raysearch.spec import load_spec
+        >>> selection_summary(load_spec("search_spaces/demo/cutswap.yaml"))  # doctest: +SKIP
+        'scar, perlin, elastic, blur, noise (100 per family) against >= 20 held-out normals; ...'
+    """
+    sel = spec.selection
+    if sel.split == "test":
+        return f"the test set (paper-style selection); the epoch is picked by {sel.metric} on it"
+    families = list(sel.synthesis or ()) + ([OTHER_CLASSES] if sel.anomalies in ("other_classes", "both") else [])
+    trained = sorted(_trained_cached(spec))
+    return (f"{', '.join(families)} ({sel.min_anomalies} per family) against >= {sel.min_normals} held-out "
+            f"normals (selection.seed {sel.seed}); the epoch is picked by {sel.metric}"
+            + (f"; configurations train on {', '.join(trained)}" if trained else "")
+            + ("; overlap allowed" if sel.allow_overlap else ""))
 
 
 def resolve_selection(spec: Any) -> dict[str, Any]:

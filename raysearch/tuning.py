@@ -40,6 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raysearch import results
 from raysearch.runner import format_table, write_resolved_spec
 from raysearch.schema import SpecError
+from raysearch.selection import selection_summary
 from raysearch.space import SearchSpec, grid_space, parse_search, suggest
 from raysearch.spec import Spec
 
@@ -165,6 +166,7 @@ def dry_run(spec: Spec, stream: TextIO = sys.stdout, trials: int | None = None,
     stream.write(f"experiment {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
     stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes))}"
                  f" averaged over classes\n")
+    stream.write(f"validation: {selection_summary(spec)}\n")
     stream.write(f"sampler {search.sampler} (seed {search.seed}), {search.trials} trials, "
                  f"{search.concurrent} at a time, scheduler "
                  f"{'asha' if search.uses_asha else 'none'}\n")

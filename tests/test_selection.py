@@ -219,3 +219,16 @@ def test_clflow_notes_a_random_fallback_of_auto_weights(monkeypatch, tmp_path):
     assert cls.notes(params, {}) == [] or params.backbone.weights != "random"
     random_weights = dataclasses.replace(params, backbone=dataclasses.replace(params.backbone, weights="random"))
     assert cls.notes(random_weights, {}) == []
+
+
+def test_dry_run_says_what_the_validation_split_holds():
+    import io
+
+    from raysearch.tuning import dry_run
+
+    out = io.StringIO()
+    dry_run(load_spec(DEMO.format("cutswap")), out)
+    line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("validation:"))
+    assert line == ("validation: scar, perlin, elastic, blur, noise (100 per family) against >= 20 held-out normals "
+                    "(selection.seed 0); the epoch is picked by val_image_auroc; configurations train on cutpaste, "
+                    "patchswap")

@@ -1,6 +1,6 @@
 """The one-class protocol: training normals, a leakage-free validation split, the test set.
 
-- Training: the normal class's training images, shuffled with the run's seed and capped
+- Training: the normal class's training images, shuffled with ``selection.seed`` and capped
   at ``data.max_train`` (before the hold-out, so the validation split shrinks with it).
 - Validation (``selection.split: validation``, the default): a ``selection.holdout``
   fraction of those normals (raised to ``selection.min_normals`` up to half of them), removed
@@ -57,9 +57,10 @@ def _balanced_draw(n_from: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([rng.permutation(n_from) for _ in range(reps)])[:n]
 
 
-def validation_split(normals: torch.Tensor, families: tuple[str, ...], count: int, others: RawClass | None,
+def validation_split(normals: torch.Tensor, families: tuple[str, ...], count: int, raw: RawClass | None,
                      seed: int, normal_class: str, dataset: str) -> Split:
-    """Held-out ``normals`` plus ``count`` anomalies of every family, labelled by family."""
+    """Held-out ``normals`` plus ``count`` anomalies of every family, labelled by family
+    (other-class anomalies come from ``raw.others``)."""
     from raysearch.data.synthesis import synthesize_family
     from raysearch.selection import OTHER_CLASSES
 
@@ -69,7 +70,7 @@ def validation_split(normals: torch.Tensor, families: tuple[str, ...], count: in
     for j, family in enumerate(families):
         rng = _rng(seed, normal_class, _family_stream(family))
         if family == OTHER_CLASSES:
-            pool = others.others if others is not None else None
+            pool = raw.others if raw is not None else None
             if pool is None or pool.size == 0:
                 raise SpecError(f"{dataset} has no other classes to draw anomalies from", key="selection.anomalies")
             pick = rng.choice(pool.size, size=count, replace=count > pool.size)

@@ -67,7 +67,11 @@ def _apply_flat(spec: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
 
 def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
     """Write the ``top`` best trials of ``experiment`` as spec files under ``to``."""
-    spec = yaml.safe_load(results.read_bytes(results.join(experiment, "spec.yaml")).decode())
+    spec_uri = results.join(experiment, "spec.yaml")
+    if not results.exists(spec_uri):
+        raise ValueError(f"{experiment}: no spec.yaml (the resolved spec that raysearch train, tune and ablate "
+                         "write beside results/); export needs it to write specs that run")
+    spec = yaml.safe_load(results.read_bytes(spec_uri).decode())
     metrics, modes = objective(spec)
     metric, mode = metrics[0], modes[0]
     ranked = best_trials(experiment, metric, mode)

@@ -40,7 +40,18 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                             "gs://bucket/prefix (pyarrow filesystems; S3 options go in the query, e.g. "
                             "?region=us-west-2); the experiment is STORAGE/<name> (default: raysearch-results)")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse prints the message and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="search the spec's space with Ray Tune + Optuna (ASHA early stopping)")
     _add_spec_args(p)
-    p.add_argument("--trials", type=int, help="number of trials (default: search.trials)")
-    p.add_argument("--concurrent", type=int, help="trials at a time (default: search.concurrent)")
+    p.add_argument("--trials", type=_positive_int, help="number of trials (default: search.trials)")
+    p.add_argument("--concurrent", type=_positive_int, help="trials at a time (default: search.concurrent)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
     p.add_argument("--dry-run", action="store_true", help="print the resolved search and its cost; start nothing")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
@@ -76,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the best configurations as spec files that `raysearch train` runs")
     p.add_argument("experiment", help="an experiment folder")
-    p.add_argument("--top", type=int, default=1, help="how many configurations (default 1)")
+    p.add_argument("--top", type=_positive_int, default=1, help="how many configurations (default 1)")
     p.add_argument("--to", default="best", help="folder for the spec files (default: best/)")
 
     sub.add_parser("methods", help="list the methods and their parameters with defaults")
@@ -172,7 +183,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         paths = export_best(_experiment_dir(args.experiment), top=args.top, to=args.to)
     except ValueError as err:
-        raise SpecError(str(err), source=args.experiment) from None
+        raise SpecError(str(err)) from None  # the message names the folder
     for p in paths:
         print(p)
     return 0

@@ -24,6 +24,7 @@ import re
 import types
 import typing
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "write_bytes",
     "read_bytes",
     "exists",
+    "UnreadableResultWarning",
 ]
 
 SPLITS = ("val", "test")
@@ -207,13 +209,30 @@ def write_rows(results_dir: str, schema: pa.Schema, rows: Iterable[Mapping[str, 
     return uri
 
 
+class UnreadableResultWarning(UserWarning):
+    """A result file that cannot be read (truncated, empty, not Parquet) was skipped."""
+
+
+def _read_file(fs: pafs.FileSystem, path: str) -> pa.Table | None:
+    """One result file, or None (with a warning naming it) when it cannot be read."""
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.read_table(f)
+    except (pa.ArrowInvalid, OSError) as err:
+        warnings.warn(f"{path}: unreadable result file skipped ({str(err).splitlines()[0]})",
+                      UnreadableResultWarning, stacklevel=3)
+        return None
+
+
 def read_row_file(results_dir: str, name: str) -> list[dict[str, Any]]:
-    """The rows of ``results_dir/<name>.parquet`` (as :func:`write_rows` named it), or []."""
+    """The rows of ``results_dir/<name>.parquet`` (as :func:`write_rows` named it), or [] when
+    it does not exist or cannot be read (a resumed run then trains that class again and its
+    new file replaces the unreadable one)."""
     fs, path = resolve(join(results_dir, f"{_safe(name)}.parquet"))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
-    with fs.open_input_file(path) as f:
-        return pq.read_table(f).to_pylist()
+    table = _read_file(fs, path)
+    return [] if table is None else table.to_pylist()
 
 
 def read_results(experiment_dir: str) -> pa.Table:
@@ -230,4 +249,10 @@ def read_results(experiment_dir: str) -> pa.Table:
     )
     if not files:
         return pa.table({})
-    return ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    try:
+        return ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    except (pa.ArrowInvalid, OSError):
+        # One unreadable file (a truncated copy, a zero-byte upload) must not hide the
+        # others: read them one by one and skip, with a warning, what cannot be read.
+        tables = [t for t in (_read_file(fs, f) for f in files) if t is not None]
+        return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})

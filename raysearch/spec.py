@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,8 +153,13 @@ class TrainSpec:
         for key in ("epochs", "batch_size", "eval_every", "workers"):
             if getattr(self, key) < 1:
                 raise SpecError(f"expected a positive integer, got {getattr(self, key)}", key=key)
+        for key in ("lr", "weight_decay", "momentum", "gpus_per_worker", "cpus_per_worker"):
+            if not math.isfinite(getattr(self, key)):
+                raise SpecError(f"expected a finite number, got {getattr(self, key)}", key=key)
         if self.lr <= 0:
             raise SpecError(f"expected a positive number, got {self.lr}", key="lr")
+        if self.weight_decay < 0:
+            raise SpecError(f"expected >= 0, got {self.weight_decay}", key="weight_decay")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
             raise SpecError("expected gpus_per_worker >= 0 and cpus_per_worker > 0", key="gpus_per_worker")
         if self.max_failures < 0:
@@ -234,6 +240,12 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     if node is None:
         node = raw[section] = {}
     parts = rest.split(".")
+    # Entries of the search space and of ablation factors are dotted spec keys themselves:
+    # everything after their prefix is one key (as under params).
+    if section == "search" and parts[0] == "space" and len(parts) > 1:
+        parts = ["space", ".".join(parts[1:])]
+    elif section == "ablations" and parts[0] == "factors" and len(parts) > 2:
+        parts = ["factors", parts[1], ".".join(parts[2:])]
     for part in parts[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):

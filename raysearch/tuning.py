@@ -153,13 +153,15 @@ def default_point(spec: Spec, search: SearchSpec) -> dict[str, Any]:
 
 def with_budget(search: SearchSpec, trials: int | None, concurrent: int | None) -> SearchSpec:
     """The search with ``--trials`` / ``--concurrent`` applied."""
-    return SearchSpec(**{**search.__dict__, "trials": trials or search.trials,
-                         "concurrent": concurrent or search.concurrent})
+    return SearchSpec(**{**search.__dict__, "trials": search.trials if trials is None else trials,
+                         "concurrent": search.concurrent if concurrent is None else concurrent})
 
 
-def dry_run(spec: Spec, stream: TextIO = sys.stdout, trials: int | None = None,
+def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
             concurrent: int | None = None) -> SearchSpec:
-    """Print the resolved search and an estimate of its cost; start nothing."""
+    """Print the resolved search and an estimate of its cost (to ``stream``, default the
+    current stdout); start nothing."""
+    stream = stream or sys.stdout
     search = with_budget(parse_search(spec), trials, concurrent)
     classes = spec.classes()
     t = spec.train

@@ -233,11 +233,15 @@ def imagenet30(info: DatasetInfo, data, normal: str) -> RawClass:
 
 
 def _mask_for(gt_dir: Path, image: Path) -> Path | None:
-    for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
-        if (gt_dir / name).is_file():
-            return gt_dir / name
-    matches = [p for p in gt_dir.glob(f"{image.stem}*") if p.suffix.lower() in IMAGE_SUFFIXES]
-    return matches[0] if matches else None
+    """The mask of ``image``: ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` in ``gt_dir`` (PNG
+    first), matched exactly: ``1.png`` never takes ``10_mask.png``."""
+    suffixes = [".png"] + sorted(IMAGE_SUFFIXES - {".png"})
+    for stem in (f"{image.stem}_mask", image.stem):
+        for suffix in suffixes:
+            for candidate in (gt_dir / f"{stem}{suffix}", gt_dir / f"{stem}{suffix.upper()}"):
+                if candidate.is_file():
+                    return candidate
+    return None
 
 
 def read_category(category_dir: Path, image_size: int) -> RawClass:

@@ -143,6 +143,7 @@ def run_ablate(
         VARIANT_KEY,
         TrialPlan,
         check_resume,
+        interrupted_exit,
         reuse_processes,
         run_experiment,
     )
@@ -163,8 +164,11 @@ def run_ablate(
     plan = TrialPlan(full_spec, output, "ablate", variants=ablation.factors)
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=ablation.concurrent, reuse_actors=reuse_processes(spec.train))
     param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
-    run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
-                   objective="mean_val_image_auroc", mode="max", resume=resume, quiet=quiet, stream=stream)
+    received = run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
+                              objective="mean_val_image_auroc", mode="max", resume=resume, quiet=quiet,
+                              stream=stream)
+    if received:
+        return interrupted_exit(received, "ablate", spec, output, sys.stderr)
     if not quiet:
         stream.write(ablation_summary(output) + "\n")
     return 0

@@ -313,7 +313,10 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             reported.append(ci)
 
         resume = state["resume"] if ci == state["class_index"] else None
-        stored = None if resume is not None else _completed_row(run, ci, normal_class)
+        # A stored row wins over a mid-class checkpoint: a run stopped between writing a
+        # class's row and reporting its end resumes from an earlier checkpoint, and must
+        # not train the class again (its row would change).
+        stored = _completed_row(run, ci, normal_class)
         if stored is not None:
             # A restarted run (a resumed sweep, a retried worker group) keeps the row that
             # an earlier attempt wrote for this class and does not train it again.

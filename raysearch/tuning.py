@@ -25,12 +25,15 @@ optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -328,6 +331,54 @@ def check_resume(output: str, resume: bool, what: str) -> None:
                         key="--output")
 
 
+@contextlib.contextmanager
+def graceful_stop():
+    """Ctrl-C (SIGINT) and SIGTERM stop the Tune run the way Tune stops itself: trials are
+    checkpointed and stay resumable. Yields the list of signals received; a second signal
+    aborts at once (``--resume`` then continues from Tune's last snapshot).
+
+    Tune's own SIGINT handler is turned off (``TUNE_DISABLE_SIGINT_HANDLER``) so that the
+    signal is recorded here; the stop itself is Tune's SIGUSR1 handler, which it installs
+    during ``fit`` whatever that variable says.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signals reach the main thread only
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+def interrupted_exit(received: list[int], what: str, spec: Spec, output: str, stream: TextIO) -> int:
+    """The exit code of a run stopped by a signal (130 for SIGINT, 143 for SIGTERM), after
+    one line that says how to continue it."""
+    name = "SIGTERM" if signal.SIGTERM in received else "SIGINT"
+    stream.write(f"raysearch: {what} interrupted ({name}); finished trials and classes are kept. Continue with: "
+                 f"raysearch {what} {spec.source} --output {results.redact(output)} --resume "
+                 "(and the same --set options)\n")
+    stream.flush()
+    return 143 if name == "SIGTERM" else 130
+
+
 def run_experiment(
     spec: Spec,
     plan: TrialPlan,
@@ -341,8 +392,9 @@ def run_experiment(
     quiet: bool,
     stream: TextIO,
     study_sync: StudySync | None = None,
-) -> None:
-    """Run (or resume) a Tune experiment whose trials train ``plan``'s configs.
+) -> list[int]:
+    """Run (or resume) a Tune experiment whose trials train ``plan``'s configs; returns the
+    signals that stopped it (empty when it ran to its end).
 
     Ray must be initialised. A single-worker trial trains in its own Tune process, which
     holds the worker's CPUs and GPU share; a multi-worker trial (or any trial with
@@ -375,7 +427,11 @@ def run_experiment(
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
         )
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    tuner.fit()
+    # Tune's "Resume experiment with: Tuner.restore(...)" is not how raysearch resumes.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    with graceful_stop() as received:
+        tuner.fit()
+    return received
 
 
 def run_tune(
@@ -448,9 +504,12 @@ def run_tune(
         max_concurrent_trials=search.concurrent,
         reuse_actors=reuse_processes(spec.train),
     )
-    run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
-                   total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
-                   quiet=quiet, stream=stream, study_sync=sync)
+    received = run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
+                              total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
+                              quiet=quiet, stream=stream, study_sync=sync)
+    if received:  # interrupted trials stay RUNNING in the study: --resume finishes them
+        sync.push()
+        return interrupted_exit(received, "tune", spec, output, sys.stderr)
     _close_running(storage, spec.name)
     sync.push()
     if not quiet:

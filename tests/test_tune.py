@@ -156,6 +156,51 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(where, kill_at, 
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, demo_spec_path, tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM to the driver once a row is stored: it stops the way Tune
+    stops, exits 130 / 143 with the command that continues it, and leaves the interrupted
+    trials resumable (RUNNING, never FAIL, in the study); --resume finishes the sweep."""
+    out = str(tmp_path / "sweep")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = tmp_path / "driver.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(_tune_cmd(demo_spec_path, out), env=env, start_new_session=True, stdout=f,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not _row_files(out):
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=240) == code, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            try:  # the local Ray the driver started, should any of it be left
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    text = log.read_text()
+    assert f"raysearch: tune interrupted ({signal.Signals(signum).name})" in text and "--resume" in text
+    assert "Tuner.restore" not in text
+    study = study_of(out, "distcon-digits-demo")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    before = _row_files(out)
+
+    done = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = rows_of(out)
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert all(r["status"] == "completed" for r in rows)
+    after = _row_files(out)
+    assert all(after[name] == data for name, data in before.items())
+    states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
+
+
 def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, demo_spec_path, tmp_path):
     """SIGKILL a single-worker trial's process after its first checkpoint: Tune restarts
     the trial from it (train.max_failures), and the class's row records where it resumed."""

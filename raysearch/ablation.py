@@ -143,6 +143,7 @@ def run_ablate(
         VARIANT_KEY,
         TrialPlan,
         check_resume,
+        finished_runs,
         interrupted_exit,
         reuse_processes,
         run_experiment,
@@ -154,10 +155,16 @@ def run_ablate(
                         "pass another --output", key="--output")
     full_spec = resolve_base(spec, base)
     check_resume(output, resume, "ablation")
-    init_ray(address=address, num_cpus=num_cpus)
-    write_resolved_spec(full_spec, output)
     variants = ablation.variants()
     total = len(variants) * len(ablation.seeds)
+    if resume and finished_runs(output, "ablate", len(full_spec.classes())) >= total:
+        # Resuming a finished ablation changes nothing.
+        stream.write(f"raysearch ablate: {spec.name}: all {total} runs have finished; nothing to resume\n")
+        if not quiet:
+            stream.write(ablation_summary(output) + "\n")
+        return 0
+    init_ray(address=address, num_cpus=num_cpus)
+    write_resolved_spec(full_spec, output)
     if not quiet:
         stream.write(f"raysearch ablate: {spec.name}: {len(variants)} variants ({', '.join(variants)}) x "
                      f"{len(ablation.seeds)} seeds x {len(full_spec.classes())} classes -> {output}\n")

@@ -321,14 +321,39 @@ def experiment_paths(output: str) -> tuple[str, str]:
     return ray_dir, results.join(ray_dir, EXPERIMENT)
 
 
+# What an experiment folder holds once a run has started in it (a report folder does not count).
+EXPERIMENT_ENTRIES = ("ray", "results", "optuna.db", "checkpoints")
+
+
 def check_resume(output: str, resume: bool, what: str) -> None:
-    """Refuse to resume nothing, or to start over an existing experiment."""
+    """Refuse to resume nothing, or to start over (and mix with) an existing experiment."""
     _, experiment_path = experiment_paths(output)
     if resume and not _can_restore(experiment_path):
         raise SpecError(f"nothing to resume: no {what} state under {experiment_path}", key="--resume")
-    if not resume and _can_restore(experiment_path):
-        raise SpecError(f"{output} already holds a {what}; pass --resume to continue it or --output elsewhere",
-                        key="--output")
+    if not resume:
+        used = [name for name in EXPERIMENT_ENTRIES if results.exists(results.join(output, name))]
+        if used:
+            raise SpecError(f"{results.redact(output)} already holds an experiment ({', '.join(used)}); pass --resume "
+                            "to continue it or --output elsewhere", key="--output")
+
+
+def finished_runs(output: str, kind: str, n_classes: int) -> int:
+    """Trials of ``kind`` with a final row (completed, pruned or failed) for every class."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", results.UnreadableResultWarning)  # such a class is not done
+        try:
+            table = results.read_results(output)
+        except FileNotFoundError:
+            return 0
+    if table.num_rows == 0:
+        return 0
+    classes: dict[str, set[int]] = {}
+    for r in table.select(["kind", "trial_id", "class_index"]).to_pylist():
+        if r["kind"] == kind and r["class_index"] is not None:
+            classes.setdefault(r["trial_id"], set()).add(r["class_index"])
+    return sum(len(c) >= n_classes for c in classes.values())
 
 
 @contextlib.contextmanager
@@ -457,6 +482,12 @@ def run_tune(
     full = full_progress(spec)
     metric_keys = [f"mean_{m}" for m in search.metrics]
     check_resume(output, resume, "sweep")
+    if resume and finished_runs(output, "tune", len(spec.classes())) >= search.trials:
+        # Resuming a finished sweep changes nothing (no new study trial, no new row).
+        stream.write(f"raysearch tune: {spec.name}: all {search.trials} trials have finished; nothing to resume\n")
+        if not quiet:
+            stream.write(sweep_summary(output, search) + "\n")
+        return 0
     init_ray(address=address, num_cpus=num_cpus)
     write_resolved_spec(spec, output)
     sync = StudySync(output)

@@ -114,3 +114,34 @@ def test_concatenation_keeps_a_common_schema(tmp_path):
     with pytest.warns(results.UnreadableResultWarning):
         table = results.read_results(str(tmp_path))
     assert table.schema.field("val_image_auroc").type == pa.float64() and table.num_rows == 2
+
+
+# -- one experiment per folder ------------------------------------------------------------
+@pytest.mark.parametrize("entry", ["results", "optuna.db", "checkpoints", "ray"])
+def test_a_used_output_is_refused_without_resume(tmp_path, entry):
+    from raysearch.tuning import check_resume
+
+    out = tmp_path / "exp"
+    (out / "report").mkdir(parents=True)  # a report folder alone does not count
+    check_resume(str(out), resume=False, what="sweep")
+    target = out / entry
+    target.mkdir() if entry != "optuna.db" else target.write_bytes(b"")
+    with pytest.raises(SpecError, match=f"already holds an experiment \\({entry}\\); pass --resume"):
+        check_resume(str(out), resume=False, what="sweep")
+
+
+def test_finished_runs_counts_trials_with_a_final_row_for_every_class(tmp_path):
+    from raysearch.tuning import finished_runs
+
+    schema = results.results_schema({})
+    out = str(tmp_path / "results")
+    rows = {"a": [(0, "completed"), (1, "completed")], "b": [(0, "completed")], "c": [(0, "pruned"), (1, "pruned")],
+            "d": [(0, "failed"), (1, "failed")]}
+    for trial, classes in rows.items():
+        for ci, status in classes:
+            results.write_rows(out, schema, [{"trial_id": trial, "kind": "tune", "class_index": ci, "status": status}],
+                               f"{trial}--{ci:03d}")
+    results.write_rows(out, schema, [{"trial_id": "e", "kind": "train", "class_index": 0, "status": "completed"},
+                                     {"trial_id": "e", "kind": "train", "class_index": 1, "status": "completed"}], "e")
+    assert finished_runs(str(tmp_path), "tune", 2) == 3  # b misses a class; e is a train run
+    assert finished_runs(str(tmp_path / "nowhere"), "tune", 2) == 0

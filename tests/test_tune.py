@@ -199,6 +199,11 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, de
     states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
+    # Resuming the finished sweep changes nothing: no new study trial, no new row.
+    again = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=300)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stdout[-2000:]
+    assert [t.state for t in study_of(out, "distcon-digits-demo").trials] == states
+    assert _row_files(out) == after
 
 
 def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, demo_spec_path, tmp_path):

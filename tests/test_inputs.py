@@ -145,3 +145,37 @@ def test_finished_runs_counts_trials_with_a_final_row_for_every_class(tmp_path):
                                      {"trial_id": "e", "kind": "train", "class_index": 1, "status": "completed"}], "e")
     assert finished_runs(str(tmp_path), "tune", 2) == 3  # b misses a class; e is a train run
     assert finished_runs(str(tmp_path / "nowhere"), "tune", 2) == 0
+
+
+# -- bad data is found before anything starts ----------------------------------------------
+def test_every_broken_category_is_listed_before_training(tmp_path):
+    import shutil
+
+    from raysearch.data import DataNotFoundError, check_data
+    from raysearch.spec import DataSpec
+    from tests.test_data import write_mvtec
+
+    for category in ("ok", "emptytrain", "nodefects"):
+        write_mvtec(tmp_path, category=category)
+    for image in (tmp_path / "emptytrain" / "train" / "good").iterdir():
+        image.unlink()
+    shutil.rmtree(tmp_path / "nodefects" / "test" / "crack")
+    data = DataSpec(dataset="folder", root=str(tmp_path))
+    with pytest.raises(DataNotFoundError) as info:
+        check_data(data)
+    message = str(info.value)
+    assert "\n" not in message and f"{tmp_path / 'ok'}/" not in message  # the healthy class is not named
+    assert f"{tmp_path / 'emptytrain' / 'train' / 'good'} holds no images" in message
+    assert f"{tmp_path / 'nodefects' / 'test'} has no defect folder with images" in message
+    assert check_data(DataSpec(dataset="folder", root=str(tmp_path), classes=["ok"])) == ["ok"]
+
+
+def test_a_truncated_image_names_its_file(tmp_path):
+    from raysearch.data import DataNotFoundError
+    from raysearch.data.readers import _read_image
+
+    path = _png(tmp_path / "broken.png")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(path)
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(DataNotFoundError, match=f"cannot read image {path}"):
+        _read_image(path, 32)

@@ -28,6 +28,9 @@ __all__ = [
     "DATASETS",
     "DatasetInfo",
     "DataNotFoundError",
+    "IMAGE_SUFFIXES",
+    "NORMAL_FOLDERS",
+    "category_problems",
     "dataset_kind",
     "describe_dataset",
     "list_classes",
@@ -48,6 +51,31 @@ MVTEC_CATEGORIES = (
     "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )  # fmt: skip
 BTAD_CATEGORIES = ("01", "02", "03")
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+NORMAL_FOLDERS = ("good", "ok")  # MVTec AD, BTAD
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
+def category_problems(category_dir: Path) -> list[str]:
+    """What is missing in one MVTec-layout category folder (empty when it is usable)."""
+    train = next((category_dir / "train" / n for n in NORMAL_FOLDERS if (category_dir / "train" / n).is_dir()), None)
+    problems = []
+    if train is None:
+        problems.append(f"{category_dir / 'train'} has no good/ (or ok/) folder")
+    elif not _has_images(train):
+        problems.append(f"{train} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    test = category_dir / "test"
+    folders = [p for p in test.iterdir() if p.is_dir()] if test.is_dir() else []
+    if not any(p.name in NORMAL_FOLDERS and _has_images(p) for p in folders):
+        problems.append(f"{test} has no good/ folder with images")
+    if not any(p.name not in NORMAL_FOLDERS and _has_images(p) for p in folders):
+        problems.append(f"{test} has no defect folder with images")
+    return problems
 
 
 class DataNotFoundError(SpecError):
@@ -194,6 +222,10 @@ def check_data(data: DataSpec) -> list[str]:
                 raise DataNotFoundError(
                     f"category folder {root / missing[0]} (with train/ and test/) not found", key="data.root"
                 )
+            # Every problem of every class in one line, before any worker starts.
+            problems = [p for c in classes for p in category_problems(root / c)]
+            if problems:
+                raise DataNotFoundError("; ".join(problems), key="data.root")
     return classes
 
 

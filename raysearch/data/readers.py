@@ -19,13 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raysearch.data import DataNotFoundError, DatasetInfo, dataset_root
+from raysearch.data import (
+    IMAGE_SUFFIXES,
+    NORMAL_FOLDERS,
+    DataNotFoundError,
+    DatasetInfo,
+    dataset_root,
+)
 from raysearch.data.augment import resize
 
 __all__ = ["Pool", "RawClass", "digits", "cifar10", "cifar100", "imagenet30", "mvtec_layout", "toy_mvtec"]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-NORMAL_FOLDERS = ("good", "ok")  # MVTec AD, BTAD
 
 
 @dataclass
@@ -75,11 +79,14 @@ class RawClass:
 def _read_image(path: Path, size: int) -> torch.Tensor:
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files name no path
+        raise DataNotFoundError(f"cannot read image {path}: {err}", key="data.root") from None
 
 
 def _read_mask(path: Path | None, size: int) -> torch.Tensor:

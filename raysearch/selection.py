@@ -48,6 +48,8 @@ __all__ = [
     "family_metric",
     "trained_families",
     "default_families",
+    "families_of",
+    "validation_families",
     "resolve_selection",
     "selection_summary",
 ]
@@ -95,7 +97,7 @@ def _params_variants(spec: Any) -> Iterable[Mapping[str, Any]]:
         )
     keys = list(choices)
     for combo in itertools.product(*(choices[k] for k in keys)):
-        yield dict(zip(keys, combo))
+        yield dict(zip(keys, combo, strict=True))
     factors = (spec.ablations or {}).get("factors") or {}
     if isinstance(factors, Mapping):
         for overrides in factors.values():
@@ -119,10 +121,40 @@ def trained_families(spec: Any) -> frozenset[str]:
     return frozenset(out)
 
 
+def _held_out(trained: frozenset[str]) -> tuple[str, ...]:
+    return tuple(f for f in SYNTHETIC_FAMILIES if f not in trained)
+
+
 def default_families(spec: Any) -> tuple[str, ...]:
     """The known synthetic families minus every family the spec's configurations train on."""
-    trained = trained_families(spec)
-    return tuple(f for f in SYNTHETIC_FAMILIES if f not in trained)
+    return _held_out(trained_families(spec))
+
+
+def families_of(split: str, anomalies: str, synthesis: Iterable[str] | None,
+                has_others: bool = False) -> tuple[str, ...]:
+    """The families of a validation split, in order: the synthetic ones, then other classes.
+
+    A loaded spec has ``anomalies`` and ``synthesis`` resolved; for a bare
+    ``SelectionSpec`` (tests, notebooks) ``anomalies: auto`` takes other classes where the
+    dataset has them and ``synthesis`` null takes every known family.
+
+    Example:
+        >>> families_of("validation", "both", ["blur"])
+        ('blur', 'other_classes')
+    """
+    if split == "test":
+        return ()
+    if anomalies == "auto":
+        anomalies = OTHER_CLASSES if has_others else "synthetic"
+    if anomalies == OTHER_CLASSES:
+        return (OTHER_CLASSES,)
+    names = SYNTHETIC_FAMILIES if synthesis is None else tuple(synthesis)
+    return names + ((OTHER_CLASSES,) if anomalies == "both" else ())
+
+
+def validation_families(selection: Any, has_others: bool = False) -> tuple[str, ...]:
+    """The families of a ``SelectionSpec`` (see :func:`families_of`)."""
+    return families_of(selection.split, selection.anomalies, selection.synthesis, has_others)
 
 
 def _cache_key(spec: Any) -> str:
@@ -152,7 +184,7 @@ def selection_summary(spec: Any) -> str:
     sel = spec.selection
     if sel.split == "test":
         return f"the test set (paper-style selection); the epoch is picked by {sel.metric} on it"
-    families = list(sel.synthesis or ()) + ([OTHER_CLASSES] if sel.anomalies in ("other_classes", "both") else [])
+    families = validation_families(sel)
     trained = sorted(_trained_cached(spec))
     return (f"{', '.join(families)} ({sel.min_anomalies} per family) against >= {sel.min_normals} held-out "
             f"normals (selection.seed {sel.seed}); the epoch is picked by {sel.metric}"
@@ -177,7 +209,7 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
     else:
         trained = _trained_cached(spec)
         if sel.synthesis is None:
-            synthesis = tuple(f for f in SYNTHETIC_FAMILIES if f not in trained)
+            synthesis = _held_out(trained)
             if not synthesis:
                 raise SpecError("the spec's configurations train on every known synthetic family; name "
                                 "selection.synthesis with selection.allow_overlap: true", key="selection.synthesis")
@@ -185,14 +217,14 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
             synthesis = tuple(sel.synthesis)
             overlap = [f for f in synthesis if f in trained]
             if overlap and not sel.allow_overlap:
-                held_out = [f for f in SYNTHETIC_FAMILIES if f not in trained]
+                held_out = list(_held_out(trained))
                 raise SpecError(
                     f"validation families {overlap} are trained on by configurations of this spec (its values, "
                     f"search space or ablation factors), so selection would reward learning the generator; "
                     f"use families from {held_out} or set selection.allow_overlap: true",
                     key="selection.synthesis",
                 )
-    families = (synthesis or ()) + ((OTHER_CLASSES,) if sel.anomalies in ("other_classes", "both") and sel.split != "test" else ())
+    families = families_of(sel.split, sel.anomalies, synthesis)
 
     metric = sel.metric
     if metric is None:

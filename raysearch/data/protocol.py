@@ -26,9 +26,11 @@ import torch
 
 from raysearch.data.base import OneClassTask, Split
 from raysearch.data.readers import RawClass
+from raysearch.data.synthesis import synthesize_family
 from raysearch.schema import SpecError
+from raysearch.selection import OTHER_CLASSES, validation_families
 
-__all__ = ["make_task", "stratified_subset", "validation_split", "holdout_size", "validation_families"]
+__all__ = ["make_task", "stratified_subset", "validation_split", "holdout_size"]
 
 
 def _rng(seed: int, normal_class: str, stream: int) -> np.random.Generator:
@@ -61,9 +63,6 @@ def validation_split(normals: torch.Tensor, families: tuple[str, ...], count: in
                      seed: int, normal_class: str, dataset: str) -> Split:
     """Held-out ``normals`` plus ``count`` anomalies of every family, labelled by family
     (other-class anomalies come from ``raw.others``)."""
-    from raysearch.data.synthesis import synthesize_family
-    from raysearch.selection import OTHER_CLASSES
-
     images, masks, family_ids = [normals], [torch.zeros(len(normals), *normals.shape[-2:], dtype=torch.uint8)], [
         torch.full((len(normals),), -1, dtype=torch.int64)]
     with_masks = OTHER_CLASSES not in families
@@ -97,18 +96,6 @@ def holdout_size(n_train: int, selection) -> int:
     """Held-out normals: the ``holdout`` fraction, raised to ``min_normals`` as long as
     that takes at most half of the training normals."""
     return max(int(round(selection.holdout * n_train)), min(selection.min_normals, n_train // 2))
-
-
-def validation_families(selection, has_others: bool = False) -> tuple[str, ...]:
-    """The families of a selection. A spec resolves ``synthesis`` and ``anomalies`` when it
-    loads; a bare ``SelectionSpec`` (tests, notebooks) with ``synthesis`` null gets every
-    known family, and ``anomalies: auto`` other classes where the dataset has them."""
-    from raysearch.selection import OTHER_CLASSES, SYNTHETIC_FAMILIES
-
-    synthesis = tuple(SYNTHETIC_FAMILIES if selection.synthesis is None else selection.synthesis)
-    if selection.anomalies == "other_classes" or (selection.anomalies == "auto" and has_others):
-        return (OTHER_CLASSES,)
-    return synthesis + ((OTHER_CLASSES,) if selection.anomalies == "both" else ())
 
 
 def make_task(raw: RawClass, data, selection, seed: int, normal_class: str, dataset: str) -> OneClassTask:

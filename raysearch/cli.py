@@ -121,10 +121,9 @@ def _checked_spec(args: argparse.Namespace):
 def _print_notes(spec) -> None:
     """The method's warnings about this spec on this machine (stderr), before Ray starts."""
     from raysearch import registry
+    from raysearch.space import categorical_choices
 
-    space = (spec.search or {}).get("space") or {}
-    searched = {k: v["choice"] for k, v in space.items() if isinstance(v, dict) and isinstance(v.get("choice"), list)}
-    for line in registry.method_class(spec.method).notes(spec.params, searched):
+    for line in registry.method_class(spec.method).notes(spec.params, categorical_choices(spec.search)):
         print(line, file=sys.stderr)
 
 

@@ -78,14 +78,10 @@ VAL_METRICS = (*POOLED_VAL_METRICS, *FAMILY_METRICS)
 def _params_variants(spec: Any) -> Iterable[Mapping[str, Any]]:
     """Dotted ``params.*`` overrides of every configuration the spec can run (as far as
     categorical choices go: numbers never change what a method trains on)."""
+    from raysearch.space import categorical_choices  # space imports this module
+
     yield {}
-    space = (spec.search or {}).get("space") or {}
-    choices = {}
-    if isinstance(space, Mapping):
-        for key, entry in space.items():
-            if str(key).startswith("params.") and isinstance(entry, Mapping) and isinstance(entry.get("choice"), list):
-                values = ["-".join(map(str, c)) if isinstance(c, list) else c for c in entry["choice"]]
-                choices[str(key)] = values
+    choices = {k: v for k, v in categorical_choices(spec.search).items() if k.startswith("params.")}
     count = 1
     for values in choices.values():
         count *= len(values)

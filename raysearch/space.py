@@ -26,7 +26,7 @@ from typing import Any, Literal
 from raysearch.schema import SpecError, build
 from raysearch.selection import FAMILY_METRICS
 
-__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "METRICS"]
+__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "METRICS"]
 
 # Metrics a search may optimise (class means over the classes a trial finished).
 METRICS = {
@@ -115,6 +115,27 @@ def _as_tuple(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def _choice_value(value: Any) -> Any:
+    """A choice as the search samples it: lists (rotation sets) joined by '-', as Optuna stores strings."""
+    return "-".join(map(str, value)) if isinstance(value, list) else value
+
+
+def categorical_choices(search: Mapping[str, Any] | None) -> dict[str, list]:
+    """The categorical entries of a raw ``search`` block: dotted key -> its choices.
+
+    Works on an unchecked block (for checks that run before :func:`parse_search`).
+
+    Example:
+        >>> categorical_choices({"space": {"params.rotations": {"choice": [[0, 180], "0"]}, "train.lr": {"float": [0.1, 1]}}})
+        {'params.rotations': ['0-180', '0']}
+    """
+    space = (search or {}).get("space") or {}
+    if not isinstance(space, Mapping):
+        return {}
+    return {str(k): [_choice_value(c) for c in v["choice"]] for k, v in space.items()
+            if isinstance(v, Mapping) and isinstance(v.get("choice"), list)}
+
+
 def _parse_param(key: str, entry: Any) -> Param:
     where = f"search.space.{key}"
     if not isinstance(entry, Mapping):
@@ -137,7 +158,7 @@ def _parse_param(key: str, entry: Any) -> Param:
         if not isinstance(choices, list) or not choices:
             raise SpecError("choice: expected a non-empty list", key=where)
         # Lists (rotation sets) are valid choices; Optuna stores them as strings.
-        choices = tuple("-".join(map(str, c)) if isinstance(c, list) else c for c in choices)
+        choices = tuple(_choice_value(c) for c in choices)
         return Param(key, "choice", choices=choices, when=when)
     bounds = entry[kind]
     if (

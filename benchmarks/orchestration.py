@@ -91,7 +91,7 @@ def breakdown_part(repeats: int) -> dict:
 
     from raysearch.data import load_task
     from raysearch.spec import load_spec
-    from raysearch.training import init_ray
+    from raysearch.ray_setup import init_ray
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # as raysearch.tuning does
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -136,7 +136,7 @@ def sweep_part(n_trials: int) -> dict:
     from raysearch.loop import train_class
     from raysearch.space import parse_search
     from raysearch.spec import load_spec
-    from raysearch.training import init_ray
+    from raysearch.ray_setup import init_ray
     from raysearch.tuning import run_tune
 
     spec = load_spec(SPEC, TINY + [f"search.trials={n_trials}", "search.concurrent=1",
@@ -197,7 +197,7 @@ def health_child(interval: str, epochs: int) -> None:
 
     from raysearch.runner import run_train
     from raysearch.spec import load_spec
-    from raysearch.training import init_ray
+    from raysearch.ray_setup import init_ray
 
     spec = load_spec(SPEC, TINY + [f"train.epochs={epochs}", "train.eval_every=1"])
     out = tempfile.mkdtemp(prefix="raysearch-bench-health-")

@@ -138,7 +138,7 @@ def run_ablate(
     from ray import tune
 
     from raysearch.runner import write_resolved_spec
-    from raysearch.training import init_ray
+    from raysearch.ray_setup import init_ray
     from raysearch.tuning import (
         VARIANT_KEY,
         TrialPlan,

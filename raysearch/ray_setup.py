@@ -1,4 +1,6 @@
-"""Set-up run in every Ray worker process of raysearch (``worker_process_setup_hook``).
+"""Ray start-up for raysearch: :func:`init_ray` and the set-up of every Ray worker process.
+
+:func:`setup_worker` runs in every worker process (``worker_process_setup_hook``).
 
 Ray Train 2.60 removes a run's placement group from a small detached actor that polls
 the State API to see whether the run's controller is still alive. Under load (a busy
@@ -11,7 +13,18 @@ the poller already handles by polling again.
 
 from __future__ import annotations
 
-__all__ = ["setup_worker"]
+import os
+from typing import Any
+
+__all__ = ["init_ray", "setup_worker"]
+
+# Train's controller polls workers this often; every report waits for a poll (2 s by
+# default), which dominates short epochs. Measured in benchmarks/.
+HEALTH_CHECK_INTERVAL_S = "0.2"
+# Train gives a worker group 60 s to start before it retries; a retry left the first
+# attempt's placement group reserved (Ray 2.60), and on a busy small machine, where
+# importing torch alone can take that long, the sweep then waited forever for CPUs.
+WORKER_GROUP_START_TIMEOUT_S = "900"
 
 
 def setup_worker() -> None:
@@ -34,3 +47,41 @@ def setup_worker() -> None:
 
     is_actor_alive._raysearch_patched = True  # type: ignore[attr-defined]
     cleaner.is_actor_alive = is_actor_alive
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+    """Connect to a cluster (``address``) or start a local Ray on this machine.
+
+    The dashboard runs (Train's placement-group cleanup needs the State API it serves)
+    but listens on 127.0.0.1 only.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized():
+        return
+    env_vars = {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
+    }
+    kwargs: dict[str, Any] = dict(
+        log_to_driver=log_to_driver,
+        # ray_setup keeps Train's placement-group cleaner alive under load (see there).
+        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "raysearch.ray_setup.setup_worker"},
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            address="local",  # a new local Ray, never a cluster that `ray start` left on this machine
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            **kwargs,
+        )
+

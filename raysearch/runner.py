@@ -94,11 +94,11 @@ def run_train(
     """Train ``spec`` once; returns (exit code, result rows of this run)."""
     from ray.util.queue import Empty, Queue
 
+    from raysearch.ray_setup import init_ray
     from raysearch.training import (
         RunInfo,
         config_schema,
         failed_row,
-        init_ray,
         make_trainer,
         results_dir,
         row_name,

@@ -31,16 +31,7 @@ from raysearch.loop import ClassResult, selection_metric, train_class
 from raysearch.schema import field_paths
 from raysearch.spec import Spec, config_hash, spec_from_dict
 
-__all__ = ["RunInfo", "TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "config_schema", "failed_row", "git_commit", "init_ray"]
-
-# Train's controller polls workers this often; every report waits for a poll (2 s by
-# default), which dominates short epochs. Measured in benchmarks/.
-HEALTH_CHECK_INTERVAL_S = "0.2"
-# Train gives a worker group 60 s to start before it retries; a retry left the first
-# attempt's placement group reserved (Ray 2.60), and on a busy small machine, where
-# importing torch alone can take that long, the sweep then waited forever for CPUs.
-WORKER_GROUP_START_TIMEOUT_S = "900"
-
+__all__ = ["RunInfo", "TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "config_schema", "failed_row", "git_commit"]
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -419,41 +410,3 @@ def make_trainer(
             callbacks=callbacks,
         ),
     )
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
-    """Connect to a cluster (``address``) or start a local Ray on this machine.
-
-    The dashboard runs (Train's placement-group cleanup needs the State API it serves)
-    but listens on 127.0.0.1 only.
-    """
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if ray.is_initialized():
-        return
-    env_vars = {
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
-        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
-    }
-    kwargs: dict[str, Any] = dict(
-        log_to_driver=log_to_driver,
-        # ray_setup keeps Train's placement-group cleaner alive under load (see there).
-        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "raysearch.ray_setup.setup_worker"},
-        configure_logging=True,
-        logging_level="WARNING",
-    )
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(
-            address="local",  # a new local Ray, never a cluster that `ray start` left on this machine
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            **kwargs,
-        )
-

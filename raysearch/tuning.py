@@ -476,7 +476,7 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from raysearch.training import init_ray
+    from raysearch.ray_setup import init_ray
 
     search = with_budget(parse_search(spec), trials, concurrent)
     full = full_progress(spec)

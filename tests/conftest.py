@@ -18,7 +18,7 @@ def ray_session():
     """
     import ray
 
-    from raysearch.training import init_ray
+    from raysearch.ray_setup import init_ray
 
     init_ray(num_cpus=4)
     yield ray

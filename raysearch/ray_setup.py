@@ -67,6 +67,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
         "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
     }
+    if os.environ.get("RAYSEARCH_TEST_EVENTS"):  # see raysearch.training.test_event
+        env_vars["RAYSEARCH_TEST_EVENTS"] = os.environ["RAYSEARCH_TEST_EVENTS"]
     kwargs: dict[str, Any] = dict(
         log_to_driver=log_to_driver,
         # ray_setup keeps Train's placement-group cleaner alive under load (see there).

@@ -240,6 +240,25 @@ class TrialSession(_Session):
         return model
 
 
+TEST_EVENTS = "RAYSEARCH_TEST_EVENTS"
+
+
+def test_event(name: str) -> None:
+    """A hook for tests that stop a run at a known point instead of sleeping.
+
+    With ``RAYSEARCH_TEST_EVENTS`` set to a folder, rank 0 creates ``<folder>/<name>``
+    after each checkpointed report, then waits while ``<folder>/hold`` exists. Unset (as
+    in every real run) it does nothing.
+    """
+    folder = os.environ.get(TEST_EVENTS)
+    if not folder:
+        return
+    with open(os.path.join(folder, name), "w"):
+        pass
+    while os.path.exists(os.path.join(folder, "hold")):
+        time.sleep(0.05)
+
+
 def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
     """``train_loop_per_worker``: every class of the spec, in order, on this worker.
 
@@ -301,6 +320,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
                 with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as tmp:
                     torch.save(saved, os.path.join(tmp, "state.pt"))
                     session.report(metrics, tmp)  # persisted to the run's storage before it returns
+                if rank == 0:
+                    test_event(f"checkpoint-{run.trial_id}-{ci}-{metrics.get('epoch')}")
             reported.append(ci)
 
         resume = state["resume"] if ci == state["class_index"] else None

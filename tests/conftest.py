@@ -10,16 +10,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def run_events(tmp_path_factory) -> str:
+    """The folder where runs mark each checkpointed report (``raysearch.training.test_event``).
+
+    A test waits for ``checkpoint-<trial>-<class index>-<epoch>`` there instead of
+    sleeping; while a file ``hold`` exists there, runs wait after such a report.
+    """
+    return str(tmp_path_factory.mktemp("run-events"))
+
+
+@pytest.fixture(scope="session")
+def ray_session(run_events):
     """A local Ray with the dashboard on 127.0.0.1 (Train's cleanup needs it).
 
     Four logical CPUs on a 2-core machine: a placement group that Ray fails to release
     (seen under heavy load) makes a test fail its own check instead of hanging the suite.
+    Its workers mark checkpointed reports in ``run_events``.
     """
     import ray
 
     from raysearch.ray_setup import init_ray
 
+    os.environ["RAYSEARCH_TEST_EVENTS"] = run_events
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,23 +29,43 @@ __all__ = ["best_trials", "export_best"]
 _SECTIONS = ("data", "selection", "train")
 
 
-def best_trials(experiment: str, metric: str, mode: str = "max") -> list[dict[str, Any]]:
-    """Trials that completed every class, best first: trial id, value, per-class rows."""
-    table = results.read_results(experiment)
-    rows = table.to_pylist() if table.num_rows else []
-    by_trial: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_trial.setdefault(r["trial_id"], []).append(r)
-    most = max((len(rs) for rs in by_trial.values()), default=0)
+def best_trials(experiment: str, metric: str, mode: str = "max", n_classes: int | None = None,
+                kind: str | None = None) -> list[dict[str, Any]]:
+    """Trials that completed every class, best first (the ranking of
+    :func:`analysis.rank.trial_table`): trial id, value and per-class rows."""
+    from analysis.load import load_results
+    from analysis.rank import trial_table
+
+    df = load_results(experiment)
+    if kind is not None and not df.empty:
+        df = df[df["kind"] == kind]
+    if df.empty:
+        return []
+    table = trial_table(df, metric, mode, n_classes)
     ranked = []
-    for tid, rs in by_trial.items():
-        if len(rs) < most or any(r["status"] != "completed" or r.get(metric) is None for r in rs):
-            continue
-        value = sum(float(r[metric]) for r in rs) / len(rs)
-        if math.isfinite(value):
-            ranked.append({"trial_id": tid, "value": value, "rows": sorted(rs, key=lambda r: r["class_index"])})
-    ranked.sort(key=lambda t: (-t["value"] if mode == "max" else t["value"], t["trial_id"]))
+    for trial in table[table["complete"]].itertuples():
+        rows = results_of(df, trial.trial_id)
+        ranked.append({"trial_id": trial.trial_id, "value": float(trial.mean), "rows": rows})
     return ranked
+
+
+def results_of(df, trial_id: str) -> list[dict[str, Any]]:
+    """The completed rows of one trial in class order, as plain dicts."""
+    rows = df[(df["trial_id"] == trial_id) & (df["status"] == "completed")]
+    rows = rows.sort_values("class_index").drop_duplicates("class_index", keep="last")
+    ints = {name for name, (tp, _) in results.ROW_FIELDS.items() if str(tp) == "int64"}
+    return [{k: _plain(v, k in ints) for k, v in r.items()} for r in rows.to_dict("records")]
+
+
+def _plain(value: Any, integer: bool) -> Any:
+    """A cell as YAML writes it plainly: None for a missing value, int for an integer field."""
+    import pandas as pd
+
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None
+    if integer:
+        return int(value)
+    return value.item() if hasattr(value, "item") else value
 
 
 def _apply_flat(spec: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.load import IGNORED_CONFIG_KEYS, prepare
 
-__all__ = ["rank_configs", "per_class_table", "history_table", "varying_params", "t_interval"]
+__all__ = ["trial_table", "rank_configs", "per_class_table", "history_table", "varying_params", "t_interval"]
 
 MODES = ("max", "min")
 
@@ -62,6 +62,63 @@ def _finished(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return df[(df["status"] == "completed") & np.isfinite(values)]
 
 
+TRIAL_STATUSES = ("completed", "pruned", "failed", "unfinished")
+
+
+def trial_table(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "max",
+                n_classes: int | None = None) -> pd.DataFrame:
+    """One row per trial (a sweep trial, an ablation run or a train run), best first: the
+    one ranking of trials that the console summary, ``export``, an ablation's ``--base``
+    and the report use.
+
+    A trial's ``status`` is ``failed`` when a class failed, ``pruned`` when the scheduler
+    stopped it, ``completed`` when it has a completed row with a finite ``metric`` for
+    each of the ``n_classes`` classes (default: as many as the experiment's rows name), and
+    ``unfinished`` otherwise (interrupted, or still running). Only completed trials are
+    complete and ranked (``rank`` 1 = best ``mean``, ties by trial id); the others follow
+    with no rank. Columns: ``rank``, ``trial_id``, ``kind``, ``optuna_trial``,
+    ``variant``, ``seed``, ``config_key``, ``status``, ``classes_done``, ``mean`` (over
+    the classes done), ``complete``.
+
+    Example:
+        >>> rows = pd.DataFrame({"trial_id": ["a", "a", "b"], "class_index": [0, 1, 0],
+        ...                      "val_image_auroc": [0.75, 0.25, 0.5]})
+        >>> trial_table(rows)[["trial_id", "status", "mean"]].values.tolist()
+        [['a', 'completed', 0.5], ['b', 'unfinished', 0.5]]
+    """
+    df = prepare(df)
+    _check(df, metric, mode)
+    columns = ["rank", "trial_id", "kind", "optuna_trial", "variant", "seed", "config_key", "status",
+               "classes_done", "mean", "complete"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    index = pd.to_numeric(df["class_index"], errors="coerce")
+    if n_classes is None:
+        n_classes = int(index.max()) + 1 if index.notna().any() else int(df.groupby("trial_id")["normal_class"].nunique().max())
+    values = pd.to_numeric(df[metric], errors="coerce")
+    done = (df["status"] == "completed") & np.isfinite(values)
+    df = df.assign(_value=values.where(done), _done=done, _class=index.astype(object).where(index.notna(), df["normal_class"]))
+    rows = []
+    for tid, trial in df.groupby("trial_id", sort=False):
+        statuses = set(trial["status"])
+        classes_done = trial.loc[trial["_done"], "_class"].nunique()
+        status = ("failed" if "failed" in statuses else "pruned" if "pruned" in statuses
+                  else "completed" if classes_done >= n_classes else "unfinished")
+        first = trial.iloc[0]
+        rows.append({"trial_id": str(tid), "kind": first["kind"], "optuna_trial": first["optuna_trial"],
+                     "variant": first["variant"], "seed": first["seed"], "config_key": first["config_key"],
+                     "status": status, "classes_done": int(classes_done), "mean": trial["_value"].mean(),
+                     "complete": status == "completed"})
+    table = pd.DataFrame(rows)
+    table["_order"] = -table["mean"] if mode == "max" else table["mean"]
+    table = table.sort_values(["complete", "_order", "trial_id"], ascending=[False, True, True],
+                              na_position="last", kind="stable").drop(columns="_order")
+    ranks = np.arange(1, len(table) + 1, dtype=float)
+    table.insert(0, "rank", np.where(table["complete"], ranks, np.nan))
+    table["rank"] = table["rank"].astype("Int64")
+    return table.reset_index(drop=True)[columns]
+
+
 def varying_params(df: pd.DataFrame) -> pd.DataFrame:
     """One row per ``config_key`` with the config keys whose values differ between configs.
 
@@ -82,14 +139,15 @@ def varying_params(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "max",
-                 confidence: float = 0.95) -> pd.DataFrame:
+                 confidence: float = 0.95, n_classes: int | None = None) -> pd.DataFrame:
     """One row per configuration, ranked by ``metric`` aggregated over its classes and seeds.
 
     Columns: ``rank``; ``config_key``; ``mean``, ``std``, ``n`` (runs = (seed, class)
     pairs), ``ci_low``/``ci_high`` (Student-t interval at ``confidence``, treating each run
     as one observation, so it covers class-to-class as well as seed-to-seed spread);
     ``n_seeds``; ``n_classes`` finished vs ``max_classes`` (the most any configuration
-    has); ``complete`` (all ``max_classes`` classes finished, for every one of its seeds);
+    has); ``complete`` (every trial of the configuration completed all ``n_classes``
+    classes, see :func:`trial_table`);
     ``mean_rank`` (rank the configurations within each class by their seed-mean there, 1 =
     best, then average over the config's classes); ``<test metric>_mean`` beside a ``val_``
     metric, for reading only; ``n_trials`` and ``trial_ids``; then the config keys that
@@ -123,9 +181,11 @@ def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = 
     table["n_seeds"] = g["seed"].nunique(dropna=False)
     table["n_classes"] = g["normal_class"].nunique()
     table["max_classes"] = int(table["n_classes"].max())
-    cells = done.drop_duplicates(["config_key", "seed", "normal_class"]).groupby("config_key").size()
-    table["complete"] = (table["n_classes"] == table["max_classes"]) & (
-        cells.reindex(table.index) == table["n_seeds"] * table["n_classes"])
+    # Complete: every trial of the configuration is (see trial_table).
+    trials = trial_table(df, metric, mode, n_classes)
+    complete = set(trials.loc[trials["complete"], "trial_id"])
+    all_complete = df.groupby("config_key")["trial_id"].agg(lambda s: set(map(str, s)) <= complete)
+    table["complete"] = all_complete.reindex(table.index).fillna(False).astype(bool)
 
     # Rank aggregation: within each class, rank configs by their seed-mean (1 = best).
     per_class = done.groupby(["normal_class", "config_key"])[metric].mean()
@@ -169,7 +229,7 @@ def history_table(source: Any, metric: str = "val_image_auroc", mode: str = "max
 
     ``source`` is a results DataFrame (a trial's value is its ``metric`` averaged over its
     classes, as the sweep's objective is; a trial counts as completed only if all its rows
-    are) or an Optuna study (values[0] of each trial, or the objective named ``metric`` in
+    are, see :func:`trial_table`) or an Optuna study (values[0] of each trial, or the objective named ``metric`` in
     ``study.metric_names``). Columns: ``order`` (Optuna trial number where known),
     ``trial``, ``status``, ``value`` (NaN unless completed), ``best_so_far``.
     """
@@ -178,19 +238,12 @@ def history_table(source: Any, metric: str = "val_image_auroc", mode: str = "max
     if isinstance(source, pd.DataFrame):
         df = prepare(source)
         _check(df, metric, mode)
-        df = df[df["kind"].isin(["tune"])] if (df["kind"] == "tune").any() else df
-        rows = []
-        for tid, trial in df.groupby("trial_id", sort=False):
-            statuses = set(trial["status"])
-            status = ("completed" if statuses == {"completed"} else "failed" if "failed" in statuses
-                      else "pruned" if "pruned" in statuses else "other")
-            value = pd.to_numeric(trial[metric], errors="coerce").mean() if status == "completed" else math.nan
-            number = trial["optuna_trial"].dropna()
-            started = trial["timestamp"].dropna()
-            rows.append({"order": float(number.iloc[0]) if len(number) else math.nan,
-                         "started": started.min() if len(started) else None,
-                         "trial": str(tid), "status": status, "value": value})
-        table = pd.DataFrame(rows, columns=["order", "started", "trial", "status", "value"])
+        df = df[df["kind"] == "tune"] if (df["kind"] == "tune").any() else df
+        trials = trial_table(df, metric, mode)
+        started = df.groupby("trial_id")["timestamp"].min()
+        table = pd.DataFrame({"order": pd.to_numeric(trials["optuna_trial"], errors="coerce").astype(float),
+                              "started": trials["trial_id"].map(started), "trial": trials["trial_id"],
+                              "status": trials["status"], "value": trials["mean"].where(trials["complete"])})
         table = table.sort_values(["order", "started", "trial"], na_position="last", kind="stable")
         table = table.drop(columns="started")
         if table["order"].isna().any():  # no Optuna numbers: number the trials as sorted

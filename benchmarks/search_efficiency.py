@@ -8,7 +8,7 @@
    validation AUROC of the selected epoch), exactly the values a sweep's scheduler and
    searcher see at ``progress`` 1..6.
 2. Replay: a simulated sequential search (one trial at a time) asks Optuna for a config
-   (ask/tell; the sampler as :func:`raysearch.tuning.make_sampler` builds it), looks its
+   (ask/tell; the sampler as :func:`raysearch.searcher.make_sampler` builds it), looks its
    curve up epoch by epoch and counts compute in epochs. ASHA is Ray's rule (rungs at 1
    and 3 epochs for grace 1, reduction factor 3, max 6; a trial stops at a rung when its
    value is below the (1 - 1/3) quantile of the values recorded there before it). A
@@ -127,7 +127,7 @@ def simulate(curves: dict[str, list[float]], sampler: str, asha: bool, seed: int
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    if sampler == "tpe":  # as raysearch.tuning.make_sampler builds it
+    if sampler == "tpe":  # as raysearch.searcher.make_sampler builds it
         s = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     else:
         s = optuna.samplers.RandomSampler(seed=seed)

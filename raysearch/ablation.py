@@ -137,17 +137,18 @@ def run_ablate(
     """Run (or resume) the ablation study of ``spec`` in ``output``; returns the exit code."""
     from ray import tune
 
-    from raysearch.runner import write_resolved_spec
-    from raysearch.ray_setup import init_ray
-    from raysearch.tuning import (
+    from raysearch.experiment import (
         VARIANT_KEY,
         TrialPlan,
         check_resume,
         finished_runs,
         interrupted_exit,
+        resume_hint,
         reuse_processes,
         run_experiment,
     )
+    from raysearch.ray_setup import init_ray
+    from raysearch.results import write_resolved_spec
 
     ablation = parse_ablations(spec)
     if base is not None and "://" not in base and os.path.abspath(os.path.expanduser(base)) == os.path.abspath(output):
@@ -175,7 +176,8 @@ def run_ablate(
                               objective="mean_val_image_auroc", mode="max", resume=resume, quiet=quiet,
                               stream=stream)
     if received:
-        return interrupted_exit(received, "ablate", spec, output, sys.stderr)
+        return interrupted_exit(received, "ablate", "finished runs and classes are kept",
+                                resume_hint("ablate", spec, output), sys.stderr)
     if not quiet:
         stream.write(ablation_summary(output) + "\n")
     return 0
@@ -184,7 +186,7 @@ def run_ablate(
 def ablation_summary(output: str) -> str:
     """Each factor's paired effect against the full model (validation and test AUROC)."""
     from analysis import ablation_table, load_results
-    from raysearch.runner import format_table
+    from raysearch.progress import format_table
 
     try:
         table = ablation_table(load_results(output))

@@ -1,4 +1,4 @@
-"""The results store: a Parquet dataset with one file per finished trial and class.
+"""The results store and its rows: a Parquet dataset with one file per finished trial and class.
 
 Each file is written under a temporary name and renamed, so a reader never sees half a
 file and concurrent trials never collide; a rerun of the same (trial, class) replaces its
@@ -9,6 +9,11 @@ or duckdb's ``read_parquet('DIR/results/*.parquet')`` read the store as it is.
 
 Storage is a local path or a cloud URI (``s3://bucket/prefix``) through pyarrow
 filesystems; this module imports neither torch nor ray.
+
+Rows are built here too (:func:`base_row`, :func:`unfinished_row`); the row of a
+finished class adds what training measured (``raysearch.training.class_row``). A class
+that did not finish gets its failed or pruned row from :func:`write_unfinished_rows`,
+the one writer of such rows for train, tune and ablate.
 
 Example:
     >>> table = read_results("raysearch-results/distcon-demo")  # doctest: +SKIP
@@ -21,18 +26,24 @@ import json
 import os
 import posixpath
 import re
+import subprocess
+import time
 import types
 import typing
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raysearch.selection import FAMILY_METRICS
+from raysearch.selection import FAMILY_METRICS, selection_metric
+
+if TYPE_CHECKING:
+    from raysearch.spec import Spec
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -47,6 +58,16 @@ __all__ = [
     "read_bytes",
     "exists",
     "UnreadableResultWarning",
+    "RunInfo",
+    "results_dir",
+    "row_name",
+    "config_schema",
+    "base_row",
+    "unfinished_row",
+    "completed_row",
+    "write_unfinished_rows",
+    "failure_reason",
+    "write_resolved_spec",
 ]
 
 SPLITS = ("val", "test")
@@ -256,3 +277,152 @@ def read_results(experiment_dir: str) -> pa.Table:
         # others: read them one by one and skip, with a warning, what cannot be read.
         tables = [t for t in (_read_file(fs, f) for f in files) if t is not None]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def write_resolved_spec(spec: Spec, storage: str, name: str = "spec.yaml") -> str:
+    """Write the full resolved spec (defaults filled in) into the experiment folder."""
+    import yaml
+
+    uri = join(storage, name)
+    write_bytes(uri, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+    return uri
+
+
+# ---------------------------------------------------------------------------------------
+# Rows of a run
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where and under which names a run writes its results."""
+
+    experiment: str
+    kind: str  # train | tune | ablate
+    trial_id: str
+    storage: str  # the experiment folder or URI; results/ and checkpoints/ live inside
+    optuna_trial: int | None = None
+    variant: str | None = None
+
+
+def results_dir(storage: str) -> str:
+    """The results folder of an experiment folder or URI."""
+    return join(storage, "results")
+
+
+def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
+    """File name of a (run, class) row: the same on a rerun, so resumes never duplicate."""
+    return f"{run.trial_id}--{class_index:03d}-{normal_class}"
+
+
+def config_schema(spec: Spec) -> pa.Schema:
+    """The results schema of a spec's method (typed config columns)."""
+    from raysearch import registry
+    from raysearch.schema import field_paths
+    from raysearch.spec import DataSpec, SelectionSpec, TrainSpec
+
+    types_: dict[str, Any] = {f"params.{k}": v for k, v in field_paths(registry.params_class(spec.method)).items()}
+    for section, cls in (("data", DataSpec), ("selection", SelectionSpec), ("train", TrainSpec)):
+        types_.update({f"{section}.{k}": v for k, v in field_paths(cls).items()})
+    return results_schema(types_)
+
+
+def git_commit() -> str | None:
+    """The commit of the installed source tree, where it is a git checkout."""
+    import raysearch
+
+    here = os.path.dirname(os.path.abspath(raysearch.__file__))
+    try:
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def base_row(spec: Spec, run: RunInfo) -> dict[str, Any]:
+    """The fields every row of a run has: who ran what, with which config and code."""
+    import raysearch
+    from raysearch.spec import config_hash
+
+    flat = spec.flat_config()
+    row = {
+        "experiment": run.experiment,
+        "kind": run.kind,
+        "trial_id": run.trial_id,
+        "optuna_trial": run.optuna_trial,
+        "variant": run.variant,
+        "method": spec.method,
+        "dataset": spec.data.dataset,
+        "seed": spec.train.seed,
+        "selection_split": spec.selection.split,
+        "selection_metric": selection_metric(spec),
+        "config_hash": config_hash(flat),
+        "config_json": json.dumps(flat, sort_keys=True, default=str),
+        "workers": spec.train.workers,
+        "package_version": raysearch.__version__,
+        "git_commit": git_commit(),
+        "timestamp": int(time.time()),
+    }
+    row.update({k: v for k, v in flat.items() if k != "method"})
+    return row
+
+
+def unfinished_row(spec: Spec, run: RunInfo, reason: str, normal_class: str | None, class_index: int | None,
+                   status: str = "failed") -> dict[str, Any]:
+    """The row of a class that did not finish (``failed`` or ``pruned``), with its reason."""
+    row = base_row(spec, run)
+    row.update(status=status, error=reason, normal_class=normal_class, class_index=class_index)
+    return row
+
+
+def completed_row(run: RunInfo, class_index: int, normal_class: str) -> dict[str, Any] | None:
+    """The stored row of a class that this run completed, or None."""
+    rows = read_row_file(results_dir(run.storage), row_name(run, class_index, normal_class))
+    return rows[0] if rows and rows[0]["status"] == "completed" else None
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*([\w.]+(Error|Exception|Diverged|Failed)\b)(:|$)")
+_TRIAL_FAILED = "TrialFailed: "  # the marker of a trial's own reason in Tune's error text
+
+
+def failure_reason(error: BaseException | str | None) -> str:
+    """The reason line of a failed row, from an exception or an error text.
+
+    A trial's own reason (``TrialFailed: ...``) where the text carries one, else the
+    innermost readable cause (its last ``SomeError: ...`` line), else, where Ray cut the
+    traceback short, its last line.
+    """
+    if error is None or (isinstance(error, str) and not error.strip()):
+        return "the run failed (no error text)"
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Output truncated" not in ln]
+    for ln in reversed(lines):
+        if _TRIAL_FAILED in ln:
+            return ln.split(_TRIAL_FAILED, 1)[1].strip()[:500]
+    for ln in reversed(lines):
+        if _EXCEPTION_LINE.match(ln):
+            return ln[:500]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+def write_unfinished_rows(spec: Spec, run: RunInfo, reason: str, status: str = "failed",
+                          classes: Iterable[tuple[int, str]] | None = None) -> int:
+    """Write a ``status`` row with ``reason`` for every class of the run that has no completed
+    row (of ``classes``, default all of the spec's); returns how many were written.
+
+    The one writer of failed and pruned rows: a run that stopped, failed or was stopped
+    early by the scheduler leaves one row per class, and a class that finished keeps its
+    row.
+    """
+    schema = config_schema(spec)
+    written = 0
+    for index, name in (enumerate(spec.classes()) if classes is None else classes):
+        if completed_row(run, index, name) is not None:
+            continue
+        write_rows(results_dir(run.storage), schema, [unfinished_row(spec, run, reason, name, index, status)],
+                   row_name(run, index, name))
+        written += 1
+    return written

@@ -52,6 +52,7 @@ __all__ = [
     "validation_families",
     "resolve_selection",
     "selection_summary",
+    "selection_metric",
 ]
 
 SYNTHETIC_FAMILIES = ("cutpaste", "scar", "perlin", "patchswap", "elastic", "blur", "noise")
@@ -235,3 +236,10 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
         raise SpecError(f"{metric} needs pixel masks, and other-class validation anomalies have none; "
                         "use val_image_auroc", key="selection.metric")
     return {"synthesis": synthesis, "metric": metric}
+
+
+def selection_metric(spec: Any) -> str:
+    """The metric that picks each class's best epoch: ``selection.metric``, resolved when the
+    spec loaded (the search's first objective when it is a val_* metric, else
+    val_image_auroc). With ``selection.split: test`` the val_* metrics are the test set's."""
+    return spec.selection.metric or "val_image_auroc"

@@ -16,88 +16,21 @@ import io
 import json
 import math
 import os
-import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-import raysearch
 from raysearch import registry, results
 from raysearch.data import load_task
-from raysearch.loop import ClassResult, selection_metric, train_class
-from raysearch.schema import field_paths
-from raysearch.spec import Spec, config_hash, spec_from_dict
+from raysearch.loop import ClassResult, train_class
+from raysearch.results import RunInfo
+from raysearch.selection import selection_metric
+from raysearch.spec import Spec, spec_from_dict
 
-__all__ = ["RunInfo", "TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "config_schema", "failed_row", "git_commit"]
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Where and under which names a run writes its results."""
-
-    experiment: str
-    kind: str  # train | tune | ablate
-    trial_id: str
-    storage: str  # the experiment folder or URI; results/ and checkpoints/ live inside
-    optuna_trial: int | None = None
-    variant: str | None = None
-
-
-def git_commit() -> str | None:
-    """The commit of the installed source tree, where it is a git checkout."""
-    here = os.path.dirname(os.path.abspath(raysearch.__file__))
-    try:
-        out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def config_schema(spec: Spec):
-    """The results schema of a spec's method (typed config columns)."""
-    types: dict[str, Any] = {f"params.{k}": v for k, v in field_paths(registry.params_class(spec.method)).items()}
-    from raysearch.spec import DataSpec, SelectionSpec, TrainSpec
-
-    for section, cls in (("data", DataSpec), ("selection", SelectionSpec), ("train", TrainSpec)):
-        types.update({f"{section}.{k}": v for k, v in field_paths(cls).items()})
-    return results.results_schema(types)
-
-
-def _base_row(spec: Spec, run: RunInfo) -> dict[str, Any]:
-    flat = spec.flat_config()
-    row = {
-        "experiment": run.experiment,
-        "kind": run.kind,
-        "trial_id": run.trial_id,
-        "optuna_trial": run.optuna_trial,
-        "variant": run.variant,
-        "method": spec.method,
-        "dataset": spec.data.dataset,
-        "seed": spec.train.seed,
-        "selection_split": spec.selection.split,
-        "selection_metric": selection_metric(spec),
-        "config_hash": config_hash(flat),
-        "config_json": json.dumps(flat, sort_keys=True, default=str),
-        "workers": spec.train.workers,
-        "package_version": raysearch.__version__,
-        "git_commit": git_commit(),
-        "timestamp": int(time.time()),
-    }
-    row.update({k: v for k, v in flat.items() if k != "method"})
-    return row
-
-
-def failed_row(spec: Spec, run: RunInfo, error: str, normal_class: str | None, class_index: int | None,
-               status: str = "failed") -> dict[str, Any]:
-    """A result row for a class that did not finish (failed or pruned), with its reason."""
-    row = _base_row(spec, run)
-    row.update(status=status, error=error, normal_class=normal_class, class_index=class_index)
-    return row
-
+__all__ = ["TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "class_row", "class_means"]
 
 def _save_state(uri: str, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
@@ -132,7 +65,7 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
     """The result row of a finished class."""
     import ray
 
-    row = _base_row(spec, run)
+    row = results.base_row(spec, run)
     row.update(
         status="completed",
         normal_class=result.normal_class,
@@ -169,20 +102,6 @@ def class_means(per_class: list[dict[str, Any]]) -> dict[str, float]:
         vals = [float(m[name]) for m in per_class if m.get(name) is not None and math.isfinite(float(m[name]))]
         out[f"mean_{name}"] = sum(vals) / len(vals) if vals else float("nan")
     return out
-
-
-def results_dir(storage: str) -> str:
-    return results.join(storage, "results")
-
-
-def _completed_row(run: RunInfo, class_index: int, normal_class: str) -> dict[str, Any] | None:
-    rows = results.read_row_file(results_dir(run.storage), row_name(run, class_index, normal_class))
-    return rows[0] if rows and rows[0]["status"] == "completed" else None
-
-
-def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
-    """File name of a (run, class) row: the same on a rerun, so resumes never duplicate."""
-    return f"{run.trial_id}--{class_index:03d}-{normal_class}"
 
 
 class _Session:
@@ -259,6 +178,20 @@ def test_event(name: str) -> None:
         time.sleep(0.05)
 
 
+def _load_class(spec: Spec, run: RunInfo, index: int, name: str, rank: int, device: torch.device):
+    """The data of one class, or None when it cannot be read (rank 0 writes the class's
+    failed row with the file and the reason; the run goes on with the next class)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        return load_task(spec.data, spec.selection, name, spec.train.seed)
+    except Exception as err:  # noqa: BLE001 - this class's data is broken, not the run
+        if rank == 0:
+            reason = f"data of class {name}: {results.failure_reason(err)}"
+            results.write_unfinished_rows(spec, run, reason, classes=[(index, name)])
+        return None
+
+
 def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
     """``train_loop_per_worker``: every class of the spec, in order, on this worker.
 
@@ -328,17 +261,17 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         # A stored row wins over a mid-class checkpoint: a run stopped between writing a
         # class's row and reporting its end resumes from an earlier checkpoint, and must
         # not train the class again (its row would change).
-        stored = _completed_row(run, ci, normal_class)
+        stored = results.completed_row(run, ci, normal_class)
+        task = None if stored is not None else _load_class(spec, run, ci, normal_class, rank, device)
         if stored is not None:
             # A restarted run (a resumed sweep, a retried worker group) keeps the row that
             # an earlier attempt wrote for this class and does not train it again.
             metrics = {k: stored.get(k) for k in results.METRIC_COLUMNS}
             finished[normal_class] = {k: stored.get(k) for k in MEAN_METRICS}
             final_loss = stored.get("final_loss")
+        elif task is None:  # its data is broken: its row says why, and the next class trains
+            metrics, final_loss = {}, None
         else:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
             result = train_class(
                 spec,
                 task,
@@ -360,8 +293,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
                             _save_state(results.join(base, f"{which}.pt"), model_state)
                     ckpt_uri = results.join(base, "best.pt")
                 row = class_row(spec, run, result, ci, time.perf_counter() - started, device, ckpt_uri)
-                results.write_rows(results_dir(run.storage), config_schema(spec), [row],
-                                   row_name(run, ci, normal_class))
+                results.write_rows(results.results_dir(run.storage), results.config_schema(spec), [row],
+                                   results.row_name(run, ci, normal_class))
             metrics, final_loss = result.metrics, result.final_loss
             finished[normal_class] = dict(metrics, latency_ms=result.latency_ms, num_params=result.num_params)
         state = {"class_index": ci + 1, "finished": finished, "resume": None}

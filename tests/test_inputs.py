@@ -119,7 +119,7 @@ def test_concatenation_keeps_a_common_schema(tmp_path):
 # -- one experiment per folder ------------------------------------------------------------
 @pytest.mark.parametrize("entry", ["results", "optuna.db", "checkpoints", "ray"])
 def test_a_used_output_is_refused_without_resume(tmp_path, entry):
-    from raysearch.tuning import check_resume
+    from raysearch.experiment import check_resume
 
     out = tmp_path / "exp"
     (out / "report").mkdir(parents=True)  # a report folder alone does not count
@@ -131,7 +131,7 @@ def test_a_used_output_is_refused_without_resume(tmp_path, entry):
 
 
 def test_finished_runs_counts_trials_with_a_final_row_for_every_class(tmp_path):
-    from raysearch.tuning import finished_runs
+    from raysearch.experiment import finished_runs
 
     schema = results.results_schema({})
     out = str(tmp_path / "results")

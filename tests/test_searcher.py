@@ -7,13 +7,13 @@ def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
     """The searcher alone (no Ray): what reaches the Optuna study for each way a trial ends."""
     from raysearch.space import parse_search
     from raysearch.spec import spec_from_dict
-    from raysearch.tuning import OPTUNA_KEY, PruningOptunaSearch, SpaceFunction
+    from raysearch.searcher import OPTUNA_KEY, PruningOptunaSearch, SpaceFunction
 
     spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 4},
                            "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
     search = parse_search(spec)
     searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
-                                   mode="max", full_progress=4, objective_keys=["mean_val_image_auroc"],
+                                   mode="max", n_classes=4, objective_keys=["mean_val_image_auroc"],
                                    sampler=optuna.samplers.RandomSampler(seed=0))
     ends = {
         "a": [{"progress": 1, "mean_val_image_auroc": 0.6}, {"progress": 4, "mean_val_image_auroc": 0.8}],
@@ -47,8 +47,8 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
     from raysearch import results
     from raysearch.space import parse_search
     from raysearch.spec import spec_from_dict
-    from raysearch.training import config_schema
-    from raysearch.tuning import PruningOptunaSearch, SpaceFunction, study_url
+    from raysearch.results import config_schema
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction, study_url
 
     spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
                            "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
@@ -57,7 +57,7 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
     def searcher():
         return PruningOptunaSearch(
             space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
-            full_progress=2, objective_keys=["mean_val_image_auroc"], output=out, budget=4, n_classes=1,
+            n_classes=1, objective_keys=["mean_val_image_auroc"], output=out, budget=4,
             storage=optuna.storages.RDBStorage(study_url(out)), study_name="s",
             sampler=optuna.samplers.RandomSampler(seed=0))
 

@@ -44,7 +44,7 @@ def test_storage_and_output_place_the_experiment(tmp_path, monkeypatch, capsys):
 
 
 def test_failure_reason_is_the_innermost_exception_line():
-    from raysearch.runner import _reason
+    from raysearch.results import failure_reason as _reason
 
     train = RuntimeError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
                          '  File "loop.py", line 3, in f\nraysearch.loop.TrainingDiverged: loss became nan at epoch 2\n')
@@ -54,6 +54,11 @@ def test_failure_reason_is_the_innermost_exception_line():
                        "Parameter at index 20 has been marked as ready twice.")
     assert _reason(cut) == "Parameter at index 20 has been marked as ready twice."
     assert _reason(RuntimeError("loss became inf at epoch 1")) == "loss became inf at epoch 1"
+    # A trial's own reason wins over the exception lines around it in Tune's error text.
+    tune_text = ("Traceback ...\nraysearch.experiment.TrialFailed: data of class 3: OSError: x.png: truncated\n"
+                 "\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError: boom")
+    assert _reason(tune_text) == "data of class 3: OSError: x.png: truncated"
+    assert _reason(None) == _reason("") == "the run failed (no error text)"
 
 
 def test_study_sync_finds_the_local_study_on_the_machine_that_unpickles_it(tmp_path, monkeypatch):
@@ -61,7 +66,7 @@ def test_study_sync_finds_the_local_study_on_the_machine_that_unpickles_it(tmp_p
     folder (another machine) must push its own copy of the study, not the old path."""
     import pickle
 
-    from raysearch.tuning import StudySync
+    from raysearch.searcher import StudySync
 
     monkeypatch.setenv("HOME", str(tmp_path / "first"))
     sync = StudySync("s3://bucket/exp?region=x")

@@ -1,0 +1,354 @@
+"""Planning and running an experiment of many trials on Ray Tune: used by tune and ablate.
+
+One Tune trial is one config trained over the spec's classes by the per-worker loop of
+:mod:`raysearch.training`. A single-worker trial runs that loop in its own Tune process,
+which reserves the worker's CPUs and GPU fraction: no worker group to start per trial.
+A multi-worker (DDP) trial is a small driver that reserves nothing and runs a Ray Train
+TorchTrainer, with ``TuneReportCallback`` forwarding rank 0's reports; its workers own
+the resources. ``train.launcher: train`` sends every trial through Ray Train.
+
+Here live the trial plan (:class:`TrialPlan`: how a Tune config becomes a spec and the
+names its rows carry), the trainable (:class:`TrialDriver`), the rows of trials that did
+not finish and the live line (:class:`SweepRows`), the checks before a run starts or
+resumes, and Ctrl-C / SIGTERM handling. The searcher is in :mod:`raysearch.searcher`,
+Ray start-up in :mod:`raysearch.ray_setup`, row building in :mod:`raysearch.results`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+from raysearch import results
+from raysearch.progress import SweepLine, finished
+from raysearch.schema import SpecError
+from raysearch.searcher import OPTUNA_KEY, StudySync
+from raysearch.spec import Spec
+
+__all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
+           "graceful_stop", "interrupted_exit", "resume_hint", "experiment_paths", "in_trial_process", "reuse_processes",
+           "VARIANT_KEY"]
+
+VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor name)
+EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
+
+
+class TrialPlan:
+    """How a Tune config becomes a trial: its spec and the identity its rows carry.
+
+    Sweeps put sampled values (dotted keys) and the Optuna trial number in the config;
+    ablations put a variant name (a key of ``variants``, whose overrides apply) and a
+    seed. Picklable: Tune saves it with the experiment.
+    """
+
+    def __init__(self, spec: Spec, output: str, kind: str, variants: dict[str, dict[str, Any]] | None = None):
+        self.spec_dict, self.source, self.name = spec.to_dict(), spec.source, spec.name
+        self.output, self.kind, self.variants = output, kind, dict(variants or {})
+
+    def overrides(self, config: dict[str, Any]) -> dict[str, Any]:
+        out = dict(self.variants.get(config.get(VARIANT_KEY), {}))
+        out.update({k: v for k, v in config.items() if not k.startswith("__")})
+        return out
+
+    def trial_spec(self, config: dict[str, Any]) -> Spec:
+        from raysearch.spec import spec_from_dict
+
+        return spec_from_dict(self.spec_dict, source=self.source).with_overrides(self.overrides(config))
+
+    def resources(self, config: dict[str, Any]):
+        """The Tune resource request of a trial (a callable for ``tune.with_resources``)."""
+        from ray.tune.execution.placement_groups import resource_dict_to_pg_factory
+
+        t = self.trial_spec(config).train
+        if in_trial_process(t):
+            return resource_dict_to_pg_factory({"cpu": t.cpus_per_worker, "gpu": t.gpus_per_worker})
+        # The driver only waits on its Train run: it takes no CPU, so the workers can use
+        # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
+        return resource_dict_to_pg_factory({"cpu": 0, "memory": 1})
+
+    def run_info(self, trial_id: str, config: dict[str, Any]):
+        return results.RunInfo(experiment=self.name, kind=self.kind, trial_id=trial_id, storage=self.output,
+                       optuna_trial=config.get(OPTUNA_KEY), variant=config.get(VARIANT_KEY))
+
+
+def in_trial_process(train) -> bool:
+    """Whether a trial trains in its own Tune process (one worker) rather than through Ray Train."""
+    return train.launcher in ("auto", "fresh") and train.workers == 1
+
+
+def reuse_processes(train) -> bool:
+    """Whether Tune hands a finished trial's process to the next trial (``reuse_actors``)."""
+    return train.launcher == "auto" and in_trial_process(train)
+
+
+class TrialDriver:
+    """The Tune trainable: one trial trains its config over the spec's classes.
+
+    A picklable callable (Tune stores it with the experiment). The rows of a failed
+    or stopped trial are written by :class:`SweepRows`, the single writer, after Tune
+    has decided what became of the trial.
+    """
+
+    def __init__(self, plan: TrialPlan, runs_path: str):
+        self.plan, self.runs_path = plan, runs_path
+        self.__name__ = "raysearch_trial"  # Tune names trainables after their function
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        from ray import tune
+
+        from raysearch.training import TrialSession, loop_config, make_trainer, worker_loop
+
+        spec = self.plan.trial_spec(config)
+        run = self.plan.run_info(tune.get_context().get_trial_id(), config)
+        try:
+            if in_trial_process(spec.train):
+                worker_loop(loop_config(spec, run), TrialSession())
+            else:
+                from ray.tune.integration.ray_train import TuneReportCallback
+
+                make_trainer(spec, run, callbacks=[TuneReportCallback()], storage_path=self.runs_path).fit()
+        except Exception as err:
+            raise TrialFailed(results.failure_reason(err)) from None
+        finally:
+            # A reused process hands what this trial built (models, data, optimizer
+            # state, often in reference cycles) back before the next trial starts.
+            gc.collect()
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training failed; its rows say why."""
+
+
+def experiment_paths(output: str) -> tuple[str, str]:
+    """Ray's folder of an experiment and the Tune experiment inside it."""
+    ray_dir = results.join(output if "://" in output else os.path.abspath(output), "ray")
+    return ray_dir, results.join(ray_dir, EXPERIMENT)
+
+
+# What an experiment folder holds once a run has started in it (a report folder does not count).
+EXPERIMENT_ENTRIES = ("ray", "results", "optuna.db", "checkpoints")
+
+
+def check_resume(output: str, resume: bool, what: str) -> None:
+    """Refuse to resume nothing, or to start over (and mix with) an existing experiment."""
+    _, experiment_path = experiment_paths(output)
+    if resume and not _can_restore(experiment_path):
+        raise SpecError(f"nothing to resume: no {what} state under {experiment_path}", key="--resume")
+    if not resume:
+        used = [name for name in EXPERIMENT_ENTRIES if results.exists(results.join(output, name))]
+        if used:
+            raise SpecError(f"{results.redact(output)} already holds an experiment ({', '.join(used)}); pass --resume "
+                            "to continue it or --output elsewhere", key="--output")
+
+
+def finished_runs(output: str, kind: str, n_classes: int) -> int:
+    """Trials of ``kind`` with a final row (completed, pruned or failed) for every class."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", results.UnreadableResultWarning)  # such a class is not done
+        try:
+            table = results.read_results(output)
+        except FileNotFoundError:
+            return 0
+    if table.num_rows == 0:
+        return 0
+    classes: dict[str, set[int]] = {}
+    for r in table.select(["kind", "trial_id", "class_index"]).to_pylist():
+        if r["kind"] == kind and r["class_index"] is not None:
+            classes.setdefault(r["trial_id"], set()).add(r["class_index"])
+    return sum(len(c) >= n_classes for c in classes.values())
+
+
+@contextlib.contextmanager
+def graceful_stop(on_signal: Callable[[], None] | None = None):
+    """Ctrl-C (SIGINT) and SIGTERM ask a run to stop instead of killing it; yields the list
+    of signals received. A second signal aborts at once (KeyboardInterrupt).
+
+    By default the stop is Tune's own: trials are checkpointed and stay resumable. Tune's
+    SIGINT handler is turned off (``TUNE_DISABLE_SIGINT_HANDLER``) so that the signal is
+    recorded here, and the stop is Tune's SIGUSR1 handler, which it installs during
+    ``fit`` whatever that variable says. ``on_signal`` replaces that stop (``raysearch
+    train`` sets an event its driver loop watches).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # signals reach the main thread only
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        if on_signal is None:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            on_signal()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+def interrupted_exit(received: list[int], what: str, kept: str, next_step: str, stream: TextIO) -> int:
+    """The exit code of a run stopped by a signal (130 for SIGINT, 143 for SIGTERM), after
+    one line that says what was kept and what to do next."""
+    name = "SIGTERM" if signal.SIGTERM in received else "SIGINT"
+    stream.write(f"raysearch: {what} interrupted ({name}); {kept}. {next_step}\n")
+    stream.flush()
+    return 143 if name == "SIGTERM" else 130
+
+
+def resume_hint(what: str, spec: Spec, output: str) -> str:
+    """How to continue an interrupted sweep or ablation."""
+    return (f"Continue with: raysearch {what} {spec.source} --output {results.redact(output)} --resume "
+            "(and the same --set options)")
+
+
+def run_experiment(
+    spec: Spec,
+    plan: TrialPlan,
+    *,
+    tune_config: Any,
+    param_space: dict[str, Any] | None,
+    total: int,
+    objective: str,
+    mode: str,
+    resume: bool,
+    quiet: bool,
+    stream: TextIO,
+    study_sync: StudySync | None = None,
+) -> list[int]:
+    """Run (or resume) a Tune experiment whose trials train ``plan``'s configs; returns the
+    signals that stopped it (empty when it ran to its end).
+
+    Ray must be initialised. A single-worker trial trains in its own Tune process, which
+    holds the worker's CPUs and GPU share; a multi-worker trial (or any trial with
+    ``train.launcher: train``) is a small driver without resources that runs a Ray Train
+    TorchTrainer, whose workers hold them.
+    """
+    from ray import tune
+
+    ray_dir, experiment_path = experiment_paths(plan.output)
+    trainable = tune.with_resources(TrialDriver(plan, results.join(ray_dir, "runs")), plan.resources)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
+    if resume:
+        path, filesystem = results.ray_storage(experiment_path)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=filesystem)
+    else:
+        storage_path, filesystem = results.ray_storage(ray_dir)
+        rows = SweepRows(plan, len(spec.classes()), total, objective, mode,
+                         stream=None if quiet else stream, study_sync=study_sync)
+        run_config = tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            callbacks=[rows],
+            verbose=0,
+            # With train.max_failures, retries of a trial whose process or node was lost;
+            # the retry resumes from the trial's last checkpoint.
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+        )
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    # Tune's "Resume experiment with: Tuner.restore(...)" is not how raysearch resumes.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    with graceful_stop() as received:
+        tuner.fit()
+    return received
+
+
+class SweepRows(Callback):
+    """Rows for the classes a pruned or failed trial did not complete; the live progress line.
+
+    The single writer of pruned and failed rows: it runs in the Tune driver after Tune
+    has decided whether a trial finished, was stopped by the scheduler or failed.
+    """
+
+    def __init__(self, plan: TrialPlan, n_classes: int, total: int, objective: str, mode: str,
+                 stream: TextIO | None, study_sync: StudySync | None = None):
+        self.plan, self.full, self.study_sync = plan, n_classes, study_sync
+        self.objective, self.mode = objective, mode
+        self.line = None if stream is None else SweepLine(stream, total, objective.removeprefix("mean_"), mode)
+        self.best = math.nan
+
+    def _counts(self, trials) -> dict[str, int]:
+        counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+        for t in trials:
+            if t.status == "ERROR":
+                counts["failed"] += 1
+            elif t.status == "TERMINATED":
+                counts["completed" if finished(t.last_result, self.full) else "pruned"] += 1
+            elif t.status == "RUNNING":
+                counts["running"] += 1
+        return counts
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        v = result.get(self.objective) if finished(result, self.full) else None
+        if v is not None and math.isfinite(v):
+            better = (v > self.best) if self.mode == "max" else (v < self.best)
+            if math.isnan(self.best) or better:
+                self.best = v
+
+    def _finish_rows(self, trial, status: str, reason: str) -> None:
+        results.write_unfinished_rows(self.plan.trial_spec(trial.config),
+                                      self.plan.run_info(trial.trial_id, trial.config), reason, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if not finished(last, self.full):
+            self._finish_rows(trial, "pruned", f"stopped early by ASHA at progress {float(last.get('progress', 0)):.2f}/{self.full} classes")
+        self._push_study()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish_rows(trial, "failed", results.failure_reason(_error_text(trial)))
+        self._push_study()
+
+    def _push_study(self) -> None:
+        # Callbacks run after the searcher has told the study, so the copy is current.
+        if getattr(self, "study_sync", None) is not None:
+            self.study_sync.push()
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.line is not None:
+            self.line.update(self._counts(trials), self.best)
+
+    def on_experiment_end(self, trials, **info):
+        if self.line is not None:
+            self.line.update(self._counts(trials), self.best, force=True)
+            self.line.close()
+
+
+def _can_restore(path: str) -> bool:
+    return results.exists(results.join(path, "tuner.pkl"))
+
+
+def _error_text(trial) -> str | None:
+    """The error Tune recorded for ``trial`` (its local error file; storage syncs later)."""
+    path = trial.error_file
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return trial.get_error()

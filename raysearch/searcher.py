@@ -1,0 +1,250 @@
+"""The Optuna side of a sweep: the searcher Tune asks, its sampler and the study file.
+
+:class:`PruningOptunaSearch` is Ray's OptunaSearch with honest reporting (early-stopped
+trials are PRUNED with their intermediate values, trials without a finite objective
+FAIL) and a budget kept with the study. The study is a SQLite file in the experiment
+folder (``optuna.db``), which the optuna CLI and optuna-dashboard open; for an experiment
+in cloud storage it is a local file copied there after every trial (:class:`StudySync`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from raysearch import results
+from raysearch.progress import finished, optuna_step
+from raysearch.schema import SpecError
+from raysearch.space import SearchSpec, grid_space, suggest
+
+__all__ = ["PruningOptunaSearch", "SpaceFunction", "StudySync", "make_sampler", "study_path", "study_url",
+           "close_running", "OPTUNA_KEY"]
+
+OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
+
+
+def study_path(output: str) -> str:
+    """The local SQLite file of an experiment's Optuna study.
+
+    Inside a local experiment folder; for an experiment in cloud storage, a local cache
+    file that is copied to ``<output>/optuna.db`` after every trial (the driver is the
+    study's only writer) and fetched from there by ``--resume``.
+    """
+    if "://" not in output:
+        return os.path.abspath(os.path.join(output, "optuna.db"))
+    digest = hashlib.sha256(output.encode()).hexdigest()[:16]
+    return os.path.join(os.path.expanduser("~/.cache/raysearch"), digest, "optuna.db")
+
+
+def study_url(output: str) -> str:
+    return f"sqlite:///{study_path(output)}"
+
+
+class StudySync:
+    """Copies the local study file to a remote experiment folder (no-op for local ones).
+
+    Tune pickles it with the experiment (in the searcher and the rows callback), so the
+    local file is found on the machine that uses it, never the one that pickled it.
+    """
+
+    def __init__(self, output: str):
+        self.output = output
+        self.remote = results.join(output, "optuna.db") if "://" in output else None
+
+    @property
+    def local(self) -> str:
+        return study_path(self.output)
+
+    def fetch(self) -> None:
+        if self.remote and results.exists(self.remote):
+            os.makedirs(os.path.dirname(self.local), exist_ok=True)
+            with open(self.local, "wb") as f:
+                f.write(results.read_bytes(self.remote))
+
+    def push(self) -> None:
+        if self.remote and os.path.exists(self.local):
+            with open(self.local, "rb") as f:
+                results.write_bytes(self.remote, f.read())
+
+
+def make_sampler(search: SearchSpec):
+    """The Optuna sampler named by ``search.sampler``, seeded."""
+    import optuna
+
+    seed = search.seed
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if search.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise SpecError("sampler cmaes needs the cmaes package: pip install 'raysearch[cmaes]'",
+                            key="search.sampler") from None
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if search.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    if search.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(search), seed=seed)
+    raise SpecError(f"unknown sampler {search.sampler!r}", key="search.sampler")
+
+
+class SpaceFunction:
+    """The define-by-run search space of a spec (a picklable object: Tune saves the searcher)."""
+
+    def __init__(self, search: SearchSpec, fixed: dict[str, Any]):
+        self.search, self.fixed = search, fixed
+
+    def __call__(self, trial) -> dict[str, Any]:
+        return suggest(trial, self.search, self.fixed)
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells early-stopped trials as PRUNED and numbers the configs.
+
+    Ray's OptunaSearch tells a trial that ASHA stopped early as COMPLETE with its
+    low-fidelity value, and TPE would then learn from it as if it were final. Here such
+    a trial keeps its intermediate values and is told PRUNED; a trial without a finite
+    objective is told FAIL.
+
+    Ray's OptunaSearch keeps its study and trials in private attributes (``_ot_study``,
+    ``_ot_trials``, ``_storage``, ``_completed_trials``) that this class reads, and a
+    restored trial is re-attached to the study's storage (Optuna's ``Study._storage``); a test
+    (tests/test_searcher.py) fails when the installed Ray changes them. What it tells
+    Optuna goes through the public API (``study.tell`` with a number and a state,
+    ``Trial.report``), and the steps it reported are its own record.
+    """
+
+    def __init__(self, *args, n_classes: int, objective_keys: list[str], output: str | None = None,
+                 budget: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective_keys = objective_keys
+        self.output = output
+        # The sweep's trial count, kept here rather than by Tune alone: Tune's saved
+        # state can lag the study by the trials that started after its last snapshot.
+        self.budget, self.n_classes, self.asked = budget, n_classes, 0
+        self.reported: dict[int, set[int]] = {}  # Optuna trial number -> steps told to the study
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore Tune's saved searcher, attached to this machine's copy of the study.
+
+        The saved searcher holds the study's address on the machine that saved it (for
+        an experiment in cloud storage, a cache under that machine's home folder); a
+        driver resumed elsewhere opens the copy that ``--resume`` fetched.
+        """
+        import optuna
+
+        super().restore(checkpoint_path)
+        if self.output is None:  # a study given as an object: nothing to re-attach
+            return
+        saved = self._ot_study
+        self._storage = optuna.storages.RDBStorage(study_url(self.output))
+        self._ot_study = optuna.load_study(study_name=saved.study_name, storage=self._storage, sampler=saved.sampler)
+        for ot_trial in self._ot_trials.values():
+            ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
+        # The steps the study holds, including those told after Tune's last snapshot.
+        self.reported = {t.number: set(t.intermediate_values) for t in self._ot_study.get_trials(deepcopy=False)}
+        self._adopt_unrecorded_trials()
+
+    def _adopt_unrecorded_trials(self) -> None:
+        """Count trials that ran after Tune's last snapshot of a killed driver.
+
+        Tune saves its state every few seconds; a trial that started after the last save
+        is unknown to the restored experiment, but the study has it (pushed when it was
+        asked) and it may have written rows. One with a row for every class counts
+        toward the sweep's total and is told to the study from its rows; one without
+        is replaced by a new trial (the study closes it as FAIL at the end).
+        """
+        import optuna
+
+        known = {t.number for t in self._ot_trials.values()}
+        self.asked = len(known)
+        try:
+            table = results.read_results(self.output)
+        except FileNotFoundError:
+            return
+        rows: dict[int, list[dict]] = {}
+        for r in table.to_pylist() if table.num_rows else []:
+            if r["kind"] == "tune" and r["optuna_trial"] is not None:
+                rows.setdefault(r["optuna_trial"], []).append(r)
+        State = optuna.trial.TrialState
+        for t in self._ot_study.get_trials(deepcopy=False):
+            trial_rows = rows.get(t.number, [])
+            if t.number in known or t.state == State.WAITING or len({r["class_index"] for r in trial_rows}) < self.n_classes:
+                continue
+            self.asked += 1
+            if t.state != State.RUNNING:
+                continue  # told before the driver was killed
+            statuses = {r["status"] for r in trial_rows}
+            columns = [k.removeprefix("mean_") for k in self.objective_keys]
+            cells = [[r.get(c) for r in trial_rows] for c in columns]
+            if statuses == {"completed"} and all(v is not None and math.isfinite(v) for col in cells for v in col):
+                values = [sum(col) / len(col) for col in cells]
+                self._ot_study.tell(t.number, values if len(values) > 1 else values[0])
+            else:
+                self._ot_study.tell(t.number, state=State.FAIL if "failed" in statuses else State.PRUNED)
+
+    def suggest(self, trial_id: str):
+        from ray.tune.search import Searcher
+
+        if self.budget is not None and self.asked >= self.budget and trial_id not in self._ot_trials:
+            return Searcher.FINISHED
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config[OPTUNA_KEY] = self._ot_trials[trial_id].number
+            self.asked += 1
+            if self.output is not None:
+                StudySync(self.output).push()  # the study knows the trial before Tune's state does
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Intermediate values at step = progress in thousandths of a class, each step once."""
+        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return  # Optuna keeps no intermediate values for multi-objective studies
+        value, step = result.get(self.metric), optuna_step(result.get("progress", 0))
+        ot_trial = self._ot_trials[trial_id]
+        steps = self.reported.setdefault(ot_trial.number, set())
+        if value is not None and math.isfinite(value) and step not in steps:
+            ot_trial.report(value, step)
+            steps.add(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        stopped_early = not error and result is not None and not finished(result, self.n_classes)
+        if stopped_early:
+            # Tune does not pass the result that the scheduler stopped on to
+            # on_trial_result: keep it as the last intermediate value.
+            self.on_trial_result(trial_id, result)
+            self._ot_study.tell(self._ot_trials[trial_id].number, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        if result is not None and not error:
+            vals = [result.get(k) for k in self.objective_keys]
+            if any(v is None or not math.isfinite(v) for v in vals):
+                error, result = True, None  # no usable objective: a failed trial, never a fake score
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def close_running(storage, study_name: str) -> int:
+    """Tell trials left RUNNING by a driver that was killed as FAIL; returns how many.
+
+    Called when a sweep has ended: every trial Tune ran is told by then, so a trial still
+    RUNNING was asked after Tune's last snapshot and restarted under a new number.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in running:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)

@@ -30,9 +30,6 @@ __all__ = ["load_results", "load_spec", "objective", "prepare", "config_key", "I
 # is judged over its classes; per-class runs differ only there).
 IGNORED_CONFIG_KEYS = ("train.seed", "data.classes")
 
-DEFAULT_METRIC = "val_image_auroc"
-DEFAULT_MODE = "max"
-
 
 def config_key(config_json: str | None) -> str | None:
     """A stable 12-hex-digit key of a resolved config without ``train.seed`` and ``data.classes``.
@@ -108,25 +105,15 @@ def load_spec(experiment_dir: str | Path) -> dict[str, Any]:
 
 
 def objective(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The search metrics and their modes from a spec's ``search:`` block.
-
-    ``metric`` and ``mode`` may be single values or lists (multi-objective); a missing mode
-    takes the metric's natural direction. Without a search block: val_image_auroc, max.
+    """The search metrics and their modes from a spec's ``search:`` block
+    (:func:`raysearch.space.objective`). Without a search block: val_image_auroc, max.
 
     Example:
         >>> objective({"search": {"metric": ["val_image_auroc", "latency_ms"]}})
         (['val_image_auroc', 'latency_ms'], ['max', 'min'])
     """
-    from raysearch.space import METRICS  # metric -> natural mode; torch-free
+    from raysearch.space import objective as parse  # torch-free
 
     search = spec.get("search") or {}
-    metric = search.get("metric") or DEFAULT_METRIC
-    metrics = list(metric) if isinstance(metric, (list, tuple)) else [metric]
-    mode = search.get("mode")
-    if mode is None:
-        modes = [METRICS.get(m, DEFAULT_MODE) for m in metrics]
-    else:
-        modes = list(mode) if isinstance(mode, (list, tuple)) else [mode]
-    if len(modes) != len(metrics):
-        raise ValueError(f"search.mode {mode!r} does not give one mode per metric {metrics!r}")
-    return metrics, modes
+    metrics, modes = parse(search.get("metric"), search.get("mode"))
+    return list(metrics), list(modes)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from raysearch.schema import SpecError, build
 from raysearch.selection import FAMILY_METRICS
 
-__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "METRICS"]
+__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "objective", "METRICS"]
 
 # Metrics a search may optimise (class means over the classes a trial finished).
 METRICS = {
@@ -39,7 +39,6 @@ METRICS = {
     "latency_ms": "min",
     "num_params": "min",
 }
-SAMPLERS = ("tpe", "random", "cmaes", "nsga2", "grid", "qmc")
 
 
 @dataclass(frozen=True)
@@ -188,22 +187,36 @@ def parse_search(spec: Any) -> SearchSpec:
         raise SpecError(err.problem, source=spec.source, key=key) from None
 
 
+def objective(metric: Any = None, mode: Any = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The search metrics and their modes from a ``search:`` block's ``metric`` and ``mode``.
+
+    Each may be one value or a list (multi-objective); a missing metric is
+    ``val_image_auroc`` and a missing mode each metric's natural direction. The one reader
+    of the objective: sweeps, ablations, export and the report use it.
+
+    Example:
+        >>> objective(["val_image_auroc", "latency_ms"])
+        (('val_image_auroc', 'latency_ms'), ('max', 'min'))
+    """
+    metrics = _as_tuple(metric or "val_image_auroc")
+    for m in metrics:
+        if m not in METRICS:
+            raise SpecError(f"unknown metric {m!r}; known: {', '.join(METRICS)}", key="search.metric")
+    if mode is None:
+        return metrics, tuple(METRICS[m] for m in metrics)
+    modes = _as_tuple(mode)
+    if len(modes) != len(metrics) or any(m not in ("min", "max") for m in modes):
+        raise SpecError(f"expected min or max for each metric, got {mode!r}", key="search.mode")
+    return metrics, modes
+
+
 def _parse_search(spec: Any) -> SearchSpec:
     raw = dict(spec.search or {})
     space_raw = raw.get("space") or {}
     if not isinstance(space_raw, Mapping):
         raise SpecError("expected a mapping of dotted keys", key="search.space")
     base = build(_RawSearch, {k: v for k, v in raw.items() if k != "space"})
-    metrics = _as_tuple(base.metric)
-    for m in metrics:
-        if m not in METRICS:
-            raise SpecError(f"unknown metric {m!r}; known: {', '.join(METRICS)}", key="search.metric")
-    if base.mode is None:
-        modes = tuple(METRICS[m] for m in metrics)
-    else:
-        modes = _as_tuple(base.mode)
-        if len(modes) != len(metrics) or any(m not in ("min", "max") for m in modes):
-            raise SpecError(f"expected min or max for each metric, got {base.mode!r}", key="search.mode")
+    metrics, modes = objective(base.metric, base.mode)
     if any(m.startswith("test_") for m in metrics) and spec.selection.split != "test":
         raise SpecError("test metrics select nothing unless selection.split is test (paper-style)",
                         key="search.metric")

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from raysearch import registry
-from raysearch.schema import SpecError, build, flatten, override, to_dict
+from raysearch.schema import SpecError, build, flatten, to_dict
 
 __all__ = [
     "DataSpec",
@@ -360,8 +360,3 @@ def config_hash(flat: Mapping[str, Any]) -> str:
     """A short stable hash of a flat config (key order does not matter)."""
     blob = json.dumps(dict(sorted(flat.items())), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def params_override(params: Any, updates: Mapping[str, Any]) -> Any:
-    """Method parameters with dotted updates applied and checked."""
-    return override(params, updates, prefix="params")

@@ -80,3 +80,54 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
     assert restored.asked == 3
     assert isinstance(restored.suggest("d"), dict)  # the one trial still missing
     assert restored.suggest("e") == Searcher.FINISHED
+
+
+def test_the_private_parts_of_ray_and_optuna_that_the_searcher_uses_are_still_there():
+    """PruningOptunaSearch reads Ray's OptunaSearch state and re-attaches restored trials to
+    Optuna's study storage; both are private. This fails as soon as an upgrade moves them."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raysearch.searcher import PruningOptunaSearch
+
+    searcher = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("t0")
+    assert isinstance(searcher._ot_study, optuna.Study)
+    assert isinstance(searcher._ot_trials, dict) and isinstance(searcher._ot_trials["t0"], optuna.trial.Trial)
+    assert isinstance(searcher._completed_trials, set)
+    assert hasattr(searcher, "_storage")
+    trial = searcher._ot_trials["t0"]
+    assert trial.number == 0 and trial.study is searcher._ot_study
+    assert trial.storage is searcher._ot_study._storage  # what a restored trial is re-attached to
+    searcher.on_trial_complete("t0", {"m": 0.5})
+    assert "t0" in searcher._completed_trials and searcher._ot_study.trials[0].value == 0.5
+    # The methods the subclass overrides keep their signatures.
+    import inspect
+
+    for name in ("suggest", "on_trial_result", "on_trial_complete", "restore"):
+        ours = list(inspect.signature(getattr(PruningOptunaSearch, name)).parameters)
+        theirs = list(inspect.signature(getattr(OptunaSearch, name)).parameters)
+        assert ours == theirs, (name, theirs)
+
+
+def test_a_resumed_searcher_reports_each_step_once(tmp_path):
+    """Steps the study already holds (told before a kill) are not told again after a restore."""
+    from raysearch.searcher import PruningOptunaSearch
+
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m",
+                                   mode="max", n_classes=2, objective_keys=["m"], study_name="s",
+                                   storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}"),
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"m": 0.3, "progress": 0.5})
+    searcher.reported.clear()  # as after a restore that read the study: the step is in the study
+    searcher.reported[0] = set(study.trials[0].intermediate_values)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna warns when a step is reported twice
+        searcher.on_trial_result("t0", {"m": 0.9, "progress": 0.5})
+        searcher.on_trial_result("t0", {"m": 0.4, "progress": 1.0})
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials[0].intermediate_values \
+        == {500: 0.3, 1000: 0.4}

@@ -141,6 +141,7 @@ def run_ablate(
         VARIANT_KEY,
         TrialPlan,
         check_resume,
+        check_same_spec,
         finished_runs,
         interrupted_exit,
         resume_hint,
@@ -156,6 +157,8 @@ def run_ablate(
                         "pass another --output", key="--output")
     full_spec = resolve_base(spec, base)
     check_resume(output, resume, "ablation")
+    if resume:
+        check_same_spec(output, full_spec, "an ablation")
     variants = ablation.variants()
     total = len(variants) * len(ablation.seeds)
     if resume and finished_runs(output, "ablate", len(full_spec.classes())) >= total:

@@ -99,8 +99,12 @@ def _output_for(args: argparse.Namespace, name: str) -> str:
     """The experiment folder: ``--output``, or ``--storage``/name; a local path made absolute."""
     from raysearch.results import join
 
+    from raysearch.experiment import check_output
+
     out = args.output or join(args.storage, name)
-    return out if "://" in out else os.path.abspath(os.path.expanduser(out))
+    out = out if "://" in out else os.path.abspath(os.path.expanduser(out))
+    check_output(out)
+    return out
 
 
 def _checked_spec(args: argparse.Namespace):

@@ -35,7 +35,7 @@ from raysearch.searcher import OPTUNA_KEY, StudySync
 from raysearch.spec import Spec
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
-           "graceful_stop", "interrupted_exit", "resume_hint", "experiment_paths", "in_trial_process", "reuse_processes",
+           "graceful_stop", "interrupted_exit", "resume_hint", "check_same_spec", "check_output", "experiment_paths", "in_trial_process", "reuse_processes",
            "VARIANT_KEY"]
 
 VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor name)
@@ -148,6 +148,64 @@ def check_resume(output: str, resume: bool, what: str) -> None:
         if used:
             raise SpecError(f"{results.redact(output)} already holds an experiment ({', '.join(used)}); pass --resume "
                             "to continue it or --output elsewhere", key="--output")
+
+
+# What may differ between a run and its resumption: where the data is (its content is
+# checked by the data fingerprint) and the spec's record of where it came from.
+_MAY_DIFFER = ("data.root", "provenance")
+
+
+def spec_changes(output: str, spec: Spec) -> list[str]:
+    """How ``spec`` differs from the one an experiment folder recorded (``spec.yaml``):
+    ``key: new (was old)`` lines; [] when it has none or they agree."""
+    import yaml
+
+    uri = results.join(output, "spec.yaml")
+    if not results.exists(uri):
+        return []
+    try:
+        old = yaml.safe_load(results.read_bytes(uri)) or {}
+    except yaml.YAMLError:
+        return [f"{results.redact(uri)} is not readable YAML"]
+    before = _leaves(old)
+    after = _leaves(yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
+    keys = sorted(k for k in set(before) | set(after)
+                  if not k.startswith(_MAY_DIFFER) and before.get(k) != after.get(k))
+    return [f"{k}: {after.get(k)!r} (was {before.get(k)!r})" for k in keys]
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_leaves(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def check_same_spec(output: str, spec: Spec, what: str) -> None:
+    """Refuse to resume an experiment, or to add a train run to a folder, with another spec."""
+    changes = spec_changes(output, spec)
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        raise SpecError(f"{results.redact(output)} holds {what} of another spec ({shown}); use the same spec and "
+                        "--set options, or another --output", key="--output")
+
+
+def check_output(output: str) -> None:
+    """An output folder must be creatable: not a file, not below a file, writable."""
+    if "://" in output:
+        return  # a bucket is checked when the first file is written
+    path = os.path.abspath(output)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SpecError(f"{path} is a file, not a folder", key="--output")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SpecError(f"cannot create {path}: {parent} is a file", key="--output")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(f"cannot create {path}: {parent} is not writable", key="--output")
 
 
 def finished_runs(output: str, kind: str, n_classes: int) -> int:

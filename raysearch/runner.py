@@ -36,11 +36,12 @@ def run_train(
     """Train ``spec`` once; returns (exit code, result rows of this run)."""
     from ray.util.queue import Empty, Queue
 
-    from raysearch.experiment import graceful_stop, interrupted_exit
+    from raysearch.experiment import check_same_spec, graceful_stop, interrupted_exit
     from raysearch.ray_setup import init_ray
     from raysearch.training import make_trainer
 
     classes = spec.classes()  # fails fast on missing data or unknown classes
+    check_same_spec(output, spec, "rows")
     init_ray(address=address, num_cpus=num_cpus)
     run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     run = results.RunInfo(experiment=spec.name, kind="train", trial_id=run_id, storage=output)

@@ -26,6 +26,7 @@ from raysearch import results
 from raysearch.experiment import (
     TrialPlan,
     check_resume,
+    check_same_spec,
     finished_runs,
     interrupted_exit,
     resume_hint,
@@ -125,6 +126,8 @@ def run_tune(
     n_classes = len(spec.classes())
     metric_keys = [f"mean_{m}" for m in search.metrics]
     check_resume(output, resume, "sweep")
+    if resume:
+        check_same_spec(output, spec, "a sweep")
     if resume and finished_runs(output, "tune", n_classes) >= search.trials:
         # Resuming a finished sweep changes nothing (no new study trial, no new row).
         stream.write(f"raysearch tune: {spec.name}: all {search.trials} trials have finished; nothing to resume\n")

@@ -147,6 +147,33 @@ def test_finished_runs_counts_trials_with_a_final_row_for_every_class(tmp_path):
     assert finished_runs(str(tmp_path / "nowhere"), "tune", 2) == 0
 
 
+def test_resume_and_train_refuse_an_output_of_another_spec(tmp_path):
+    from raysearch.experiment import check_same_spec
+    from raysearch.runner import run_train
+
+    spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3]"])
+    out = str(tmp_path / "exp")
+    check_same_spec(out, spec, "a sweep")  # a new folder: nothing to compare
+    results.write_resolved_spec(spec, out)
+    check_same_spec(out, spec, "a sweep")
+    check_same_spec(out, spec.with_overrides({"data.root": "/elsewhere"}), "a sweep")  # data moved: allowed
+    other = spec.with_overrides({"train.lr": 0.5, "params.gmm.components": 7})
+    with pytest.raises(SpecError, match=r"holds a sweep of another spec \(params.gmm.components: 7 \(was \d+\); "
+                                        r"train.lr: 0.5 \(was [\d.e-]+\)\)"):
+        check_same_spec(out, other, "a sweep")
+    with pytest.raises(SpecError, match="holds rows of another spec"):  # before Ray starts
+        run_train(other, out, quiet=True)
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path, where, capsys):
+    (tmp_path / "f").write_text("")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "exp"
+    code = main(["tune", "search_spaces/demo/distcon.yaml", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output" in err and str(tmp_path / "f") in err, err
+
+
 # -- bad data is found before anything starts ----------------------------------------------
 def test_every_broken_category_is_listed_before_training(tmp_path):
     import shutil

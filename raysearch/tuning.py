@@ -132,7 +132,7 @@ def run_tune(
         # Resuming a finished sweep changes nothing (no new study trial, no new row).
         stream.write(f"raysearch tune: {spec.name}: all {search.trials} trials have finished; nothing to resume\n")
         if not quiet:
-            stream.write(sweep_summary(output, search) + "\n")
+            stream.write(sweep_summary(output, search, n_classes=n_classes) + "\n")
         return 0
     init_ray(address=address, num_cpus=num_cpus)
     results.write_resolved_spec(spec, output)
@@ -190,7 +190,7 @@ def run_tune(
     close_running(storage, spec.name)
     sync.push()
     if not quiet:
-        stream.write(sweep_summary(output, search) + "\n")
+        stream.write(sweep_summary(output, search, n_classes=n_classes) + "\n")
     return 0
 
 

@@ -206,8 +206,18 @@ def list_classes(data: DataSpec) -> list[str]:
 
 
 def check_data(data: DataSpec) -> list[str]:
-    """The spec's classes, after checking that the dataset's files are there (before any
-    worker starts): a missing dataset is one clear message, not a failed trial per class."""
+    """The spec's classes, after checking the files their tasks read (before any worker
+    starts): every problem (a missing or empty folder, an image that cannot be decoded, a
+    mask without its image or of another size, a defect image without a mask) with its
+    path, in one error, not a failed trial per class. Image checks are cached, see
+    :mod:`raysearch.data.checks`.
+
+    Example (``root`` holds a category whose ``test/crack/003.png`` is cut short)::
+
+        check_data(DataSpec(dataset="folder", root=root))
+        # DataNotFoundError: data.root: 1 problem with the data:
+        #   <root>/widget/test/crack/003.png: truncated or corrupt (image file is truncated ...)
+    """
     classes = list_classes(data)
     info = _info(data.dataset)
     if info.name in ("cifar10", "cifar100") and not data.download:
@@ -215,17 +225,11 @@ def check_data(data: DataSpec) -> list[str]:
 
         cifar_paths(info.name, data.root, download=False)
     elif not info.builtin:
-        root = dataset_root(info, data.root)
-        if info.kind == "categories":
-            missing = [c for c in classes if not (root / c / "train").is_dir()]
-            if missing:
-                raise DataNotFoundError(
-                    f"category folder {root / missing[0]} (with train/ and test/) not found", key="data.root"
-                )
-            # Every problem of every class in one line, before any worker starts.
-            problems = [p for c in classes for p in category_problems(root / c)]
-            if problems:
-                raise DataNotFoundError("; ".join(problems), key="data.root")
+        from raysearch.data.checks import data_problems, format_problems
+
+        problems = data_problems(data, classes)
+        if problems:
+            raise DataNotFoundError(format_problems(problems), key="data.root")
     return classes
 
 

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from raysearch.data import (
-    IMAGE_SUFFIXES,
+    IMAGE_SUFFIXES,  # noqa: F401 (methods/clflow imports it from here)
     NORMAL_FOLDERS,
     DataNotFoundError,
     DatasetInfo,
     dataset_root,
 )
 from raysearch.data.augment import resize
+from raysearch.data.checks import images_in, mask_names
 
 __all__ = ["Pool", "RawClass", "digits", "cifar10", "cifar100", "imagenet30", "mvtec_layout", "toy_mvtec"]
 
@@ -210,22 +211,15 @@ def cifar100(info: DatasetInfo, data, normal: str) -> RawClass:
 # -- folders --------------------------------------------------------------------------
 
 
-def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def imagenet30(info: DatasetInfo, data, normal: str) -> RawClass:
     root = dataset_root(info, data.root)
     train_dir = root / "train" if (root / "train").is_dir() else root / "one_class_train"
     test_dir = root / "test" if (root / "test").is_dir() else root / "one_class_test"
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    train = {c: _images_in(train_dir / c, recursive=True) for c in classes}
+    train = {c: images_in(train_dir / c, recursive=True) for c in classes}
     test_files, test_labels = [], []
     for c in sorted(p.name for p in test_dir.iterdir() if p.is_dir()):
-        files = _images_in(test_dir / c, recursive=True)
+        files = images_in(test_dir / c, recursive=True)
         test_files += files
         test_labels += [int(c != normal)] * len(files)
     if not train[normal] or not test_files:
@@ -242,13 +236,7 @@ def imagenet30(info: DatasetInfo, data, normal: str) -> RawClass:
 def _mask_for(gt_dir: Path, image: Path) -> Path | None:
     """The mask of ``image``: ``<stem>_mask.<ext>`` or ``<stem>.<ext>`` in ``gt_dir`` (PNG
     first), matched exactly: ``1.png`` never takes ``10_mask.png``."""
-    suffixes = [".png"] + sorted(IMAGE_SUFFIXES - {".png"})
-    for stem in (f"{image.stem}_mask", image.stem):
-        for suffix in suffixes:
-            for candidate in (gt_dir / f"{stem}{suffix}", gt_dir / f"{stem}{suffix.upper()}"):
-                if candidate.is_file():
-                    return candidate
-    return None
+    return next((gt_dir / n for n in mask_names(image) if (gt_dir / n).is_file()), None)
 
 
 def read_category(category_dir: Path, image_size: int) -> RawClass:
@@ -258,7 +246,7 @@ def read_category(category_dir: Path, image_size: int) -> RawClass:
         raise DataNotFoundError(
             f"{category_dir}/train has no good/ (or ok/) folder of normal images", key="data.root"
         )
-    train = _images_in(category_dir / "train" / normal_name)
+    train = images_in(category_dir / "train" / normal_name)
     if not train:
         raise DataNotFoundError(f"no images in {category_dir / 'train' / normal_name}", key="data.root")
     has_gt = (category_dir / "ground_truth").is_dir()
@@ -267,7 +255,7 @@ def read_category(category_dir: Path, image_size: int) -> RawClass:
     masks: list[Path | None] = []
     for defect_dir in sorted(p for p in (category_dir / "test").iterdir() if p.is_dir()):
         anomalous = defect_dir.name not in NORMAL_FOLDERS
-        for path in _images_in(defect_dir):
+        for path in images_in(defect_dir):
             files.append(path)
             labels.append(int(anomalous))
             mask = None

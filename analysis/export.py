@@ -102,8 +102,9 @@ def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
         first = trial["rows"][0]
         out = _apply_flat(spec, json.loads(first["config_json"]))
         out["name"] = f"{spec['name']}-{rank}"
+        kept = {k: v for k, v in (spec.get("provenance") or {}).items() if k != "data_fingerprint"}
         out["provenance"] = {
-            **(spec.get("provenance") or {}),
+            **kept,
             "exported_from": {
                 "experiment": os.path.abspath(experiment) if "://" not in experiment else experiment,
                 "name": spec["name"],

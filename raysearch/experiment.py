@@ -157,7 +157,9 @@ _MAY_DIFFER = ("data.root", "provenance")
 
 def spec_changes(output: str, spec: Spec) -> list[str]:
     """How ``spec`` differs from the one an experiment folder recorded (``spec.yaml``):
-    ``key: new (was old)`` lines; [] when it has none or they agree."""
+    ``key: new (was old)`` lines, or, for the same spec, how its data differs from the
+    recorded fingerprint (``data: class bottle: 209 files (was 210)``); [] when the
+    folder has no spec or they agree."""
     import yaml
 
     uri = results.join(output, "spec.yaml")
@@ -171,7 +173,13 @@ def spec_changes(output: str, spec: Spec) -> list[str]:
     after = _leaves(yaml.safe_load(yaml.safe_dump(spec.to_dict(), sort_keys=False)))
     keys = sorted(k for k in set(before) | set(after)
                   if not k.startswith(_MAY_DIFFER) and before.get(k) != after.get(k))
-    return [f"{k}: {after.get(k)!r} (was {before.get(k)!r})" for k in keys]
+    changes = [f"{k}: {after.get(k)!r} (was {before.get(k)!r})" for k in keys]
+    recorded = (old.get("provenance") or {}).get("data_fingerprint")
+    if recorded and not changes:
+        from raysearch.data.checks import data_fingerprint, fingerprint_changes
+
+        changes = [f"data: {c}" for c in fingerprint_changes(recorded, data_fingerprint(spec.data, spec.classes()))]
+    return changes
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -188,6 +196,9 @@ def check_same_spec(output: str, spec: Spec, what: str) -> None:
     changes = spec_changes(output, spec)
     if changes:
         shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        if changes[0].startswith("data: "):
+            raise SpecError(f"{results.redact(output)} holds {what} of other data ({shown}); restore the data "
+                            "it ran on, or use another --output", key="--output")
         raise SpecError(f"{results.redact(output)} holds {what} of another spec ({shown}); use the same spec and "
                         "--set options, or another --output", key="--output")
 

@@ -280,11 +280,18 @@ def read_results(experiment_dir: str) -> pa.Table:
 
 
 def write_resolved_spec(spec: Spec, storage: str, name: str = "spec.yaml") -> str:
-    """Write the full resolved spec (defaults filled in) into the experiment folder."""
+    """Write the full resolved spec (defaults filled in) into the experiment folder, with
+    the data's fingerprint (files and bytes per class) as ``provenance.data_fingerprint``,
+    which ``--resume`` compares with the data it finds."""
     import yaml
 
+    from raysearch.data.checks import data_fingerprint
+
+    raw = spec.to_dict()
+    raw["provenance"] = {**(raw.get("provenance") or {}),
+                         "data_fingerprint": data_fingerprint(spec.data, spec.classes())}
     uri = join(storage, name)
-    write_bytes(uri, yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
+    write_bytes(uri, yaml.safe_dump(raw, sort_keys=False).encode())
     return uri
 
 

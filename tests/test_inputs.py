@@ -206,3 +206,22 @@ def test_a_truncated_image_names_its_file(tmp_path):
     path.write_bytes(path.read_bytes()[:60])
     with pytest.raises(DataNotFoundError, match=f"cannot read image {path}"):
         _read_image(path, 32)
+
+
+def test_resume_refuses_data_that_changed_since_the_experiment_started(tmp_path):
+    from raysearch.experiment import check_same_spec
+
+    root = tmp_path / "mvtec"
+    for cat in ("bottle", "cable"):
+        for folder in ("train/good", "test/good", "test/crack"):
+            (root / cat / folder).mkdir(parents=True)
+            for i in range(2):
+                _png(root / cat / folder / f"{i}.png")
+    spec = load_spec("search_spaces/demo/distcon.yaml", ["data.dataset=mvtec", f"data.root={root}",
+                                                         "data.classes=[bottle, cable]", "selection.anomalies=synthetic"])
+    out = str(tmp_path / "exp")
+    results.write_resolved_spec(spec, out)
+    check_same_spec(out, spec, "a sweep")
+    _png(root / "cable" / "train/good" / "9.png")
+    with pytest.raises(SpecError, match=r"holds a sweep of other data \(data: class cable: 7 files \(was 6\)"):
+        check_same_spec(out, spec, "a sweep")

@@ -2,13 +2,31 @@
 
 :func:`setup_worker` runs in every worker process (``worker_process_setup_hook``).
 
-Ray Train 2.60 removes a run's placement group from a small detached actor that polls
-the State API to see whether the run's controller is still alive. Under load (a busy
-node, a 2-core machine running several trials) that poll can raise
-``GetTimeoutError`` or ``RpcError`` (GCS timeouts), which the poller does not catch: its thread dies, the placement
-group of every later-stopped trial stays reserved, and a sweep waits forever for the
-CPUs or GPUs it holds. Here a failed poll counts as "State API unavailable", which
-the poller already handles by polling again.
+Ray Train 2.60 removes a run's placement group from a small detached actor
+(``ray/train/v2/_internal/execution/controller/placement_group_cleaner.py``) whose
+thread polls ``is_actor_alive(actor_id=..., timeout=...)`` to see whether the run's
+controller still lives. The poll catches ``RayStateApiException`` only ("State API may
+be temporarily unavailable. Continuing to monitor."); anything else ends the thread, and
+the placement group of the run then stays reserved after its controller is gone, so a
+sweep waits forever for the CPUs or GPUs it holds. Under load (a busy node, a 2-core
+machine running several trials) the poll fails before it reaches the State API:
+``get_actor`` builds a ``StateApiClient``, which opens a new GCS connection to look up
+the dashboard's address (``ray.dashboard.utils.ray_address_to_api_server_url``).
+
+- ``GcsClient(address)`` that cannot reach the GCS in time raises
+  ``ray.exceptions.RpcError("Timed out while waiting for GCS to become available.")``
+  (rpc_code 4, DEADLINE_EXCEEDED; seen with Ray 2.60.0);
+- ``internal_kv_get_with_retry`` that gets no answer in 20 tries raises the built-in
+  ``ConnectionError("Could not read 'dashboard' from GCS. ...")``;
+- Ray reports its own timeouts as ``ray.exceptions.GetTimeoutError``, a ``TimeoutError``.
+
+The HTTP request itself is safe: ``StateApiClient`` turns ``requests`` errors into
+``ServerUnavailable`` / ``RayStateApiException``. So :func:`setup_worker` turns exactly
+these GCS errors (``RpcError``, ``TimeoutError``, ``ConnectionError``) into
+``RayStateApiException``, which the poller handles by polling again; any other error
+is a bug and passes unchanged. The patch is written for the Ray versions that
+pyproject.toml allows; tests/test_ray_setup.py fails when the cleaner it patches
+changes.
 """
 
 from __future__ import annotations
@@ -28,22 +46,41 @@ WORKER_GROUP_START_TIMEOUT_S = "900"
 
 
 def setup_worker() -> None:
+    """Keep Train's placement-group cleaner polling through GCS timeouts (see above).
+
+    Wraps ``is_actor_alive`` as the cleaner module sees it, so that ``RpcError``,
+    ``TimeoutError`` (``GetTimeoutError`` included) and ``ConnectionError`` reach the
+    cleaner as ``RayStateApiException`` (the original error is its ``__cause__``). A
+    second call changes nothing. Where this Ray has no such cleaner (the module or the
+    function moved), it leaves Ray as it is and warns (``RuntimeWarning``; Python shows
+    a warning from one place once, and the hook runs once per worker process).
+
+    Example (what Ray does in each worker, given ``worker_process_setup_hook``):
+        >>> setup_worker()  # doctest: +SKIP
+    """
+    import functools
+    import warnings
+
     try:
+        from ray.exceptions import RpcError
         from ray.train.v2._internal.execution.controller import placement_group_cleaner as cleaner
         from ray.util.state.exception import RayStateApiException
-    except ImportError:  # another Ray layout: nothing to patch
+
+        original = cleaner.is_actor_alive
+    except (ImportError, AttributeError) as err:
+        warnings.warn(f"raysearch: Ray Train's placement-group cleaner was not patched ({err}); under load a "
+                      "stopped trial may keep its placement group reserved", RuntimeWarning, stacklevel=2)
         return
-    original = cleaner.is_actor_alive
     if getattr(original, "_raysearch_patched", False):
         return
+    gcs_errors = (RpcError, TimeoutError, ConnectionError)  # GetTimeoutError is a TimeoutError
 
-    def is_actor_alive(actor_id: str, timeout: int) -> bool:
+    @functools.wraps(original)
+    def is_actor_alive(*args: Any, **kwargs: Any) -> bool:
         try:
-            return original(actor_id=actor_id, timeout=timeout)
-        except RayStateApiException:
-            raise
-        except Exception as err:  # GetTimeoutError, RpcError("Timed out while waiting for GCS") ...
-            raise RayStateApiException(f"state API unavailable: {err}") from None
+            return original(*args, **kwargs)
+        except gcs_errors as err:
+            raise RayStateApiException(f"state API unavailable: {type(err).__name__}: {err}") from err
 
     is_actor_alive._raysearch_patched = True  # type: ignore[attr-defined]
     cleaner.is_actor_alive = is_actor_alive

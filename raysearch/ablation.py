@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from raysearch import results
+from raysearch.lock import exclusive
 from raysearch.schema import SpecError
 from raysearch.spec import Spec, load_spec
 
@@ -123,6 +124,7 @@ def resolve_base(spec: Spec, base: str | None) -> Spec:
     return out.with_overrides({"provenance": {**dict(spec.provenance), "ablation_base": {"config": path}}})
 
 
+@exclusive("ablate")
 def run_ablate(
     spec: Spec,
     output: str,

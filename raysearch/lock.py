@@ -73,6 +73,7 @@ __all__ = [
     "LockedError",
     "Owner",
     "read_owner",
+    "exclusive",
     "OWNER_FILE",
     "COMMANDS",
     "HEARTBEAT_S",
@@ -477,3 +478,22 @@ def _duration(seconds: float) -> str:
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.0f} h"
+
+
+def exclusive(command: str) -> Callable:
+    """Decorate ``run(spec, output, ..., stream=...)`` to run holding ``output``'s lock.
+
+    The lock is taken before anything else looks at the folder, so a second driver is
+    told who runs there rather than that the folder is in use by an experiment.
+    """
+    import functools
+
+    def decorate(run: Callable) -> Callable:
+        @functools.wraps(run)
+        def locked(spec, output: str, *args, **kwargs):
+            with ExperimentLock(output, command, stream=kwargs.get("stream")):
+                return run(spec, output, *args, **kwargs)
+
+        return locked
+
+    return decorate

@@ -18,12 +18,14 @@ import uuid
 from typing import Any, TextIO
 
 from raysearch import results
+from raysearch.lock import exclusive
 from raysearch.progress import RunLine, format_table
 from raysearch.spec import Spec
 
 __all__ = ["run_train", "summary"]
 
 
+@exclusive("train")
 def run_train(
     spec: Spec,
     output: str,

@@ -33,6 +33,7 @@ from raysearch.experiment import (
     reuse_processes,
     run_experiment,
 )
+from raysearch.lock import exclusive
 from raysearch.progress import format_table
 from raysearch.searcher import (
     PruningOptunaSearch,
@@ -103,6 +104,7 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
     return search
 
 
+@exclusive("tune")
 def run_tune(
     spec: Spec,
     output: str,

@@ -27,6 +27,8 @@ from torch import nn
 from raysearch.data.base import OneClassTask, Split
 from raysearch.methods.base import DataInfo, Method
 from raysearch.metrics import evaluate, family_aurocs
+from raysearch.progress import progress as run_progress
+from raysearch.selection import selection_metric
 from raysearch.spec import Spec
 
 __all__ = ["ClassResult", "TrainingDiverged", "train_class", "seed_everything", "selection_metric"]
@@ -58,13 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def selection_metric(spec: Spec) -> str:
-    """The metric that picks each class's best epoch: ``selection.metric``, resolved when the
-    spec loaded (the search's first objective when it is a val_* metric, else
-    val_image_auroc). With ``selection.split: test`` the val_* metrics are the test set's."""
-    return spec.selection.metric or "val_image_auroc"
 
 
 def _autocast(spec: Spec, device: torch.device) -> contextlib.AbstractContextManager:
@@ -132,6 +127,53 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in Method.unwrap(model).state_dict().items()}
 
 
+def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
+    """Every random stream a worker's training may draw from: the method's generator, torch's
+    global generators (CPU, and this CUDA device), numpy's and Python's.
+
+    Tensors and plain lists and numbers only: checkpoints load with ``weights_only=True``.
+    """
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "method": method.generator.get_state(),
+        "torch": torch.get_rng_state(),
+        # MT19937: 624 uint32 words (as int64: torch.load has no uint32 arrays) and a position.
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
+        "python": [int(version), list(internal), gauss_next],
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _load_rng_state(method: Method, device: torch.device, state: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_state` returned."""
+    method.generator.set_state(state["method"])
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _all_rng_states(method: Method, device: torch.device, world: int) -> list[dict[str, Any]]:
+    """The random streams of every rank, in rank order (a collective when ``world`` > 1).
+
+    Each rank draws its own augmentations (the method's generator is seeded per rank), so
+    a checkpoint that rank 0 writes carries every rank's streams, and each rank restores
+    its own: a restored run draws what the uninterrupted one would have drawn.
+    """
+    own = _rng_state(method, device)
+    if world == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [own]
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, own)
+    return gathered
+
+
 def train_class(
     spec: Spec,
     task: OneClassTask,
@@ -192,6 +234,11 @@ def train_class(
         optimizer.load_state_dict(resume["optimizer"])
         method.load_extra_state(resume.get("method", {}))
         order_gen.set_state(resume["order_gen"])
+        # Checkpoints written before the random streams were saved lack "rng": such a run
+        # continues from freshly seeded streams (the same as it always did).
+        rngs = resume.get("rng") or []
+        if rank < len(rngs):
+            _load_rng_state(method, device, rngs[rank])
         start_epoch, best_value, best_epoch = resume["epoch"] + 1, resume["best_value"], resume["best_epoch"]
         best_state = resume["best_state"]
     if wrap_model is not None:
@@ -227,6 +274,9 @@ def train_class(
             continue
         metrics: dict[str, Any] = {f"loss_{k}": float(v) / steps_per_epoch for k, v in loss_terms.items()}
         state = None
+        # Every rank's random streams as they are after this epoch's training (rank 0's own
+        # are read again below, after its scoring, which may draw from them too).
+        rngs = _all_rng_states(method, device, world) if t.checkpoint and world > 1 and not last else []
         if rank == 0:
             method.fit_scorer(model, train_images)
             kept: dict[str, np.ndarray] = {}
@@ -246,6 +296,7 @@ def train_class(
                     "optimizer": copy.deepcopy(optimizer.state_dict()),
                     "method": method.extra_state(),
                     "order_gen": order_gen.get_state(),
+                    "rng": [_rng_state(method, device), *rngs[1:]],
                     "best_value": best_value,
                     "best_epoch": best_epoch,
                     "best_state": best_state,
@@ -253,7 +304,7 @@ def train_class(
         metrics.update(
             epoch=epoch + 1,
             normal_class=task.normal_class,
-            progress=class_offset + (epoch + 1) / t.epochs,
+            progress=run_progress(class_offset, epoch + 1, t.epochs),
             best_class_value=best_value,
         )
         if report is not None and not last:

@@ -26,6 +26,7 @@ import torch
 from raysearch import registry, results
 from raysearch.data import load_task
 from raysearch.loop import ClassResult, train_class
+from raysearch.progress import progress as run_progress
 from raysearch.results import RunInfo
 from raysearch.selection import selection_metric
 from raysearch.spec import Spec, spec_from_dict
@@ -166,15 +167,26 @@ def test_event(name: str) -> None:
     """A hook for tests that stop a run at a known point instead of sleeping.
 
     With ``RAYSEARCH_TEST_EVENTS`` set to a folder, rank 0 creates ``<folder>/<name>``
-    after each checkpointed report, then waits while ``<folder>/hold`` exists. Unset (as
-    in every real run) it does nothing.
+    after each checkpointed report, then waits while ``<folder>/hold`` exists and is
+    empty or holds a pattern (``fnmatch``) that ``name`` matches. Unset (as in every real
+    run) it does nothing.
     """
+    import fnmatch
+
     folder = os.environ.get(TEST_EVENTS)
     if not folder:
         return
     with open(os.path.join(folder, name), "w"):
         pass
-    while os.path.exists(os.path.join(folder, "hold")):
+    hold = os.path.join(folder, "hold")
+    while True:
+        try:
+            with open(hold) as f:
+                pattern = f.read().strip()
+        except FileNotFoundError:
+            return
+        if pattern and not fnmatch.fnmatch(name, pattern):
+            return
         time.sleep(0.05)
 
 
@@ -305,7 +317,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             metrics,
             epoch=spec.train.epochs,
             normal_class=normal_class,
-            progress=ci + 1,
+            progress=run_progress(ci, spec.train.epochs, spec.train.epochs),
             best_class_value=metrics.get(selection_metric(spec)),
             loss_loss=final_loss,
         )

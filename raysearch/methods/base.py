@@ -65,7 +65,8 @@ class Method(abc.ABC):
         self.device = torch.device(device)
         self.seed = seed
         # A generator on the method's device for its augmentations and synthesis,
-        # so that runs with the same seed draw the same random numbers.
+        # so that runs with the same seed draw the same random numbers. The loop keeps
+        # its state in every checkpoint, so a restored run draws on where it stopped.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     # -- hooks ------------------------------------------------------------------
@@ -97,11 +98,18 @@ class Method(abc.ABC):
         """Anomaly scores of uint8 images (N, C, H, W); higher = more anomalous (no grad)."""
 
     def extra_state(self) -> dict[str, Any]:
-        """Method state that is not in the model (saved in checkpoints)."""
+        """Method state that is not in the model, saved in every checkpoint (rank 0, after
+        each evaluation): whatever a restored run needs to continue exactly as the
+        uninterrupted one (a frozen network, a flag of a first fit). Tensors and plain
+        dicts, lists, numbers and strings only: checkpoints load with ``weights_only=True``.
+        ``self.generator`` and torch's, numpy's and Python's global random streams are
+        saved by the loop; a method's further generators belong here.
+        """
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`extra_state` returned."""
+        """Restore what :meth:`extra_state` returned, after :meth:`build`, on every rank.
+        A checkpoint from an older version may lack keys: choose defaults that continue."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for the result row (e.g. which backbone weights were loaded)."""

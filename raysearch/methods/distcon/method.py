@@ -180,6 +180,17 @@ class DistCon(Method):
         total = sum((v - self._scorer[f"{k}_mean"]) / self._scorer[f"{k}_std"] for k, v in raw.items())
         return Scores(image=total)  # type: ignore[arg-type]
 
+    # -- state ----------------------------------------------------------------------
+    def extra_state(self) -> dict[str, bool]:
+        """Whether EM / k-means mixtures have had their first fit (from the first batch);
+        the mixtures themselves are buffers of the model."""
+        return {"gmm_ready": self._gmm_ready}
+
+    def load_extra_state(self, state: dict[str, object]) -> None:
+        # Default True: every checkpoint is taken after training steps ran, so the mixtures
+        # of one written without this key had been fit already.
+        self._gmm_ready = bool(state.get("gmm_ready", True))
+
     def describe(self) -> dict[str, str]:
         facts = {"weights": self.params.backbone.weights}
         if self.params.flips_rotations():

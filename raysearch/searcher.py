@@ -114,6 +114,9 @@ class PruningOptunaSearch(OptunaSearch):
     a trial keeps its intermediate values and is told PRUNED; a trial without a finite
     objective is told FAIL.
 
+    The study names its objectives (``study.metric_names``) and each trial carries its
+    Tune trial id and the pattern of its result files as user attributes.
+
     Ray's OptunaSearch keeps its study and trials in private attributes (``_ot_study``,
     ``_ot_trials``, ``_storage``, ``_completed_trials``) that this class reads, and a
     restored trial is re-attached to the study's storage (Optuna's ``Study._storage``); a test
@@ -124,13 +127,25 @@ class PruningOptunaSearch(OptunaSearch):
 
     def __init__(self, *args, n_classes: int, objective_keys: list[str], output: str | None = None,
                  budget: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.objective_keys = objective_keys
+        self.objective_keys = objective_keys  # before Ray's __init__, which sets up the study
         self.output = output
+        super().__init__(*args, **kwargs)
         # The sweep's trial count, kept here rather than by Tune alone: Tune's saved
         # state can lag the study by the trials that started after its last snapshot.
         self.budget, self.n_classes, self.asked = budget, n_classes, 0
         self.reported: dict[int, set[int]] = {}  # Optuna trial number -> steps told to the study
+
+    def _setup_study(self, mode):
+        import warnings
+
+        import optuna
+
+        super()._setup_study(mode)
+        # The dashboard and `optuna trials` name the objectives instead of "Objective 0"
+        # (an API Optuna still marks experimental; a test checks it).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([k.removeprefix("mean_") for k in self.objective_keys])
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore Tune's saved searcher, attached to this machine's copy of the study.
@@ -198,7 +213,13 @@ class PruningOptunaSearch(OptunaSearch):
             return Searcher.FINISHED
         config = super().suggest(trial_id)
         if isinstance(config, dict):
-            config[OPTUNA_KEY] = self._ot_trials[trial_id].number
+            ot_trial = self._ot_trials[trial_id]
+            config[OPTUNA_KEY] = ot_trial.number
+            # What optuna-dashboard shows beside the number: where the trial's rows are.
+            ot_trial.set_user_attr("trial_id", trial_id)
+            if self.output is not None:
+                ot_trial.set_user_attr("rows", results.join(results.redact(results.results_dir(self.output)),
+                                                            f"{trial_id}--*.parquet"))
             self.asked += 1
             if self.output is not None:
                 StudySync(self.output).push()  # the study knows the trial before Tune's state does

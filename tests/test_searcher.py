@@ -131,3 +131,19 @@ def test_a_resumed_searcher_reports_each_step_once(tmp_path):
         searcher.on_trial_result("t0", {"m": 0.4, "progress": 1.0})
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials[0].intermediate_values \
         == {500: 0.3, 1000: 0.4}
+
+
+def test_the_study_names_its_objectives_and_trials_name_their_rows(tmp_path):
+    from raysearch.searcher import PruningOptunaSearch, study_url
+
+    out = str(tmp_path / "exp")
+    (tmp_path / "exp").mkdir()
+    searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
+                                   metric=["mean_val_image_auroc", "mean_latency_ms"], mode=["max", "min"],
+                                   n_classes=1, objective_keys=["mean_val_image_auroc", "mean_latency_ms"],
+                                   output=out, study_name="s", storage=optuna.storages.RDBStorage(study_url(out)))
+    searcher.suggest("abc_00000")
+    study = optuna.load_study(study_name="s", storage=study_url(out))
+    assert study.metric_names == ["val_image_auroc", "latency_ms"]
+    attrs = study.trials[0].user_attrs
+    assert attrs["trial_id"] == "abc_00000" and attrs["rows"].endswith("results/abc_00000--*.parquet")

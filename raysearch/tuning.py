@@ -222,12 +222,25 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5, n_classes: int 
              f"{counts.get('failed', 0)} failed" + (f", {counts['unfinished']} unfinished" if counts.get("unfinished") else "")]
     best = trials[trials["complete"]].head(top)
     if not best.empty:
-        lines.append(format_table(["rank", "trial", "optuna #", f"mean {metric}"],
-                                  [[int(r.rank), r.trial_id, None if r.optuna_trial is None or r.optuna_trial != r.optuna_trial
-                                    else int(r.optuna_trial), float(r.mean)] for r in best.itertuples()]))
+        searched = [p.key for p in search.space if p.key in df.columns]
+        first = df.drop_duplicates("trial_id").set_index("trial_id")
+        body = []
+        for r in best.itertuples():
+            number = None if r.optuna_trial is None or r.optuna_trial != r.optuna_trial else int(r.optuna_trial)
+            body.append([int(r.rank), r.trial_id, number, float(r.mean),
+                         *[_cell(first.at[r.trial_id, k]) for k in searched]])
+        lines.append(format_table(["rank", "trial", "optuna #", f"mean {metric}", *searched], body))
     if counts.get("completed", 0) < 10:
         lines.append("note: fewer than 10 completed trials; rankings and importances are not yet reliable")
     fidelity = (metric, mode) if metric.startswith("val_") else ("val_image_auroc", "max")
     lines.append(_fidelity_line(df, *fidelity))
     lines.append(f"results: {results.redact(results.results_dir(output))}")
+    lines.append(f"next: raysearch report {results.redact(output)}    raysearch export {results.redact(output)} --top 3")
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> Any:
+    """A config value as the summary table shows it (floats to 4 significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value

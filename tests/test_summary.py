@@ -1,0 +1,36 @@
+"""The console summary at the end of a sweep, from a store built by hand (no Ray)."""
+
+import optuna  # noqa: F401  (raysearch.tuning imports the searcher)
+
+from raysearch import results
+from raysearch.results import RunInfo, base_row, config_schema, unfinished_row
+from raysearch.space import parse_search
+from raysearch.spec import load_spec
+
+
+def test_summary_ranks_complete_trials_with_their_searched_values_and_says_what_next(tmp_path):
+    from raysearch.tuning import sweep_summary
+
+    spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3, 5]"])
+    out = str(tmp_path / "exp")
+    schema = config_schema(spec)
+    values = {"a": (0.0003, [0.9, 0.8]), "b": (0.01, [0.95, 0.99]), "c": (0.002, [0.99])}  # c: one class only
+    for n, (tid, (lr, aurocs)) in enumerate(values.items()):
+        trial_spec = spec.with_overrides({"train.lr": lr})
+        run = RunInfo(experiment=spec.name, kind="tune", trial_id=tid, storage=out, optuna_trial=n)
+        for ci, v in enumerate(aurocs):
+            row = dict(base_row(trial_spec, run), status="completed", normal_class=str(ci), class_index=ci,
+                       val_image_auroc=v, test_image_auroc=v)
+            results.write_rows(results.results_dir(out), schema, [row], f"{tid}--{ci}")
+    run = RunInfo(experiment=spec.name, kind="tune", trial_id="c", storage=out, optuna_trial=2)
+    results.write_rows(results.results_dir(out), schema,
+                       [unfinished_row(spec, run, "stopped early", "5", 1, status="pruned")], "c--1")
+    text = sweep_summary(out, parse_search(spec), n_classes=2)
+    lines = text.splitlines()
+    assert lines[0] == "trials: 2 completed, 1 pruned, 0 failed"
+    header = lines[1].split()
+    assert header[:7] == ["rank", "trial", "optuna", "#", "mean", "val_image_auroc", "params.gmm.components"]
+    assert header[-1] == "train.lr"  # every searched key, in the space's order
+    assert lines[3].split()[:4] + lines[3].split()[-1:] == ["1", "b", "1", "0.970", "0.01"]
+    assert lines[4].split()[:4] + lines[4].split()[-1:] == ["2", "a", "0", "0.850", "0.0003"]
+    assert f"next: raysearch report {out}" in text and f"raysearch export {out} --top 3" in text

@@ -3,7 +3,9 @@
 Each exported file is the experiment's resolved spec (``DIR/spec.yaml``) with one
 trial's configuration applied, named ``<experiment>-<rank>``, and a ``provenance`` block
 saying where it came from: the experiment folder, the trial id and Optuna trial number,
-the metric that ranked it and its per-class values, and the checkpoint of every class.
+the metric that ranked it and its per-class values, the checkpoint of every class
+(relative to the experiment folder, so it stays valid when the folder is copied) and
+the keys the search tuned.
 Only trials that completed every class are exported, ranked by the class mean of the
 spec's search metric (validation unless the spec selects on test). The output has no
 timestamps, so exporting twice writes the same bytes.
@@ -68,6 +70,16 @@ def _plain(value: Any, integer: bool) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _relative(uri: str | None, trial_id: str) -> str | None:
+    """A checkpoint's path within its experiment folder (``checkpoints/<trial>/<class>/best.pt``,
+    as the worker loop stores it), wherever the folder was when it was written."""
+    if not uri:
+        return uri
+    marker = f"checkpoints/{trial_id}/"
+    path = uri.split("?")[0]
+    return path[path.index(marker):] if marker in path else uri
+
+
 def _apply_flat(spec: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     """The resolved spec with a trial's flat config (``params.x.y``, ``train.lr``...) applied."""
     out = json.loads(json.dumps(spec))  # a deep copy of plain data
@@ -117,7 +129,10 @@ def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
                 "value": trial["value"],
                 "per_class": {r["normal_class"]: {m: r.get(m) for m in (metric, "test_image_auroc")}
                               for r in trial["rows"]},
-                "checkpoints": {r["normal_class"]: r.get("checkpoint") for r in trial["rows"]},
+                # Relative to the experiment folder: valid after the folder is copied.
+                "checkpoints": {r["normal_class"]: _relative(r.get("checkpoint"), trial["trial_id"]) for r in trial["rows"]},
+                # The keys the search chose; every other value is the spec's own.
+                "tuned": sorted(((spec.get("search") or {}).get("space") or {}).keys()),
             },
         }
         path = Path(to) / f"{spec['name']}-{rank}.yaml"

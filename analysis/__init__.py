@@ -7,7 +7,11 @@ only when a figure is drawn or an importance computed.
 
 - :mod:`analysis.load` — :func:`load_results`, the spec and the search objective;
 - :mod:`analysis.rank` — :func:`rank_configs`, :func:`per_class_table`, the history;
-- :mod:`analysis.ablation` — :func:`ablation_table` (paired effects against ``full``);
+- :mod:`analysis.ablation` — :func:`ablation_table` (paired effects against ``full``),
+  :func:`ablation_paper_table` (a paper's table: full model first, Holm-corrected p) and its
+  writers :func:`format_ablation_table` and :func:`ablation_latex`;
+- :mod:`analysis.compare` — :func:`compare_experiments`, :func:`write_comparison` (the
+  configuration each experiment selected, per category, side by side);
 - :mod:`analysis.importance` — :func:`param_importance`, :func:`pareto_front`;
 - :mod:`analysis.fidelity` — :func:`selection_fidelity`, :func:`fidelity_line` (does the
   validation objective predict test? a diagnostic on test labels, never used to select);
@@ -20,7 +24,21 @@ Example:
     >>> write_report("/tmp/tdemo", out="/tmp/tdemo-report")   # doctest: +SKIP
 """
 
-from analysis.ablation import ablation_table
+from analysis.ablation import (
+    ablation_caption,
+    ablation_latex,
+    ablation_paper_table,
+    ablation_table,
+    format_ablation_table,
+    holm,
+    variant_labels,
+)
+from analysis.compare import (
+    compare_experiments,
+    plot_comparison,
+    select_configuration,
+    write_comparison,
+)
 from analysis.fidelity import fidelity_line, selection_fidelity
 from analysis.importance import load_study, param_importance, pareto_front
 from analysis.load import config_key, load_results, load_spec, objective
@@ -44,6 +62,16 @@ __all__ = [
     "per_class_table",
     "history_table",
     "ablation_table",
+    "ablation_paper_table",
+    "format_ablation_table",
+    "ablation_latex",
+    "ablation_caption",
+    "variant_labels",
+    "holm",
+    "compare_experiments",
+    "select_configuration",
+    "write_comparison",
+    "plot_comparison",
     "param_importance",
     "pareto_front",
     "load_study",

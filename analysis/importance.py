@@ -3,6 +3,10 @@
 A sweep keeps its study in ``DIR/optuna.db`` (SQLite, study named after the spec's
 ``name``). Optuna is imported inside the functions, so ``import analysis`` stays light.
 
+Importances are computed by two of Optuna's evaluators side by side (fANOVA, seeded, and
+PED-ANOVA, deterministic), from :data:`MIN_TRIALS` completed trials on; where they
+disagree on a parameter (:func:`compare_importance`), neither number should be read alone.
+
 Example:
     >>> from analysis import param_importance
     >>> param_importance("raysearch-results/distcon-sweep")    # doctest: +SKIP
@@ -19,9 +23,18 @@ import pandas as pd
 
 from analysis.load import load_spec
 
-__all__ = ["load_study", "param_importance", "pareto_front", "objective_names", "completed_trials", "MIN_TRIALS", "EVALUATORS"]
+__all__ = ["load_study", "param_importance", "compare_importance", "trial_counts", "pareto_front",
+           "objective_names", "completed_trials", "MIN_TRIALS", "EVALUATORS", "DISAGREE_RANK_GAP",
+           "DISAGREE_SHARE_GAP"]
 
 MIN_TRIALS = 10  # fewer completed trials: a random forest / quantile split says nothing reliable
+# Two evaluators disagree on a parameter when its places in their orders differ by more
+# than DISAGREE_RANK_GAP, or its normalised shares by more than DISAGREE_SHARE_GAP.
+DISAGREE_RANK_GAP = 1  # places: neighbours swapping is noise, a jump of two is not
+DISAGREE_SHARE_GAP = 0.3  # of the total importance (each evaluator's shares sum to 1)
+# Optuna trial states as the result rows name trial statuses (see analysis.rank.trial_table).
+STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "unfinished",
+          "WAITING": "unfinished"}
 
 # name -> (evaluator class name in optuna.importance, constructor arguments)
 EVALUATORS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -115,6 +128,55 @@ def param_importance(study_url_or_dir: Any, study_name: str | None = None,
     return table.sort_values(list(evaluators)[0], ascending=False)
 
 
+def compare_importance(table: pd.DataFrame, rank_gap: int = DISAGREE_RANK_GAP,
+                       share_gap: float = DISAGREE_SHARE_GAP) -> pd.DataFrame:
+    """:func:`param_importance`'s table with each evaluator's order and a disagreement flag.
+
+    Adds ``<evaluator>_rank`` (1 = most important; ties share the better place) for every
+    evaluator column, then ``disagree``: True where, for some pair of evaluators, the
+    parameter's places differ by more than ``rank_gap`` or its shares by more than
+    ``share_gap``; and ``why`` (the gaps that set it, else empty).
+
+    Example:
+        >>> t = pd.DataFrame({"fanova": [0.5, 0.3, 0.15, 0.05], "ped_anova": [0.1, 0.3, 0.1, 0.5]},
+        ...                  index=["a", "b", "c", "d"])
+        >>> compare_importance(t)[["fanova_rank", "ped_anova_rank", "disagree"]].values.tolist()
+        [[1, 3, True], [2, 2, False], [3, 3, False], [4, 1, True]]
+    """
+    evaluators = [c for c in table.columns if c in EVALUATORS] or list(table.columns)
+    out = table.copy()
+    for name in evaluators:
+        out[f"{name}_rank"] = table[name].rank(ascending=False, method="min").astype(int)
+    why = pd.Series([""] * len(out), index=out.index, dtype=object)
+    for i, a in enumerate(evaluators):
+        for b in evaluators[i + 1:]:
+            places = (out[f"{a}_rank"] - out[f"{b}_rank"]).abs()
+            shares = (table[a] - table[b]).abs()
+            for param in out.index:
+                reasons = ([f"{a} place {out.at[param, f'{a}_rank']} vs {b} {out.at[param, f'{b}_rank']}"]
+                           if places[param] > rank_gap else [])
+                reasons += ([f"shares differ by {shares[param]:.2f}"] if shares[param] > share_gap else [])
+                if reasons:
+                    why[param] = "; ".join(filter(None, [why[param], *reasons]))
+    out["disagree"] = why != ""
+    out["why"] = why
+    return out
+
+
+def trial_counts(study) -> dict[str, int]:
+    """The study's trials by state, named as the result rows name trial statuses:
+    ``completed``, ``pruned``, ``failed`` and ``unfinished`` (running or waiting).
+
+    Example:
+        >>> trial_counts(load_study("/tmp/tdemo"))                  # doctest: +SKIP
+        {'completed': 12, 'pruned': 3, 'failed': 1, 'unfinished': 0}
+    """
+    counts = dict.fromkeys(("completed", "pruned", "failed", "unfinished"), 0)
+    for t in study.get_trials(deepcopy=False):
+        counts[STATES.get(t.state.name, "unfinished")] += 1
+    return counts
+
+
 def pareto_front(study_or_source: Any, study_name: str | None = None,
                  metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """The Pareto-optimal trials of a multi-objective study (``study.best_trials``).
@@ -138,7 +200,7 @@ def pareto_front(study_or_source: Any, study_name: str | None = None,
     names = list(metrics) if metrics else objective_names(study)
     if len(names) != len(study.directions):
         raise ValueError(f"metrics {names} do not name the study's {len(study.directions)} objectives")
-    rows = [{"number": t.number, **dict(zip(names, t.values)), **t.params} for t in study.best_trials]
+    rows = [{"number": t.number, **dict(zip(names, t.values, strict=True)), **t.params} for t in study.best_trials]
     return pd.DataFrame(rows).sort_values(names[0]).reset_index(drop=True)
 
 

@@ -21,9 +21,11 @@ import pandas as pd
 
 from analysis.rank import history_table
 
-__all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto", "plot_fidelity"]
+__all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto", "plot_fidelity",
+           "plot_ranking", "ranking_label"]
 
 DPI = 120  # dots per inch of the saved PNGs
+MAX_RANKING_ROWS = 20  # configurations drawn in the ranking plot (the table has all)
 MAX_HEATMAP_ROWS = 30  # configurations shown in the per-class heatmap (the table has all)
 MAX_ANNOTATED_CELLS = 400  # above this the heatmap cells carry no printed value
 
@@ -70,11 +72,19 @@ def plot_history(source: Any, path: str | Path, metric: str = "val_image_auroc",
 
 
 def plot_importance(importance: pd.DataFrame, path: str | Path) -> Path:
-    """Horizontal bars of each parameter's importance, one bar per evaluator (column)."""
+    """Horizontal bars of each parameter's importance, one bar per evaluator.
+
+    ``importance``: :func:`analysis.importance.param_importance`'s table, or
+    :func:`analysis.importance.compare_importance`'s (its evaluator columns are drawn and a
+    parameter the evaluators disagree on is marked "(disagree)").
+    """
+    from analysis.importance import EVALUATORS
+
     if importance.empty:
         raise ValueError("no importances to plot (the table is empty)")
     params = list(importance.index)[::-1]  # most important at the top
-    evaluators = list(importance.columns)
+    evaluators = [c for c in importance.columns if c in EVALUATORS] or list(importance.columns)
+    flagged = importance["disagree"] if "disagree" in importance.columns else pd.Series(False, importance.index)
     fig = _figure(7.5, 1.2 + 0.45 * len(params) * max(1, len(evaluators) / 2))
     ax = fig.add_subplot()
     height = 0.8 / len(evaluators)
@@ -82,7 +92,7 @@ def plot_importance(importance: pd.DataFrame, path: str | Path) -> Path:
     for i, name in enumerate(evaluators):
         ax.barh(y + (i - (len(evaluators) - 1) / 2) * height, importance.loc[params, name], height,
                 label=name)
-    ax.set_yticks(y, params)
+    ax.set_yticks(y, [f"{p} (disagree)" if flagged[p] else str(p) for p in params])
     ax.set_xlabel("normalised importance (sums to 1 per evaluator)")
     ax.set_title("Hyperparameter importance")
     ax.grid(axis="x", alpha=0.3)
@@ -90,11 +100,70 @@ def plot_importance(importance: pd.DataFrame, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def ranking_label(row: Any) -> str:
+    """A configuration's label in figures: "rank. trial_id (#Optuna number)", the number where
+    known; "rank. variant" for an ablation's variant (a ``variant`` entry that is set).
+
+    Example:
+        >>> ranking_label({"rank": 1, "trial_id": "a1_00004", "optuna_trial": 4})
+        '1. a1_00004 (#4)'
+    """
+    variant = row.get("variant") if hasattr(row, "get") else None
+    if isinstance(variant, str) and variant:
+        return f"{int(row['rank'])}. {variant}"
+    number = row["optuna_trial"]
+    known = number is not None and not pd.isna(number)
+    return f"{int(row['rank'])}. {row['trial_id']}" + (f" (#{int(number)})" if known else "")
+
+
+def plot_ranking(table: pd.DataFrame, path: str | Path, metric: str = "val_image_auroc",
+                 confidence: float = 0.95, max_rows: int = MAX_RANKING_ROWS) -> Path:
+    """The ranking (:func:`analysis.rank.rank_configs`'s output) with its intervals, best at the top.
+
+    Left: each configuration's mean with its bootstrap interval over runs. Right: the
+    paired difference to rank 1 with its interval (the headline: class difficulty
+    cancels out); the dashed line is rank 1. A hollow marker has no interval (fewer
+    than :data:`analysis.rank.MIN_PAIRS` values, or rank 1 itself); incomplete
+    configurations are drawn in grey. The first ``max_rows`` rows are drawn.
+    """
+    if table.empty:
+        raise ValueError("no configurations to plot (the ranking is empty)")
+    shown = table.iloc[:max_rows].iloc[::-1]  # best at the top
+    y = np.arange(len(shown))
+    labels = [ranking_label(r) for _, r in shown.iterrows()]
+    complete = shown["complete"].astype(bool).to_numpy()
+    fig = _figure(10.0, 1.6 + 0.32 * len(shown))
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (("mean", "ci_low", "ci_high", f"{metric} (mean over classes and seeds)"),
+              ("diff", "diff_ci_low", "diff_ci_high", f"Δ {metric} to rank 1 (paired over (class, seed) cells)"))
+    for ax, (col, low, high, xlabel) in zip(axes, panels, strict=True):
+        centre = shown[col].to_numpy(float)
+        lo, hi = shown[low].to_numpy(float), shown[high].to_numpy(float)
+        has = np.isfinite(lo) & np.isfinite(hi)
+        for mask, colour, what in ((complete, "tab:blue", "complete"), (~complete, "tab:gray", "incomplete")):
+            m = mask & has
+            if m.any():
+                ax.errorbar(centre[m], y[m], xerr=np.vstack([centre[m] - lo[m], hi[m] - centre[m]]), fmt="o",
+                            color=colour, capsize=3, ms=5, label=f"{what}, with interval")
+            m = mask & ~has
+            if m.any():
+                ax.plot(centre[m], y[m], "o", mfc="white", color=colour, ms=5, label=f"{what}, no interval")
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[1].axvline(0.0, color="tab:red", ls="--", lw=1, label="rank 1")
+    axes[0].legend(loc="best", fontsize=7)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    more = f"; best {len(shown)} of {len(table)}" if len(table) > len(shown) else ""
+    fig.suptitle(f"Ranking by {metric} with {confidence:.0%} bootstrap intervals{more}")
+    return _save(fig, path)
+
+
 def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
     """Each factor's effect (variant - full) with its confidence interval, one panel per metric.
 
     ``table`` is :func:`analysis.ablation.ablation_table`'s output; ``metrics`` default to
-    every metric it holds. Each bar is labelled with its number of pairs and p-value.
+    every metric it holds. Each bar is labelled with its number of pairs and p-value
+    (Holm-corrected over the factors where the table has it, ``p_holm``).
     """
     if metrics is None:
         metrics = [c[: -len("_effect")] for c in table.columns if c.endswith("_effect")]
@@ -105,15 +174,17 @@ def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] 
     fig = _figure(4.8 * len(metrics), 1.8 + 0.6 * len(variants))
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     y = np.arange(len(variants))
-    for ax, m in zip(axes, metrics):
+    for ax, m in zip(axes, metrics, strict=True):
         effect = rows[f"{m}_effect"].to_numpy(float)
         err = np.vstack([effect - rows[f"{m}_ci_low"].to_numpy(float),
                          rows[f"{m}_ci_high"].to_numpy(float) - effect])
         ax.errorbar(effect, y, xerr=np.nan_to_num(err), fmt="o", color="tab:blue", capsize=4)
         ax.axvline(0.0, color="tab:gray", lw=1)
-        for yi, (e, n, p) in enumerate(zip(effect, rows[f"{m}_n"], rows[f"{m}_p"])):
+        p_col = next(c for c in (f"{m}_p_holm", f"{m}_p_raw", f"{m}_p") if c in rows.columns)
+        p_name = "p_holm" if p_col.endswith("_p_holm") else "p"
+        for yi, (e, n, p) in enumerate(zip(effect, rows[f"{m}_n"], rows[p_col], strict=True)):
             if np.isfinite(e):
-                ax.annotate(f"n={n}, p={p:.2g}", (e, yi), xytext=(0, 7), textcoords="offset points",
+                ax.annotate(f"n={n}, {p_name}={p:.2g}", (e, yi), xytext=(0, 7), textcoords="offset points",
                             ha="center", fontsize=8)
         ax.set_yticks(y, variants)
         ax.set_xlabel(f"Δ {m} (variant − full)")
@@ -143,7 +214,7 @@ def plot_per_class(table: pd.DataFrame, path: str | Path, metric: str = "val_ima
     ax.set_xticks(np.arange(n_cols), [str(c) for c in shown.columns], rotation=45 if n_cols > 8 else 0)
     ax.set_yticks(np.arange(n_rows), [str(r) for r in shown.index])
     ax.set_xlabel("normal class")
-    ax.set_ylabel("configuration (config_key)")
+    ax.set_ylabel(str(table.index.name or "configuration"))
     if values.size <= MAX_ANNOTATED_CELLS:
         finite = values[np.isfinite(values)]
         middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0

@@ -1,10 +1,13 @@
 """A self-contained report of one experiment folder: Markdown, HTML, CSV, LaTeX and PNGs.
 
 :func:`write_report` reads ``DIR/results`` (and ``DIR/spec.yaml``, ``DIR/optuna.db`` where
-present) and writes one folder holding ``report.md``, ``report.html`` (inline CSS; its
-only references are the PNGs beside it, by file name), one ``<table>.csv`` and
+present) and writes one folder holding ``report.md`` (the PNGs beside it, by file name),
+``report.html`` (self-contained: inline CSS, every figure inlined as a ``data:`` URI, no
+reference to any file or address, so it can be sent alone), one ``<table>.csv`` and
 ``<table>.tex`` per table, and the figures. It works for a plain ``raysearch train``
 folder (one configuration), a sweep and an ablation; sections that do not apply say why.
+The bootstrap intervals are seeded (:data:`analysis.rank.BOOTSTRAP_SEED`), so the same
+folder gives the same numbers.
 
 Example:
     >>> from analysis import write_report
@@ -14,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import os
@@ -26,17 +30,44 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.ablation import ablation_table
+from analysis.ablation import (
+    ablation_caption,
+    ablation_latex,
+    ablation_paper_table,
+    ablation_table,
+    format_ablation_table,
+    variant_labels,
+)
 from analysis.fidelity import MIN_CONFIGS, fidelity_line, selection_fidelity
-from analysis.importance import param_importance, pareto_front
+from analysis.importance import (
+    DISAGREE_RANK_GAP,
+    DISAGREE_SHARE_GAP,
+    MIN_TRIALS,
+    compare_importance,
+    completed_trials,
+    load_study,
+    param_importance,
+    pareto_front,
+    trial_counts,
+)
 from analysis.load import load_results, load_spec, objective
-from analysis.rank import per_class_table, rank_configs
+from analysis.rank import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    MIN_PAIRS,
+    per_class_table,
+    rank_configs,
+    trial_table,
+)
 
 __all__ = ["write_report", "latex_table", "markdown_table"]
 
 TOP_ROWS = 20  # rows of a long table shown in the report; the CSV and .tex files hold all
 MAX_FAILURES = 20  # failed runs listed with their reason
 MAX_REASON_CHARS = 160  # characters of a failure reason shown (the result rows keep it whole)
+TRIAL_STATUSES = ("completed", "pruned", "failed", "unfinished")
+# Columns of rank_configs left out of the report's ranking table (ranking_all.csv has them).
+RANKING_HIDDEN = ("std", "ci_low", "ci_high", "max_classes", "n_trials", "trial_ids")
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em;
@@ -55,9 +86,11 @@ p.note { color: #555; font-size: 14px; }
 
 @dataclass
 class _Section:
-    """A report section: blocks of ("text", str), ("table", name, DataFrame, caption) or
-    ("image", file name, alt text), rendered alike into Markdown and HTML. A table's
-    files hold every row; the page shows the first :data:`TOP_ROWS`."""
+    """A report section: blocks of ("text", str), ("table", name, DataFrame, caption,
+    metric_values, tex) or ("image", file name, alt text), rendered alike into Markdown and
+    HTML. A table's files hold every row; the page shows the first :data:`TOP_ROWS`.
+    ``metric_values``: every number of the table is a metric value (4 decimals); ``tex``:
+    the ``.tex`` file's text where the table has its own (else a plain tabular)."""
 
     title: str
     blocks: list[tuple] = field(default_factory=list)
@@ -65,10 +98,11 @@ class _Section:
     def text(self, s: str) -> None:
         self.blocks.append(("text", s))
 
-    def table(self, name: str, df: pd.DataFrame, caption: str = "") -> None:
+    def table(self, name: str, df: pd.DataFrame, caption: str = "", metric_values: bool = False,
+              tex: str | None = None) -> None:
         if len(df) > TOP_ROWS:
             caption += f" Showing the first {TOP_ROWS} of {len(df)} rows; {name}.csv has all."
-        self.blocks.append(("table", name, df, caption.strip()))
+        self.blocks.append(("table", name, df, caption.strip(), metric_values, tex))
 
     def image(self, file: str, alt: str) -> None:
         self.blocks.append(("image", file, alt))
@@ -76,33 +110,35 @@ class _Section:
 
 # -- cell formatting and table writers -----------------------------------------------------
 # Columns holding metric values or statistics of them: fixed 4 decimals, so they line up.
-_FIXED = re.compile(r"mean|std|ci_low|ci_high|rank|effect|_full$|_variant$|auroc|f1_max|aupro"
-                    r"|spearman|kendall|regret|_test$")
+_FIXED = re.compile(r"mean|std|ci_low|ci_high|rank|effect|diff|_full$|_variant$|auroc|f1_max|aupro"
+                    r"|spearman|kendall|regret|_test$|fanova|ped_anova")
 
 
 def _cell(value, column: str = "") -> str:
     """A table cell as text: metrics to 4 decimals, p-values to 3 significant digits, other
     numbers (learning rates, latencies) to 4 significant digits, NaN as n/a."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
-        if column.endswith("_p"):
+        if re.search(r"(^|_)p(_raw|_holm)?$", column):  # p-values: 3 significant digits
             return f"{value:.3g}"
         return f"{value:.4f}" if _FIXED.search(column) else f"{value:.4g}"
     return str(value)
 
 
-def _display(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` as strings, index included as the first column(s)."""
+def _display(df: pd.DataFrame, metric_values: bool = False) -> pd.DataFrame:
+    """``df`` as strings, index included as the first column(s); ``metric_values``: every
+    float to 4 decimals (a table of metric values whose columns are, e.g., classes)."""
     flat = df.reset_index() if df.index.name or isinstance(df.index, pd.MultiIndex) else df
-    return pd.DataFrame({str(c): [_cell(v, str(c)) for v in flat[c]] for c in flat.columns})
+    return pd.DataFrame({str(c): [_cell(v, "mean" if metric_values else str(c)) for v in flat[c]]
+                         for c in flat.columns})
 
 
-def markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, metric_values: bool = False) -> str:
     """A GitHub-flavoured Markdown table of ``df`` (floats to 4 decimals, p-values to 3 digits)."""
-    cells = _display(df)
+    cells = _display(df, metric_values)
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(esc(c) for c in cells.columns) + " |",
              "|" + "|".join("---" for _ in cells.columns) + "|"]
@@ -114,7 +150,7 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
-def latex_table(df: pd.DataFrame) -> str:
+def latex_table(df: pd.DataFrame, metric_values: bool = False) -> str:
     """A plain LaTeX ``tabular`` of ``df`` (no packages needed; special characters escaped).
 
     Example:
@@ -127,7 +163,7 @@ def latex_table(df: pd.DataFrame) -> str:
         \\hline
         \\end{tabular}
     """
-    cells = _display(df)
+    cells = _display(df, metric_values)
     esc = lambda s: "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))  # noqa: E731
     lines = [r"\begin{tabular}{" + "r" * len(cells.columns) + "}", r"\hline",
              " & ".join(esc(c) for c in cells.columns) + r" \\", r"\hline"]
@@ -136,41 +172,104 @@ def latex_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _html_table(df: pd.DataFrame) -> str:
-    return '<div class="scroll">' + _display(df).to_html(index=False, escape=True, border=0) + "</div>"
+def _html_table(df: pd.DataFrame, metric_values: bool = False) -> str:
+    return ('<div class="scroll">' + _display(df, metric_values).to_html(index=False, escape=True, border=0)
+            + "</div>")
 
 
 # -- sections ------------------------------------------------------------------------------
-def _overview(df: pd.DataFrame, spec: dict, metrics: list[str], modes: list[str]) -> _Section:
+def _overview(df: pd.DataFrame, spec: dict, metrics: list[str], modes: list[str], study) -> _Section:
     s = _Section("Overview")
     first = lambda col: ", ".join(sorted(map(str, df[col].dropna().unique()))) or "n/a"  # noqa: E731
     s.text(f"Method **{spec.get('method') or first('method')}** on **{first('dataset')}**; "
            f"experiment kinds: {first('kind')}; classes: {first('normal_class')}; seeds: {first('seed')}.")
-    s.text("Objective: " + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes))
+    s.text("Objective: " + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes, strict=True))
            + f"; selection split: {first('selection_split')}. Test metrics are shown for reading only, "
            "never used to rank.")
     s.text(f"Code: raysearch {first('package_version')}, git commit {first('git_commit')}.")
-    counts = df.groupby(["kind", "status"], dropna=False).agg(
-        runs=("trial_id", "size"), trials=("trial_id", "nunique")).reset_index()
-    s.table("runs", counts, "Result rows (one per trial and class) by experiment kind and status.")
+    if not df.empty:
+        _trial_counts(s, df, metrics[0], modes[0], study)
+    counts = df.groupby(["kind", "status"], dropna=False).agg(runs=("trial_id", "size")).reset_index()
+    s.table("runs", counts, "Result rows (one per trial and class) by experiment kind and row status; "
+            "a trial's status is in the trials table.")
     return s
 
 
-def _summary_line(ranking: pd.DataFrame, metric: str, confidence: float) -> str:
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts.get(k, 0)} {k}" for k in TRIAL_STATUSES)
+
+
+def _trial_counts(s: _Section, df: pd.DataFrame, metric: str, mode: str, study) -> None:
+    """The trials by status: one column per experiment kind of the rows (see
+    :func:`analysis.rank.trial_table`) and, for a sweep, the Optuna study's. The study's
+    counts are the ones stated; where the rows of kind tune count otherwise, it says so."""
+    columns = {}
+    for kind in sorted(df["kind"].dropna().unique()):
+        trials = trial_table(df[df["kind"] == kind], metric, mode)
+        columns[f"{kind} rows"] = trials["status"].value_counts().reindex(TRIAL_STATUSES, fill_value=0)
+    if study is not None:
+        columns["Optuna study"] = pd.Series(trial_counts(study)).reindex(TRIAL_STATUSES, fill_value=0)
+    if not columns:
+        return
+    table = pd.DataFrame(columns).astype(int)
+    table.index.name = "status"
+    if study is not None:
+        counts = table["Optuna study"].to_dict()
+        s.text(f"Trials of the sweep (Optuna study {study.study_name}, optuna.db): {_counts_text(counts)}.")
+        rows = table.get("tune rows")
+        if rows is None:
+            s.text("No result row is of kind tune: the study's trials wrote no rows here.")
+        elif rows.to_dict() != counts:
+            s.text(f"**The result rows differ**: they hold {_counts_text(rows.to_dict())} trials of kind tune. "
+                   "The study's counts are the ones to cite; a trial can fail before its first class writes "
+                   "a row, and a trial still running has partial rows.")
+    s.table("trials", table, "Trials by status: per experiment kind from the result rows (a trial failed if a "
+            "class failed, was pruned if the scheduler stopped it, completed if every class completed)"
+            + (", and from the Optuna study." if study is not None else "."))
+
+
+def _ranking_summary(ranking: pd.DataFrame, metric: str, confidence: float) -> list[str]:
     best = ranking.iloc[0]
-    ci = ("no interval (a single run)" if math.isnan(best["ci_low"])
-          else f"{confidence:.0%} CI [{best['ci_low']:.4f}, {best['ci_high']:.4f}]")
-    line = (f"Best configuration `{best['config_key']}`: {metric} {best['mean']:.4f} ± "
-            f"{_cell(best['std'])} (std; {ci}; n = {int(best['n'])} runs over "
-            f"{int(best['n_classes'])} classes x {int(best['n_seeds'])} seed(s)).")
+    number = best["optuna_trial"]
+    where = f" (Optuna trial #{int(number)})" if not pd.isna(number) else ""
+    n_seeds, n_classes = int(best["n_seeds"]), int(best["n_classes"])
+    line = (f"Best configuration: trial `{best['trial_id']}`{where}, config `{best['config_key']}`: "
+            f"{metric} {best['mean']:.4f} over n = {int(best['n'])} runs ({n_classes} classes x "
+            f"{n_seeds} seed(s)).")
+    if n_seeds > 1 and np.isfinite(best["seed_std"]):
+        line += f" Seed-to-seed std of its class mean: {best['seed_std']:.4f}."
     test_col = [c for c in ranking.columns if c.startswith("test_") and c.endswith("_mean")]
     if test_col and metric.startswith("val_"):
         line += f" Its {test_col[0][:-5]} is {_cell(best[test_col[0]])} (reported, not selected on)."
     if not best["complete"]:
         line += " Warning: no configuration finished every class; this one is incomplete."
-    if int(best["n_seeds"]) == 1:
-        line += " Single seed: the interval reflects class-to-class spread, not seed noise."
-    return line
+    lines = [line]
+    if len(ranking) > 1:
+        second = ranking.iloc[1]
+        if np.isfinite(second["diff_ci_low"]):
+            ci = f"{confidence:.0%} CI [{second['diff_ci_low']:.4f}, {second['diff_ci_high']:.4f}]"
+            verdict = ("the interval excludes 0" if second["diff_ci_low"] > 0 or second["diff_ci_high"] < 0
+                       else "the interval includes 0: rank 1 and rank 2 are not separated")
+            lines.append(f"Rank 2 (trial `{second['trial_id']}`) differs from rank 1 by {second['diff']:+.4f} "
+                         f"({ci} over {int(second['n_pairs'])} paired cells; {verdict}).")
+        else:
+            diff = f"{second['diff']:+.4f}" if np.isfinite(second["diff"]) else "n/a (no shared cell)"
+            lines.append(f"Rank 2 (trial `{second['trial_id']}`) differs from rank 1 by {diff} "
+                         f"over {int(second['n_pairs'])} paired cell(s): too few for an interval "
+                         f"(needs {MIN_PAIRS}).")
+    if n_seeds == 1:
+        lines.append("Single seed: the intervals reflect class-to-class spread, not seed noise.")
+    return lines
+
+
+def _ranking_columns(ranking: pd.DataFrame) -> list[str]:
+    """The ranking table's columns shown in the report (``ranking_all.csv`` has all)."""
+    hidden = set(RANKING_HIDDEN)
+    if (ranking["n_seeds"] <= 1).all():
+        hidden.add("seed_std")
+    if ranking["optuna_trial"].isna().all():
+        hidden.add("optuna_trial")
+    return [c for c in ranking.columns if c not in hidden]
 
 
 def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: float,
@@ -180,19 +279,40 @@ def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: floa
     if ranking.empty:
         s.text(f"No completed run has a value of {metric}; nothing to rank.")
         return [s]
-    s.text(_summary_line(ranking, metric, confidence))
+    if (df["kind"] == "ablate").any() and "variant" not in ranking.columns:  # name an ablation's variants
+        ranking.insert(ranking.columns.get_loc("trial_id") + 1, "variant",
+                       ranking["config_key"].map(variant_labels(df)))
+    for line in _ranking_summary(ranking, metric, confidence):
+        s.text(line)
     incomplete = int((~ranking["complete"].astype(bool)).sum())
     if incomplete:
         s.text(f"{incomplete} configuration(s) did not finish every class (or every seed on every class); "
                "they are marked complete = no and ranked after the complete ones.")
-    s.table("ranking", ranking, f"Configurations by mean {metric} over classes and seeds ({mode}); "
-            "mean_rank averages each configuration's rank within every class.")
+    s.text(f"How to read it: each row is one configuration, labelled by its trial (trial_id, optuna_trial) "
+           f"and followed by the searched parameters. *mean* is {metric} over its n runs (one per class and "
+           "seed). *diff* is the paired difference to rank 1: for every (class, seed) cell both finished, this "
+           "configuration minus rank 1, averaged over the n_pairs cells, so the difficulty of each class "
+           f"cancels out; [diff_ci_low, diff_ci_high] is a {confidence:.0%} percentile bootstrap interval "
+           f"over those cells (expanded for few cells, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; "
+           f"it cannot leave the metric's range), n/a below {MIN_PAIRS} cells and for rank 1 itself. An "
+           "interval that holds 0 does not separate the configuration from "
+           "rank 1. Test metrics (test_*_mean) are for reading only; seed_std (several seeds) is the std of the "
+           "per-seed class means; mean_rank averages the configuration's rank within each class.")
+    shown = ranking[_ranking_columns(ranking)]
+    ranking.to_csv(out / "ranking_all.csv", index=False)
+    s.table("ranking", shown, f"Configurations by mean {metric} over classes and seeds ({mode}); "
+            "ranking_all.csv adds std, the bootstrap interval of the mean (ci_low, ci_high) and the trial ids.")
+    plots.plot_ranking(ranking, out / "ranking.png", metric, confidence)
+    s.image("ranking.png", f"Ranking by {metric} with bootstrap intervals")
 
     per_class = per_class_table(df, metric, mode)
+    labels = {r["config_key"]: plots.ranking_label(r) for _, r in ranking.iterrows()}
     per_class = per_class.loc[[k for k in ranking["config_key"] if k in per_class.index]]
+    per_class.index = [labels[k] for k in per_class.index]
+    per_class.index.name = "configuration"
     c = _Section("Per class")
-    c.table("per_class", per_class, f"Seed-mean {metric} per configuration (rows, ranking order) and "
-            "normal class (columns); n/a: not finished.")
+    c.table("per_class", per_class, f"Seed-mean {metric} per configuration (rows: rank, trial, ranking order) "
+            "and normal class (columns); n/a: not finished.", metric_values=True)
     plots.plot_per_class(per_class, out / "per_class.png", metric)
     c.image("per_class.png", f"Heatmap of {metric} per configuration and class")
     return [s, c]
@@ -238,31 +358,50 @@ def _fidelity_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _S
     return s
 
 
-def _history_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _Section | None:
+def _history_section(df: pd.DataFrame, metric: str, mode: str, out: Path, study) -> _Section | None:
     if not (df["kind"] == "tune").any():
         return None
     s = _Section("Optimisation history")
-    plots.plot_history(df, out / "history.png", metric, mode)
-    s.text("Each point is a completed trial's objective (mean over its classes); the line is the best so far.")
+    plots.plot_history(study if study is not None else df, out / "history.png", metric, mode)
+    source = "the Optuna study's values" if study is not None else "the result rows"
+    s.text(f"Each point is a completed trial's objective (mean over its classes, from {source}); the line "
+           "is the best so far.")
     s.image("history.png", f"Optimisation history of {metric}")
     return s
 
 
-def _study_sections(experiment_dir: str, metrics: list[str], out: Path) -> list[_Section]:
+def _study_sections(experiment_dir: str, metrics: list[str], out: Path, study,
+                    study_error: str | None = None) -> list[_Section]:
     """Importance (or why not) and, for several objectives, the Pareto front."""
     s = _Section("Hyperparameter importance")
-    if not os.path.isfile(os.path.join(experiment_dir, "optuna.db")):
+    if study_error:
+        s.text(f"Not computed: {study_error}.")
+        return [s]
+    if study is None:
         s.text("No Optuna study (optuna.db) in this folder: only sweeps (raysearch tune) have one, "
                "so there is no parameter importance to compute.")
         return [s]
+    n_done, n_all = len(completed_trials(study)), len(study.trials)
     try:
-        importance = param_importance(experiment_dir)
-    except (ValueError, KeyError) as err:
+        importance = param_importance(study)
+    except (ValueError, KeyError, RuntimeError) as err:
         s.text(f"Not computed: {err}.")
     else:
-        s.text("fANOVA: share of the objective's variance explained by each parameter over the whole "
-               "space. PED-ANOVA: how differently each parameter is distributed among the top 10 % of "
-               f"trials. Both are normalised to sum to 1. Objective explained: {metrics[0]}.")
+        importance = compare_importance(importance)
+        s.text(f"Computed from **{n_done} completed trials** of the study's {n_all} (pruned, failed and "
+               f"running trials are left out; below {MIN_TRIALS} completed trials nothing is computed). "
+               f"Objective explained: {metrics[0]}.")
+        s.text("fANOVA (seeded random forest): share of the objective's variance explained by each parameter "
+               "over the whole space. PED-ANOVA: how differently each parameter is distributed among the top "
+               "10 % of trials. Both are normalised to sum to 1; *_rank orders each (1 = most important).")
+        flagged = list(importance.index[importance["disagree"]])
+        rule = (f"a parameter is flagged when its two places differ by more than {DISAGREE_RANK_GAP} or its "
+                f"two shares by more than {DISAGREE_SHARE_GAP}")
+        if flagged:
+            s.text(f"**The evaluators disagree** on {', '.join(f'`{p}`' for p in flagged)} ({rule}; column "
+                   "why): read neither number alone for these; more trials usually settle it.")
+        else:
+            s.text(f"The two evaluators agree on every parameter ({rule}; none is).")
         s.table("importance", importance)
         plots.plot_importance(importance, out / "importance.png")
         s.image("importance.png", "Hyperparameter importance")
@@ -271,7 +410,7 @@ def _study_sections(experiment_dir: str, metrics: list[str], out: Path) -> list[
     p = _Section("Pareto front")
     front = pareto_front(experiment_dir, metrics=metrics)
     p.table("pareto", front, f"Trials no other trial beats on every objective ({', '.join(metrics)}).")
-    plots.plot_pareto(experiment_dir, out / "pareto.png", metrics=metrics)
+    plots.plot_pareto(study, out / "pareto.png", metrics=metrics)
     p.image("pareto.png", "Pareto front")
     return [s, p]
 
@@ -283,13 +422,20 @@ def _ablation_section(df: pd.DataFrame, metric: str, confidence: float, out: Pat
         metrics.append("test_" + metric[4:])
     try:
         table = ablation_table(df, metrics, confidence)
+        papers = [ablation_paper_table(df, m, confidence) for m in metrics]
     except ValueError as err:
         s.text(f"Not computed: {err}.")
         return s
-    s.text("Each factor's effect is the mean paired difference variant − full over the (seed, class) "
-           f"cells both finished, with a {confidence:.0%} Student-t interval; the p-value is from the "
-           "Wilcoxon signed-rank test with 6 or more pairs, else the paired t-test (column *_test).")
-    s.table("ablation", table, f"Sorted by the size of the effect on {metric}.")
+    for m, paper in zip(metrics, papers, strict=True):
+        name = "ablation_paper" if m == metric else f"ablation_paper_{m}"
+        s.table(name, format_ablation_table(paper), ablation_caption(paper), tex=ablation_latex(paper))
+    # The effects of every metric side by side; the old copies of two columns are left out.
+    legacy = [f"{m}_{old}" for m in metrics for new, old in (("p_raw", "p"), ("pair_test", "test"))
+              if f"{m}_{new}" in table.columns and f"{m}_{old}" in table.columns]
+    s.table("ablation", table.drop(columns=legacy), f"Every factor's paired effect (variant − full) on "
+            f"{', '.join(metrics)}, sorted by the size of the effect on {metric}: the two means over the "
+            "paired cells, the effect with its interval, the paired test (*_pair_test) and its p-value, raw "
+            "and Holm-corrected over the factors, and the number of pairs.")
     if len(table):
         plots.plot_ablation(table, out / "ablation.png", metrics)
         s.image("ablation.png", "Ablation effects with confidence intervals")
@@ -317,30 +463,49 @@ def _failures_section(df: pd.DataFrame) -> _Section | None:
 
 
 # -- rendering -----------------------------------------------------------------------------
+def _anchor(title: str, taken: set[str]) -> str:
+    """An id for a section heading: lower-case words joined by '-', unique within the page."""
+    base = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "section"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _data_uri(path: Path) -> str:
+    """A PNG file as a ``data:`` URI, so the page carries its figures inside."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def _render(title: str, sections: list[_Section], out: Path) -> None:
     md, body = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
-    for s in sections:
+    taken: set[str] = set()
+    anchors = [_anchor(s.title, taken) for s in sections]
+    body.append('<nav><p class="note">Contents: ' + " · ".join(
+        f'<a href="#{a}">{html.escape(s.title)}</a>' for s, a in zip(sections, anchors, strict=True)) + "</p></nav>")
+    for s, anchor in zip(sections, anchors, strict=True):
         md += [f"## {s.title}", ""]
-        body.append(f"<h2>{html.escape(s.title)}</h2>")
+        body.append(f'<h2 id="{anchor}">{html.escape(s.title)}</h2>')
         for block in s.blocks:
             if block[0] == "text":
                 md += [block[1], ""]
                 body.append(f"<p>{_inline_html(block[1])}</p>")
             elif block[0] == "table":
-                name, full, caption = block[1], block[2], block[3]
+                name, full, caption, metric_values, tex = block[1:6]
                 shown = full.head(TOP_ROWS)
                 full.to_csv(out / f"{name}.csv", index=bool(full.index.name))
-                (out / f"{name}.tex").write_text(latex_table(full) + "\n")
+                (out / f"{name}.tex").write_text((tex or latex_table(full, metric_values)) + "\n")
                 if caption:
                     md += [f"*{caption}*", ""]
                     body.append(f'<p class="note">{_inline_html(caption)}</p>')
-                md += [markdown_table(shown), "", f"(files: {name}.csv, {name}.tex)", ""]
-                body.append(_html_table(shown))
-                body.append(f'<p class="note">Files: {name}.csv, {name}.tex</p>')
+                md += [markdown_table(shown, metric_values), "", f"(files: {name}.csv, {name}.tex)", ""]
+                body.append(_html_table(shown, metric_values))
+                body.append(f'<p class="note">Files beside this page: {name}.csv, {name}.tex</p>')
             else:
                 file, alt = block[1], block[2]
                 md += [f"![{alt}]({file})", ""]
-                body.append(f'<img src="{html.escape(file)}" alt="{html.escape(alt)}">')
+                body.append(f'<img src="{_data_uri(out / file)}" alt="{html.escape(alt)}">')
     (out / "report.md").write_text("\n".join(md))
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
@@ -356,12 +521,24 @@ def _inline_html(text: str) -> str:
     return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", out)
 
 
+def _study(experiment_dir: str) -> tuple[object | None, str | None]:
+    """The folder's Optuna study and None, or None and why there is none to read."""
+    if "://" in experiment_dir or not os.path.isfile(os.path.join(experiment_dir, "optuna.db")):
+        return None, None
+    try:
+        return load_study(experiment_dir), None
+    except (KeyError, ValueError) as err:  # no study of the spec's name, or several and no name
+        return None, f"optuna.db could not be read as this experiment's study: {err}"
+
+
 def write_report(experiment_dir: str | Path, out: str | Path | None = None,
                  confidence: float = 0.95) -> Path:
     """Write the report of an experiment folder into ``out`` (default ``DIR/report``).
 
-    Sections: overview (runs by kind and status), ranking and per-class table of the
-    non-ablation runs (with the best configuration's mean, spread, interval and n), the
+    Sections: overview (trials by status, the Optuna study's counts for a sweep; result
+    rows by kind and status), ranking (:func:`analysis.rank.rank_configs`: each
+    configuration's mean and n and its paired difference to rank 1 with a seeded bootstrap
+    interval; a plot of both) and per-class table of the non-ablation runs, the
     selection fidelity (sweeps: does the objective predict the test metrics? a diagnostic
     on test labels, see :mod:`analysis.fidelity`), the optimisation history (sweeps), hyperparameter importance (sweeps with at least
     :data:`analysis.importance.MIN_TRIALS` completed trials; otherwise a sentence saying
@@ -385,8 +562,11 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
     metrics, modes = objective(spec)
     metric, mode = metrics[0], modes[0]
     name = spec.get("name") or ", ".join(map(str, df["experiment"].dropna().unique())) or experiment_dir
+    study, study_error = _study(experiment_dir)
 
-    sections = [_overview(df, spec, metrics, modes)]
+    sections = [_overview(df, spec, metrics, modes, study)]
+    if study_error:
+        sections[0].text(f"**Warning**: {study_error}; the trial counts are the result rows' only.")
     if df.empty:
         sections[0].text("This folder has no result rows yet.")
     else:
@@ -399,7 +579,7 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
             sections += _ranking_sections(searched, metric, mode, confidence, out)
             fidelity = _fidelity_section(searched, metric, mode, out)
             sections += [fidelity] if fidelity else []
-            history = _history_section(searched, metric, mode, out)
+            history = _history_section(searched, metric, mode, out, study)
             sections += [history] if history else []
         if (df["kind"] == "ablate").any():
             sections.append(_ablation_section(df, metric, confidence, out))
@@ -407,7 +587,7 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
             sections.append(_Section("Hyperparameter importance", [(
                 "text", "Not computed: the Optuna study is read from a local copy of the folder only.")]))
         else:
-            sections += _study_sections(experiment_dir, metrics, out)
+            sections += _study_sections(experiment_dir, metrics, out, study, study_error)
         failures = _failures_section(df)
         sections += [failures] if failures else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

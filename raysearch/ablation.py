@@ -31,7 +31,7 @@ from raysearch.lock import exclusive
 from raysearch.schema import SpecError
 from raysearch.spec import Spec, load_spec
 
-__all__ = ["AblationSpec", "parse_ablations", "resolve_base", "run_ablate", "FULL"]
+__all__ = ["AblationSpec", "parse_ablations", "resolve_base", "run_ablate", "dry_run", "ablation_summary", "FULL"]
 
 FULL = "full"  # the variant without any factor applied
 
@@ -189,20 +189,75 @@ def run_ablate(
 
 
 def ablation_summary(output: str) -> str:
-    """Each factor's paired effect against the full model (validation and test AUROC)."""
-    from analysis import ablation_table, load_results
+    """The ablation table of ``output`` for the console: for the objective (and its test
+    counterpart) the full model first, then each factor by name with its mean ± CI, its
+    paired difference to the full model ± CI and the Holm-corrected p-value
+    (:func:`analysis.ablation.ablation_paper_table`)."""
+    from analysis.ablation import ablation_caption, ablation_paper_table, format_ablation_table
+    from analysis.load import load_results, load_spec, objective
     from raysearch.progress import format_table
 
-    try:
-        table = ablation_table(load_results(output))
-    except ValueError as err:  # no completed rows of the full model
-        return f"no ablation table: {err}"
-    cols = ["variant", "val_image_auroc_n", "val_image_auroc_effect", "val_image_auroc_ci_low",
-            "val_image_auroc_ci_high", "val_image_auroc_p", "test_image_auroc_effect"]
-    headers = ["factor", "pairs", "val effect", "CI low", "CI high", "p", "test effect"]
-    rows = table[[c for c in cols if c in table.columns]].values.tolist()
-    lines = [format_table(headers[: len(rows[0])] if rows else headers, rows),
-             "effects are factor minus full model, paired by seed and class; "
-             f"raysearch report {output} has the full tables and plots",
-             f"results: {results.redact(results.join(output, 'results'))}"]
+    df = load_results(output)
+    metric = objective(load_spec(output))[0][0]
+    metrics = [metric]
+    if metric.startswith("val_") and f"test_{metric[4:]}" in df.columns:
+        metrics.append(f"test_{metric[4:]}")
+    lines = []
+    for m in metrics:
+        try:
+            table = ablation_paper_table(df, m)
+        except ValueError as err:  # no completed rows of the full model
+            return f"no ablation table: {err}"
+        text = format_ablation_table(table)
+        lines += [format_table(list(text.columns), text.values.tolist()), ablation_caption(table), ""]
+    lines += [f"raysearch report {output} has the full tables and plots",
+              f"results: {results.redact(results.join(output, 'results'))}"]
     return "\n".join(lines)
+
+
+def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -> AblationSpec:
+    """Print the ablation that ``raysearch ablate`` would run (the full model's origin, every
+    variant with its overrides, the seeds, the classes and the number of class runs) to
+    ``stream`` (default the current stdout); start nothing.
+
+    Example:
+        >>> dry_run(load_spec("search_spaces/demo/distcon.yaml"))   # doctest: +SKIP
+        ablation distcon-digits-demo: method distcon, 2 classes (0, 1)
+        ...
+    """
+    from raysearch.selection import selection_summary
+
+    stream = stream or sys.stdout
+    ablation = parse_ablations(spec)
+    full_spec = resolve_base(spec, base)
+    classes = full_spec.classes()
+    t = full_spec.train
+    origin = (full_spec.provenance or {}).get("ablation_base") or {}
+    if "config" in origin:
+        where = f"the config file {origin['config']}"
+    elif "trial_id" in origin:
+        where = (f"trial {origin['trial_id']} of {origin['experiment']} (best {origin['metric']} "
+                 f"{origin['value']:.4f})")
+    else:
+        where = "the spec's own values"
+    stream.write(f"ablation {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
+    stream.write(f"full model: {where}\n")
+    own, full = spec.flat_config(), full_spec.flat_config()
+    changed = {k: v for k, v in full.items() if own.get(k) != v}
+    if changed:
+        stream.write(f"  differs from the spec in: {', '.join(f'{k}={v!r}' for k, v in changed.items())}\n")
+    stream.write(f"validation: {selection_summary(full_spec)}\n")
+    stream.write(f"variants ({len(ablation.variants())}):\n")
+    stream.write(f"  {FULL}: no overrides\n")
+    for name, overrides in ablation.factors.items():
+        stream.write(f"  {name}: {', '.join(f'{k}={v!r}' for k, v in overrides.items())}\n")
+    stream.write(f"seeds: {', '.join(map(str, ablation.seeds))}\n")
+    trials = len(ablation.variants()) * len(ablation.seeds)
+    stream.write(f"runs: {len(ablation.variants())} variants x {len(ablation.seeds)} seeds = {trials} trials, "
+                 f"{ablation.concurrent} at a time; x {len(classes)} classes = {trials * len(classes)} class runs "
+                 f"of {t.epochs} epochs each\n")
+    if t.workers * t.gpus_per_worker:
+        stream.write(f"resources: {t.workers} worker(s) x {t.gpus_per_worker} GPU per trial\n")
+    else:
+        stream.write(f"resources: {t.workers} worker(s) x {t.cpus_per_worker} CPU per trial (no GPU)\n")
+    return ablation

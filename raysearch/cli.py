@@ -2,8 +2,9 @@
 
     raysearch train SPEC [--set KEY=VALUE ...] [--output DIR | --storage URI] [--address ADDR]
     raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
-    raysearch ablate SPEC [--base FILE|DIR] [--resume] [...]
+    raysearch ablate SPEC [--base FILE|DIR] [--resume] [--dry-run] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
+    raysearch compare DIR... [--metric M] [--out DIR]
     raysearch methods
     raysearch datasets
 
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="the full model: an exported config file or an experiment folder "
                                   "(its best trial); default: the spec's own values")
     p.add_argument("--resume", action="store_true", help="continue the interrupted ablation in --output")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the variants with their overrides, seeds, classes and runs; start nothing")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("report", help="write DIR/report/: tables, plots, report.md and report.html")
@@ -89,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="an experiment folder")
     p.add_argument("--top", type=_positive_int, default=1, help="how many configurations (default 1)")
     p.add_argument("--to", default="best", help="folder for the spec files (default: best/)")
+
+    p = sub.add_parser("compare", help="compare experiments: the configuration each one selected, per category "
+                                       "(writes compare.{md,html,csv,tex,png}; prints the table)")
+    p.add_argument("experiments", nargs="+", metavar="DIR",
+                   help="experiment folders (sweeps, ablations, train runs)")
+    p.add_argument("--metric", default="test_image_auroc",
+                   help="the metric compared (default: test_image_auroc); each experiment's configuration "
+                        "is still selected by its own objective")
+    p.add_argument("--out", default="compare", help="where to write the files (default: ./compare)")
 
     sub.add_parser("methods", help="list the methods and their parameters with defaults")
     sub.add_parser("datasets", help="list the datasets and where their files are expected")
@@ -152,9 +164,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from raysearch.ablation import run_ablate
+    from raysearch.ablation import dry_run, run_ablate
 
     spec = _checked_spec(args)
+    if args.dry_run:
+        dry_run(spec, base=args.base)
+        return 0
     return run_ablate(spec, _output_for(args, f"{spec.name}-ablation"), base=args.base, address=args.address,
                       num_cpus=args.num_cpus, resume=args.resume, quiet=args.quiet)
 
@@ -192,6 +207,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from analysis.compare import write_comparison
+    from raysearch.schema import SpecError
+
+    folders = [_experiment_dir(path) for path in args.experiments]
+    try:
+        comparison = write_comparison(folders, out=args.out, metric=args.metric)
+    except ValueError as err:
+        raise SpecError(str(err)) from None  # the message names the folder or the metric
+    print(comparison.markdown())
+    for note in comparison.notes:
+        print()
+        print(note)
+    print(f"compare: {os.path.abspath(args.out)} (compare.md, .html, .csv, .tex, .png)", file=sys.stderr)
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from raysearch import registry
     from raysearch.schema import flatten
@@ -217,6 +249,7 @@ COMMANDS = {
     "ablate": _cmd_ablate,
     "report": _cmd_report,
     "export": _cmd_export,
+    "compare": _cmd_compare,
     "methods": _cmd_methods,
     "datasets": _cmd_datasets,
 }

@@ -117,14 +117,17 @@ def test_mean_rank_on_a_hand_ranked_case(tmp_path):
     #   B: .750 .875 .625             2    1    2.5    5.5/3       .75
     #   C: .625 .750 .875             3    2    1      6/3         .75   (ties B; B's rank wins)
     values = {"A": (0.875, 0.5, 0.625), "B": (0.75, 0.875, 0.625), "C": (0.625, 0.75, 0.875)}
-    rows = [row({"name": name}, 0, cls, v) for name, vs in values.items() for cls, v in zip("abc", vs)]
+    rows = [row({"name": name}, 0, cls, v) for name, vs in values.items() for cls, v in zip("abc", vs, strict=True)]
     ranking = rank_configs(_load(tmp_path, rows))
-    by_name = dict(zip(ranking["name"], ranking["mean_rank"]))
+    by_name = dict(zip(ranking["name"], ranking["mean_rank"], strict=True))
     assert by_name == pytest.approx({"A": 6.5 / 3, "B": 5.5 / 3, "C": 2.0})
     assert list(ranking["name"]) == ["B", "C", "A"]
-    assert np.isnan(ranking["ci_low"]).sum() == 0 and (ranking["n"] == 3).all()
+    assert (ranking["n"] == 3).all() and (ranking["n_pairs"] == 3).all()
+    assert ranking["ci_low"].isna().all() and ranking["diff_ci_low"].isna().all()  # 3 < 5 values: no interval
+    # Paired differences to rank 1 (B) per class: C - B = (-.125, -.125, +.25), A - B = (.125, -.375, 0)
+    assert list(ranking["diff"]) == pytest.approx([0.0, 0.0, -0.25 / 3])
     low = rank_configs(load_results(tmp_path), mode="min")
-    assert dict(zip(low["name"], low["mean_rank"])) == pytest.approx({k: 4 - v for k, v in by_name.items()})
+    assert dict(zip(low["name"], low["mean_rank"], strict=True)) == pytest.approx({k: 4 - v for k, v in by_name.items()})
 
 
 def test_history_carries_the_best_so_far():
@@ -205,18 +208,32 @@ class _Refs(HTMLParser):
     def __init__(self):
         super().__init__()
         self.refs: list[str] = []
+        self.tags: list[str] = []
 
     def handle_starttag(self, tag, attrs):
-        self.refs += [v for k, v in attrs if k in ("src", "href") and v is not None]
+        self.tags.append(tag)
+        self.refs += [v for k, v in attrs if k in ("src", "href", "srcset", "data", "action", "poster")
+                      and v is not None]
 
 
 def check_html(out) -> list[str]:
+    """Asserts that report.html refers to nothing outside itself (every src/href is a data: URI
+    or an in-page #anchor) and holds as many inlined PNGs as report.md shows; returns the
+    PNG files report.md shows beside it."""
+    import re
+
+    page = (out / "report.html").read_text()
     parser = _Refs()
-    parser.feed((out / "report.html").read_text())
+    parser.feed(page)
+    assert "link" not in parser.tags and "script" not in parser.tags
+    assert "url(" not in page and "@import" not in page
     for ref in parser.refs:
-        assert "/" not in ref and ":" not in ref, ref  # a file beside the page, nothing else
-        assert (out / ref).is_file(), ref
-    return parser.refs
+        assert ref.startswith("data:image/png;base64,") or ref.startswith("#"), ref[:80]
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (out / "report.md").read_text())
+    for image in images:
+        assert "/" not in image and (out / image).is_file(), image
+    assert sum(r.startswith("data:") for r in parser.refs) == len(images)
+    return images
 
 
 def test_report_of_a_sweep(tmp_path):
@@ -234,7 +251,7 @@ def test_report_of_a_sweep(tmp_path):
     expected = {"report.md", "report.html", "history.png", "per_class.png", "importance.png", "failures.csv"}
     expected |= {f"{t}.{e}" for t in ("runs", "ranking", "per_class", "importance") for e in ("csv", "tex")}
     assert expected <= {p.name for p in out.iterdir()}
-    assert set(check_html(out)) == {"per_class.png", "history.png", "importance.png", "fidelity.png"}
+    assert set(check_html(out)) == {"ranking.png", "per_class.png", "history.png", "importance.png", "fidelity.png"}
     md = (out / "report.md").read_text()
     assert "loss is NaN" in md and "Hyperparameter importance" in md
     assert r"\begin{tabular}" in (out / "ranking.tex").read_text()
@@ -245,7 +262,7 @@ def test_report_of_an_ablation(tmp_path):
     write_rows(ablate, ablation_rows(np.random.default_rng(5)))
     out = write_report(ablate, out=tmp_path / "ablate-report")
     assert {"ablation.csv", "ablation.tex", "ablation.png", "report.md"} <= {p.name for p in out.iterdir()}
-    assert sorted(check_html(out)) == ["ablation.png", "per_class.png"]  # the variants are ranked too
+    assert sorted(check_html(out)) == ["ablation.png", "per_class.png", "ranking.png"]  # the variants are ranked too
     assert "No Optuna study" in (out / "report.md").read_text()
 
 
@@ -257,8 +274,8 @@ def test_report_of_a_single_train_run(tmp_path):
     write_rows(tmp_path, rows)
     out = write_report(tmp_path, out=tmp_path / "r")
     md = (out / "report.md").read_text()
-    assert "n = 4 runs over 4 classes x 1 seed(s)" in md and "history.png" not in md
-    assert set(check_html(out)) == {"per_class.png"}
+    assert "n = 4 runs (4 classes x 1 seed(s))" in md and "history.png" not in md
+    assert set(check_html(out)) == {"ranking.png", "per_class.png"}
 
 
 def test_hand_built_minimal_table_is_enough():

@@ -40,7 +40,7 @@ from analysis.compare import (
     write_comparison,
 )
 from analysis.fidelity import fidelity_line, selection_fidelity
-from analysis.importance import load_study, param_importance, pareto_front
+from analysis.importance import compare_importance, load_study, param_importance, pareto_front, trial_counts
 from analysis.load import config_key, load_results, load_spec, objective
 from analysis.plots import (
     plot_ablation,
@@ -49,8 +49,9 @@ from analysis.plots import (
     plot_importance,
     plot_pareto,
     plot_per_class,
+    plot_ranking,
 )
-from analysis.rank import history_table, per_class_table, rank_configs
+from analysis.rank import history_table, per_class_table, rank_configs, trial_table
 from analysis.report import write_report
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "objective",
     "config_key",
     "rank_configs",
+    "trial_table",
     "per_class_table",
     "history_table",
     "ablation_table",
@@ -73,6 +75,8 @@ __all__ = [
     "write_comparison",
     "plot_comparison",
     "param_importance",
+    "compare_importance",
+    "trial_counts",
     "pareto_front",
     "load_study",
     "selection_fidelity",
@@ -83,5 +87,6 @@ __all__ = [
     "plot_per_class",
     "plot_pareto",
     "plot_fidelity",
+    "plot_ranking",
     "write_report",
 ]

@@ -69,10 +69,7 @@ REFERENCE = "full"  # the variant every factor is compared with
 MIN_WILCOXON_PAIRS = 6  # fewer pairs: the signed-rank test cannot reach p < 0.05 (2/2^5 = 0.0625)
 ALPHA = 0.05  # level of the `*` mark, applied to the Holm-corrected p-value
 CELLS = ["seed", "normal_class"]  # one pair = one (seed, class) cell that both variants finished
-# Old names of two columns of ablation_table, kept as copies while the report's plot and
-# older readers use them: "<m>_test" (the paired test's name, easily read as the test split)
-# and "<m>_p" (the uncorrected p-value). New code reads <m>_pair_test and <m>_p_raw.
-LEGACY_COLUMNS = {"pair_test": "test", "p_raw": "p"}
+
 
 def _difference_range(metric: str) -> tuple[float, float]:
     low, high = metric_range(metric)
@@ -194,8 +191,6 @@ def ablation_table(df: pd.DataFrame, metrics: Sequence[str] = ("val_image_auroc"
                                        "pair_test", "n")]
         block = pd.DataFrame(stats_rows, index=out.index, columns=names)
         block[f"{m}_p_holm"] = holm(block[f"{m}_p_raw"].to_numpy(float))
-        for new, old in LEGACY_COLUMNS.items():
-            block[f"{m}_{old}"] = block[f"{m}_{new}"]
         out = pd.concat([out, block], axis=1)
     size = out[f"{metrics[0]}_effect"].astype(float).abs()
     out = out.loc[size.sort_values(ascending=False, na_position="last", kind="stable").index]

@@ -158,13 +158,13 @@ def test_ablation_finds_the_planted_effect_and_not_the_null_one(tmp_path):
     assert list(table["variant"]) == ["no_gmm", "null_factor"]  # sorted by |effect|
     harm, null = table.iloc[0], table.iloc[1]
     assert harm["val_image_auroc_effect"] == pytest.approx(-0.05, abs=0.01)
-    assert harm["val_image_auroc_ci_high"] < 0 and harm["val_image_auroc_p"] < 0.05
-    assert harm["val_image_auroc_test"] == "wilcoxon" and harm["val_image_auroc_n"] == 15
+    assert harm["val_image_auroc_ci_high"] < 0 and harm["val_image_auroc_p_raw"] < 0.05
+    assert harm["val_image_auroc_pair_test"] == "wilcoxon" and harm["val_image_auroc_n"] == 15
     assert harm["test_image_auroc_effect"] == pytest.approx(-0.05, abs=0.01)  # its own columns
     assert null["val_image_auroc_ci_low"] < 0 < null["val_image_auroc_ci_high"]
     few = ablation_table(_load(tmp_path / "few", ablation_rows(np.random.default_rng(3), seeds=(0,),
                                                                    classes=("a", "b", "c"))))
-    assert set(few["val_image_auroc_test"]) == {"ttest_rel"} and set(few["val_image_auroc_n"]) == {3}
+    assert set(few["val_image_auroc_pair_test"]) == {"ttest_rel"} and set(few["val_image_auroc_n"]) == {3}
 
 
 def test_ablation_without_rows_says_so(tmp_path):

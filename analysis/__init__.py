@@ -40,7 +40,13 @@ from analysis.compare import (
     write_comparison,
 )
 from analysis.fidelity import fidelity_line, selection_fidelity
-from analysis.importance import compare_importance, load_study, param_importance, pareto_front, trial_counts
+from analysis.importance import (
+    compare_importance,
+    load_study,
+    param_importance,
+    pareto_front,
+    trial_counts,
+)
 from analysis.load import config_key, load_results, load_spec, objective
 from analysis.plots import (
     plot_ablation,

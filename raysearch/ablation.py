@@ -229,8 +229,12 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
 
     stream = stream or sys.stdout
     ablation = parse_ablations(spec)
+    from raysearch.data import planned_classes
+
     full_spec = resolve_base(spec, base)
-    classes = full_spec.classes()
+    classes, note = planned_classes(full_spec.data)
+    if note:
+        stream.write(f"note: {note}\n")
     t = full_spec.train
     origin = (full_spec.provenance or {}).get("ablation_base") or {}
     if "config" in origin:

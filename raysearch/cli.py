@@ -126,6 +126,8 @@ def _checked_spec(args: argparse.Namespace):
     from raysearch.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)
+    if getattr(args, "dry_run", False):
+        return spec  # a plan needs no data where the spec lists its classes
     try:
         check_data(spec.data)
     except SpecError as err:

@@ -76,12 +76,17 @@ def with_budget(search: SearchSpec, trials: int | None, concurrent: int | None) 
 def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
             concurrent: int | None = None) -> SearchSpec:
     """Print the resolved search and an estimate of its cost (to ``stream``, default the
-    current stdout); start nothing."""
+    current stdout); start nothing. The data need not be there where the spec lists its
+    classes."""
     stream = stream or sys.stdout
     search = with_budget(parse_search(spec), trials, concurrent)
-    classes = spec.classes()
+    from raysearch.data import planned_classes
+
+    classes, note = planned_classes(spec.data)
     t = spec.train
     stream.write(f"experiment {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
+    if note:
+        stream.write(f"note: {note}\n")
     stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes))}"
                  f" averaged over classes\n")
     stream.write(f"validation: {selection_summary(spec)}\n")

@@ -225,3 +225,14 @@ def test_resume_refuses_data_that_changed_since_the_experiment_started(tmp_path)
     _png(root / "cable" / "train/good" / "9.png")
     with pytest.raises(SpecError, match=r"holds a sweep of other data \(data: class cable: 7 files \(was 6\)"):
         check_same_spec(out, spec, "a sweep")
+
+
+@pytest.mark.parametrize("command", ["tune", "ablate"])
+def test_a_dry_run_needs_no_data_where_the_spec_lists_its_classes(tmp_path, capsys, command):
+    base = [command, "search_spaces/demo/distcon.yaml", "--dry-run", "--set", "data.dataset=folder",
+            "--set", f"data.root={tmp_path / 'nowhere'}", "--set", "selection.anomalies=synthetic"]
+    assert main([*base, "--set", "data.classes=[bottle, cable]"]) == 0
+    out = capsys.readouterr().out
+    assert "2 classes (bottle, cable)" in out and "note: classes not checked: no folder dataset found" in out
+    assert main([*base, "--set", "data.classes=all"]) == 2  # nothing names the classes
+    assert "without the data, list data.classes" in capsys.readouterr().err

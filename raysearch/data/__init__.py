@@ -205,6 +205,19 @@ def list_classes(data: DataSpec) -> list[str]:
     return out
 
 
+def planned_classes(data: DataSpec) -> tuple[list[str], str | None]:
+    """The classes a run would train, for a plan made without the data (``--dry-run``):
+    the checked list where the data is there, else the spec's own list with a note saying
+    it was not checked; an error when neither the data nor the spec names them."""
+    try:
+        return list_classes(data), None
+    except DataNotFoundError as err:
+        if data.classes == "all":
+            raise SpecError(f"{err.problem}; without the data, list data.classes to plan a run",
+                            key="data.classes") from None
+        return [str(c) for c in data.classes], f"classes not checked: {err.problem}"
+
+
 def check_data(data: DataSpec) -> list[str]:
     """The spec's classes, after checking the files their tasks read (before any worker
     starts): every problem (a missing or empty folder, an image that cannot be decoded, a

@@ -363,8 +363,11 @@ class SweepRows(Callback):
         self.line = None if stream is None else SweepLine(stream, total, objective.removeprefix("mean_"), mode)
         self.best = math.nan
 
-    def _counts(self, trials) -> dict[str, int]:
-        counts = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+    def _counts(self, trials) -> dict[str, float]:
+        """Trials by state, and ``done``: the trials that ended plus the fraction of its
+        classes each running trial has reached (what the time estimate divides by, so it
+        has a value from the first evaluation on)."""
+        counts: dict[str, float] = {"completed": 0, "pruned": 0, "failed": 0, "running": 0, "done": 0.0}
         for t in trials:
             if t.status == "ERROR":
                 counts["failed"] += 1
@@ -372,6 +375,8 @@ class SweepRows(Callback):
                 counts["completed" if finished(t.last_result, self.full) else "pruned"] += 1
             elif t.status == "RUNNING":
                 counts["running"] += 1
+                counts["done"] += min(float((t.last_result or {}).get("progress", 0)), self.full) / self.full
+        counts["done"] += counts["completed"] + counts["pruned"] + counts["failed"]
         return counts
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -111,17 +111,19 @@ class SweepLine:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, stream=sys.stderr)
 
-    def update(self, counts: dict[str, int], best: float, force: bool = False) -> None:
+    def update(self, counts: dict[str, float], best: float, force: bool = False) -> None:
+        """Show ``counts`` (trials completed, pruned, failed, running, and ``done``: ended
+        trials plus running trials' fractions, which the time left is estimated from)."""
         now = time.perf_counter()
         if not force and now - self.last < (0.5 if self.tty else 15.0):
             return
         self.last = now
         elapsed = now - self.started
-        done = counts["completed"] + counts["pruned"] + counts["failed"]
-        left = time_left(elapsed, done, self.total)
+        done = int(counts["completed"] + counts["pruned"] + counts["failed"])
+        left = time_left(elapsed, counts.get("done", done), self.total)
         text = (
-            f"trials {done}/{self.total} done ({counts['completed']} completed, "
-            f"{counts['pruned']} pruned, {counts['failed']} failed), {counts['running']} running  "
+            f"trials {done}/{self.total} done ({counts['completed']:.0f} completed, "
+            f"{counts['pruned']:.0f} pruned, {counts['failed']:.0f} failed), {counts['running']:.0f} running  "
             f"best {self.metric} {fmt(best, 4)}  elapsed {elapsed:.0f}s  left ~{fmt(left, 0)}s"
         )
         self.stream.write(("\r" + text) if self.tty else (text + "\n"))

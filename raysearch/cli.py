@@ -5,7 +5,7 @@
     raysearch ablate SPEC [--base FILE|DIR] [--resume] [--dry-run] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
     raysearch compare DIR... [--metric M] [--out DIR]
-    raysearch methods
+    raysearch methods [NAME]
     raysearch datasets
 
 Bad input (a spec error, missing data files) prints one line naming the file, the key
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "is still selected by its own objective")
     p.add_argument("--out", default="compare", help="where to write the files (default: ./compare)")
 
-    sub.add_parser("methods", help="list the methods and their parameters with defaults")
+    p = sub.add_parser("methods", help="list the methods and their parameters with defaults; with NAME, "
+                                       "each parameter's type, allowed values, default and meaning")
+    p.add_argument("name", nargs="?", help="a method: print its parameters as a table")
     sub.add_parser("datasets", help="list the datasets and where their files are expected")
     return parser
 
@@ -228,13 +230,34 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from raysearch import registry
-    from raysearch.schema import flatten
+    from raysearch.schema import SpecError, flatten
 
-    for name in registry.method_names():
-        print(f"{name}: {registry.describe(name)}")
-        for key, value in flatten(registry.params_class(name)()).items():
-            print(f"    params.{key} = {value!r}")
+    if args.name is None:
+        for name in registry.method_names():
+            print(f"{name}: {registry.describe(name)}")
+            for key, value in flatten(registry.params_class(name)()).items():
+                print(f"    params.{key} = {value!r}")
+        return 0
+    if args.name not in registry.METHODS:
+        raise SpecError(f"unknown method {args.name!r}; known methods: {', '.join(registry.method_names())}")
+    print(f"{args.name}: {registry.describe(args.name)}")
+    print()
+    for line in _params_table(registry.params_class(args.name)):
+        print(line)
     return 0
+
+
+def _params_table(cls: type) -> list[str]:
+    """``params.<key>  type  allowed  default  meaning``, one aligned row per parameter."""
+    from raysearch.schema import describe_fields
+
+    def shown(value: object) -> str:
+        return value if isinstance(value, str) and value else repr(value)
+
+    rows = [("key", "type", "allowed", "default", "meaning")]
+    rows += [(f"params.{d.key}", d.type, d.allowed, shown(d.default), d.help) for d in describe_fields(cls)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[4]]).rstrip() for row in rows]
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:

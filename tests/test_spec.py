@@ -48,6 +48,7 @@ def test_with_overrides_round_trips(tmp_path):
         (MINIMAL, ["params.no_such_key=1"], "params.no_such_key: unknown key; allowed keys here:"),
         (MINIMAL, ["params.gmm.componentz=1"], "params.gmm.componentz: unknown key"),
         (MINIMAL, ["params.gmm.components=many"], "params.gmm.components: expected an integer, got 'many'"),
+        (MINIMAL, ["params.gmm.components=100"], "params.gmm.components: expected an integer in 1..64, got 100"),
         (MINIMAL, ["params.gmm.covariance=full"], "params.gmm.covariance: expected one of 'diag', 'spherical', 'fixed'"),
         (MINIMAL, ["params.rotations=0-45"], "params.rotations: expected distinct angles"),
         (MINIMAL, ["train.epochs=0"], "train.epochs: expected a positive integer"),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raysearch.methods.common import BackboneParams
-from raysearch.schema import SpecError
+from raysearch.schema import SpecError, param
 
 __all__ = [
     "BackboneParams",
@@ -55,41 +55,47 @@ def parse_levels(text: str, key: str, allow_all: bool = True) -> list[str] | Non
 @dataclass(frozen=True)
 class HeadParams:
     # CutPaste's head: an MLP on the pooled embedding, then a linear classifier.
-    hidden: int = 512  # width of each hidden layer
-    layers: int = 1  # hidden Linear-ReLU layers before the classifier (0 = linear classifier)
-
-    def validate(self) -> None:
-        if self.hidden < 1 or not 0 <= self.layers <= 8:
-            raise SpecError(f"expected hidden >= 1 and layers in 0..8, got {self.hidden}, {self.layers}", key="layers")
+    hidden: int = param(512, help="width of each hidden layer", ge=1)
+    layers: int = param(
+        1, help="hidden Linear-ReLU layers before the classifier (0 = linear classifier)", ge=0, le=8
+    )
 
 
 @dataclass(frozen=True)
 class SaliencyParams:
-    layers: str = "all"  # LayerCAM levels joined by '+' (e.g. "layer1+layer2+layer3+layer4"), or all
-    shallow: str = "layer1+layer2"  # levels that get the tanh rescaling (paper eq. 9)
-    gamma: float = 2.0  # tanh rescaling factor of shallow levels (paper: 2)
-    renormalize_shallow: bool = True  # ours: min-max again after the tanh
+    layers: str = param(
+        "all", help="LayerCAM levels joined by '+' (e.g. layer1+layer2+layer3+layer4), or all"
+    )
+    shallow: str = param(
+        "layer1+layer2", help="levels that get the tanh rescaling (paper eq. 9); none = no level"
+    )
+    gamma: float = param(2.0, help="tanh rescaling factor of shallow levels (paper: 2)", gt=0)
+    renormalize_shallow: bool = param(True, help="ours: min-max again after the tanh")
     # How the per-level maps make the map a pair is picked from: random_level (ours: each
     # swap uses the map of one level drawn uniformly, "on each map" of the abstract),
     # max or mean (one fused map).
-    fusion: Literal["random_level", "max", "mean"] = "random_level"
+    fusion: Literal["random_level", "max", "mean"] = param(
+        "random_level", help="how the per-level maps give the map a pair is picked from (random_level: ours)"
+    )
     # The logit LayerCAM explains (ours): normal (the classifier's normal logit),
     # anomalous (logsumexp of the other logits), embedding_norm (squared norm of the
     # pooled embedding: class-free, for a frozen pretrained backbone).
-    target: Literal["normal", "anomalous", "embedding_norm"] = "normal"
+    target: Literal["normal", "anomalous", "embedding_norm"] = param(
+        "normal", help="the logit LayerCAM explains (ours)"
+    )
     # online: the network being trained gives the saliency; frozen: a copy of it, taken at
     # build time and refreshed every ``refresh_every`` epochs (0 = never: the initial,
     # e.g. pretrained, network).
-    source: Literal["online", "frozen"] = "online"
-    refresh_every: int = 1  # epochs between refreshes of the frozen copy (source = frozen)
+    source: Literal["online", "frozen"] = param(
+        "online", help="network that gives the saliency: the one being trained, or a frozen copy"
+    )
+    refresh_every: int = param(
+        1, help="epochs between refreshes of the frozen copy (source = frozen; 0 = never)", ge=0
+    )
 
     def validate(self) -> None:
         parse_levels(self.layers, key="layers")
         self.shallow_levels()
-        if self.gamma <= 0:
-            raise SpecError(f"expected a positive number, got {self.gamma}", key="gamma")
-        if self.refresh_every < 0:
-            raise SpecError(f"expected >= 0 (0 = never refresh), got {self.refresh_every}", key="refresh_every")
 
     def shallow_levels(self) -> list[str]:
         """The tanh-rescaled levels; "none" (or empty) = no level is rescaled."""
@@ -100,73 +106,66 @@ class SaliencyParams:
 
 @dataclass(frozen=True)
 class ClusterParams:
-    k: int = 3  # clusters per saliency map
-    with_coords: bool = False  # cluster on (saliency, row, column) instead of saliency alone
-    coord_weight: float = 1.0  # scale of the [0, 1] coordinates against saliency in [0, 1]
-    iters: int = 10  # Lloyd iterations
-    init: Literal["kmeans++", "random"] = "kmeans++"
-    grid: int = 32  # ours: maps are clustered at grid x grid (0 = image size), cluster ids upsampled
-
-    def validate(self) -> None:
-        if not 1 <= self.k <= 16:
-            raise SpecError(f"expected 1..16, got {self.k}", key="k")
-        if self.iters < 1:
-            raise SpecError(f"expected >= 1, got {self.iters}", key="iters")
-        if self.coord_weight < 0:
-            raise SpecError(f"expected >= 0, got {self.coord_weight}", key="coord_weight")
-        if self.grid != 0 and self.grid < 4:
-            raise SpecError(f"expected 0 (image size) or >= 4, got {self.grid}", key="grid")
+    k: int = param(3, help="clusters per saliency map", ge=1, le=16)
+    with_coords: bool = param(False, help="cluster on (saliency, row, column) instead of saliency alone")
+    coord_weight: float = param(1.0, help="scale of the [0, 1] coordinates against saliency in [0, 1]", ge=0)
+    iters: int = param(10, help="Lloyd iterations", ge=1)
+    init: Literal["kmeans++", "random"] = param("kmeans++", help="how the cluster centres start")
+    grid: int = param(
+        32, help="ours: maps are clustered at grid x grid (0 = image size), cluster ids upsampled", ge=4, also=(0,)
+    )
 
 
 @dataclass(frozen=True)
 class PatchParams:
-    locations: Literal["saliency", "random"] = "saliency"  # random = the CutPaste-like baseline
-    mode: Literal["swap", "paste"] = "swap"  # paste: copy patch A over patch B only (ablation)
-    area_min: float = 0.02  # patch area as a fraction of the image (CutPaste: 0.02..0.15)
-    area_max: float = 0.15
-    aspect_min: float = 0.3  # width / height, log-uniform (CutPaste: 0.3..3.3)
-    aspect_max: float = 3.3
+    locations: Literal["saliency", "random"] = param(
+        "saliency", help="where patches come from; random = the CutPaste-like baseline"
+    )
+    mode: Literal["swap", "paste"] = param("swap", help="paste: copy patch A over patch B only (ablation)")
+    area_min: float = param(
+        0.02, help="patch area as a fraction of the image (CutPaste: 0.02..0.15)", gt=0, lt=1
+    )
+    area_max: float = param(0.15, help="largest patch area fraction (>= area_min)", gt=0, lt=1)
+    aspect_min: float = param(0.3, help="width / height, log-uniform (CutPaste: 0.3..3.3)", gt=0)
+    aspect_max: float = param(3.3, help="largest width / height (>= aspect_min)", gt=0)
     # Patch centres at least this many patch sides apart along one axis; 1 = the two boxes
     # touch at most, so a swap is a permutation of pixels (the paper: "one patch apart").
-    min_distance: float = 1.0
-    swaps: int = 1  # swaps per negative image, applied in turn (pairs drawn independently)
+    min_distance: float = param(
+        1.0, help="patch centres at least this many patch sides apart (1 = touching, no overlap)", ge=1
+    )
+    swaps: int = param(
+        1, help="swaps per negative image, applied in turn (pairs drawn independently)", ge=1, le=8
+    )
 
     def validate(self) -> None:
-        if not 0 < self.area_min <= self.area_max < 1:
-            raise SpecError(f"expected 0 < area_min <= area_max < 1, got {self.area_min}, {self.area_max}", key="area_min")
-        if not 0 < self.aspect_min <= self.aspect_max:
-            raise SpecError(f"expected 0 < aspect_min <= aspect_max, got {self.aspect_min}, {self.aspect_max}", key="aspect_min")
-        if self.min_distance < 1:
-            raise SpecError(f"expected >= 1 (patches must not overlap), got {self.min_distance}", key="min_distance")
-        if not 1 <= self.swaps <= 8:
-            raise SpecError(f"expected 1..8, got {self.swaps}", key="swaps")
+        if not self.area_min <= self.area_max:
+            raise SpecError(f"expected area_min <= area_max, got {self.area_min}, {self.area_max}", key="area_min")
+        if not self.aspect_min <= self.aspect_max:
+            raise SpecError(f"expected aspect_min <= aspect_max, got {self.aspect_min}, {self.aspect_max}", key="aspect_min")
 
 
 @dataclass(frozen=True)
 class TaskParams:
-    # binary: normal vs CutSwap; three_way: normal / CutSwap / a CutPaste-style class.
-    classes: Literal["binary", "three_way"] = "three_way"
-    third: Literal["cutpaste", "scar"] = "cutpaste"  # the third class (three_way)
-    third_jitter: float = 0.1  # colour jitter of the pasted patch of the third class (CutPaste: 0.1)
+    classes: Literal["binary", "three_way"] = param(
+        "three_way", help="binary: normal vs CutSwap; three_way: normal / CutSwap / a CutPaste-style class"
+    )
+    third: Literal["cutpaste", "scar"] = param("cutpaste", help="the third class (three_way)")
+    third_jitter: float = param(
+        0.1, help="colour jitter of the pasted patch of the third class (CutPaste: 0.1)", ge=0
+    )
 
     @property
     def num_classes(self) -> int:
         return 2 if self.classes == "binary" else 3
 
-    def validate(self) -> None:
-        if self.third_jitter < 0:
-            raise SpecError(f"expected >= 0, got {self.third_jitter}", key="third_jitter")
-
 
 @dataclass(frozen=True)
 class AugmentParams:
     # Colour jitter of every training image before synthesis (CutPaste: 0.1 each).
-    jitter: float = 0.1  # brightness, contrast and saturation strength (0 = off)
-    hue: float = 0.0  # ours: no hue jitter by default (colour defects exist in MVTec AD)
-
-    def validate(self) -> None:
-        if self.jitter < 0 or not 0 <= self.hue <= 0.5:
-            raise SpecError(f"expected jitter >= 0 and hue in [0, 0.5], got {self.jitter}, {self.hue}", key="jitter")
+    jitter: float = param(0.1, help="brightness, contrast and saturation strength (0 = off)", ge=0)
+    hue: float = param(
+        0.0, help="ours: no hue jitter by default (colour defects exist in MVTec AD)", ge=0, le=0.5
+    )
 
 
 @dataclass(frozen=True)
@@ -174,22 +173,22 @@ class ScoreParams:
     # Image score: Mahalanobis distance to a Gaussian (Ledoit-Wolf covariance) of the
     # training-normal embeddings. backbone = pooled backbone features (CutPaste);
     # head = the last hidden layer of the MLP head (needs head.layers >= 1).
-    embedding: Literal["backbone", "head"] = "backbone"
-    l2_normalize: bool = False  # L2-normalise embeddings before the Gaussian
+    embedding: Literal["backbone", "head"] = param(
+        "backbone", help="embedding of the image Gaussian: pooled backbone features or the head's last hidden layer"
+    )
+    l2_normalize: bool = param(False, help="L2-normalise embeddings before the Gaussian")
     # Pixel maps: patch_gde (Mahalanobis distance of every position of ``map_level`` to
     # one Gaussian over all training positions, upsampled), layercam (LayerCAM of the
     # anomalous logit on the saliency levels, times P(not normal)), or none.
-    maps: Literal["patch_gde", "layercam", "none"] = "patch_gde"
-    map_level: str = "layer2"  # backbone level of patch_gde
-    map_samples: int = 20000  # training positions (evenly strided) for the patch Gaussian
-    batch_size: int = 256  # images per scoring forward pass
+    maps: Literal["patch_gde", "layercam", "none"] = param("patch_gde", help="how pixel maps are made")
+    map_level: str = param("layer2", help="backbone level of patch_gde")
+    map_samples: int = param(20000, help="training positions (evenly strided) for the patch Gaussian", ge=16)
+    batch_size: int = param(256, help="images per scoring forward pass", ge=1)
 
     def validate(self) -> None:
         parse_levels(self.map_level, key="map_level", allow_all=False)
         if "+" in self.map_level:
             raise SpecError(f"expected a single level, got {self.map_level!r}", key="map_level")
-        if self.map_samples < 16 or self.batch_size < 1:
-            raise SpecError(f"expected map_samples >= 16 and batch_size >= 1, got {self.map_samples}, {self.batch_size}", key="map_samples")
 
 
 @dataclass(frozen=True)

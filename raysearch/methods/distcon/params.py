@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raysearch.methods.common import BackboneParams
-from raysearch.schema import SpecError
+from raysearch.schema import SpecError, param
 
 __all__ = [
     "BackboneParams",
@@ -52,44 +52,33 @@ def parse_rotations(text: str) -> list[tuple[int, bool]]:
 
 @dataclass(frozen=True)
 class GMMParams:
-    components: int = 4  # K Gaussians per rotation; K=1 with covariance=fixed is GOAD
-    covariance: Literal["diag", "spherical", "fixed"] = "diag"
-    fixed_variance: float = 0.5  # variance used by covariance=fixed
-    temperature: float = 1.0  # T_gmm of the clustering loss softmax over rotations
-    update: Literal["gradient", "em", "kmeans"] = "gradient"  # how mixture parameters learn
-    refit_every: int = 1  # epochs between EM / k-means refits (update = em | kmeans)
-    em_iters: int = 10  # EM / k-means iterations per refit
-    min_log_var: float = -6.0  # floor on log-variances
-
-    def validate(self) -> None:
-        if not 1 <= self.components <= 64:
-            raise SpecError(f"expected 1..64, got {self.components}", key="components")
-        if self.temperature <= 0 or self.fixed_variance <= 0:
-            raise SpecError("temperature and fixed_variance must be positive", key="temperature")
-        if self.refit_every < 1 or self.em_iters < 1:
-            raise SpecError("refit_every and em_iters must be >= 1", key="refit_every")
+    components: int = param(
+        4, help="K Gaussians per rotation; K=1 with covariance=fixed is GOAD", ge=1, le=64
+    )
+    covariance: Literal["diag", "spherical", "fixed"] = param(
+        "diag", help="shape of each Gaussian's covariance"
+    )
+    fixed_variance: float = param(0.5, help="variance used by covariance=fixed", gt=0)
+    temperature: float = param(1.0, help="T_gmm of the clustering loss softmax over rotations", gt=0)
+    update: Literal["gradient", "em", "kmeans"] = param("gradient", help="how mixture parameters learn")
+    refit_every: int = param(1, help="epochs between EM / k-means refits (update = em | kmeans)", ge=1)
+    em_iters: int = param(10, help="EM / k-means iterations per refit", ge=1)
+    min_log_var: float = param(-6.0, help="floor on log-variances")
 
 
 @dataclass(frozen=True)
 class ContrastiveParams:
-    temperature: float = 0.5  # tau of NT-Xent (CSI default)
-
-    def validate(self) -> None:
-        if self.temperature <= 0:
-            raise SpecError(f"expected a positive number, got {self.temperature}", key="temperature")
+    temperature: float = param(0.5, help="tau of NT-Xent (CSI default)", gt=0)
 
 
 @dataclass(frozen=True)
 class LossParams:
     # Loss = contrastive_weight * L_con + gmm_weight * L_gmm + rotation_weight * L_rot
-    contrastive_weight: float = 1.0
-    gmm_weight: float = 0.1  # lambda_gmm
-    rotation_weight: float = 0.5  # lambda_rot; the rotation head exists only when > 0
-
-    def validate(self) -> None:
-        for key in ("contrastive_weight", "gmm_weight", "rotation_weight"):
-            if getattr(self, key) < 0:
-                raise SpecError(f"expected >= 0, got {getattr(self, key)}", key=key)
+    contrastive_weight: float = param(1.0, help="weight of the contrastive loss L_con", ge=0)
+    gmm_weight: float = param(0.1, help="lambda_gmm, weight of the clustering loss L_gmm", ge=0)
+    rotation_weight: float = param(
+        0.5, help="lambda_rot, weight of L_rot; the rotation head exists only when > 0", ge=0
+    )
 
 
 @dataclass(frozen=True)
@@ -98,9 +87,11 @@ class ScoreParams:
     # under the own rotation's mixture), cosine (negative max cosine similarity to the
     # training features of the same rotation), rotation (negative log-probability of
     # the applied rotation from the rotation head).
-    components: str = "gmm+cosine"
-    refit_gmm: bool = False  # ours: refit the scoring mixtures by EM on training features
-    batch_size: int = 256  # images per scoring forward pass
+    components: str = param(
+        "gmm+cosine", help="normalised scores summed, joined by '+', from gmm, cosine, rotation"
+    )
+    refit_gmm: bool = param(False, help="ours: refit the scoring mixtures by EM on training features")
+    batch_size: int = param(256, help="images per scoring forward pass", ge=1)
 
     def parsed(self) -> list[str]:
         return [c for c in self.components.split("+") if c]
@@ -117,19 +108,21 @@ class ScoreParams:
 
 @dataclass(frozen=True)
 class AugmentParams:
-    crop_scale: float = 0.08  # lower bound of the random resized crop's area fraction
-    jitter: float = 0.4  # brightness, contrast and saturation jitter strength
-    hue: float = 0.1  # hue jitter
-    jitter_p: float = 0.8  # probability of colour jitter
-    gray_p: float = 0.2  # probability of grayscale
+    crop_scale: float = param(0.08, help="lower bound of the random resized crop's area fraction")
+    jitter: float = param(0.4, help="brightness, contrast and saturation jitter strength")
+    hue: float = param(0.1, help="hue jitter")
+    jitter_p: float = param(0.8, help="probability of colour jitter")
+    gray_p: float = param(0.2, help="probability of grayscale")
 
 
 @dataclass(frozen=True)
 class DistConParams:
-    rotations: str = "0-90-180-270"  # the transformation set; see parse_rotations
+    rotations: str = param(
+        "0-90-180-270", help="the transformation set: angles joined by '-', optionally '-hflip'"
+    )
     backbone: BackboneParams = field(default_factory=BackboneParams)
-    projection_dim: int = 128  # dimension of the L2-normalised embedding z
-    projection_hidden: int = 512  # hidden width of the projection MLP
+    projection_dim: int = param(128, help="dimension of the L2-normalised embedding z", ge=2)
+    projection_hidden: int = param(512, help="hidden width of the projection MLP", ge=2)
     gmm: GMMParams = field(default_factory=GMMParams)
     contrastive: ContrastiveParams = field(default_factory=ContrastiveParams)
     loss: LossParams = field(default_factory=LossParams)
@@ -148,8 +141,6 @@ class DistConParams:
 
     def validate(self) -> None:
         parse_rotations(self.rotations)
-        if self.projection_dim < 2 or self.projection_hidden < 2:
-            raise SpecError("projection sizes must be >= 2", key="projection_dim")
         if "rotation" in self.score.parsed() and self.loss.rotation_weight <= 0:
             raise SpecError(
                 "score component 'rotation' needs a trained rotation head (loss.rotation_weight > 0)",

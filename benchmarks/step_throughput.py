@@ -28,17 +28,35 @@ threads also suffer badly from oversubscription. ``--device cuda`` and ``--set``
 overrides give the paper-scale GPU figures (both loops then use bf16 autocast under
 ``train.precision: auto``, and each epoch ends with a device sync).
 
+Speed options (``--compile off on``, ``--layouts nchw channels_last``): every
+combination runs both loops with the same ``train.compile`` / ``train.channels_last``
+(the bare loop compiles its model and converts its batches the same way), so each row is
+still raysearch against bare for one setting, and the rows compare the settings with
+each other. ``--shared N`` then runs N processes of the raysearch loop at once on the
+same device, each capped at ``torch.cuda.set_per_process_memory_fraction(1 / N)`` on a
+GPU, against one process alone; the figure is their summed images/s over the alone
+figure. Besides images/s every row gives views/s: the images the network's forward sees
+per second (distcon: 2 augmented views x 4 rotations of every image).
+
+This script imports torch, numpy, pyarrow, scikit-learn and pyyaml through raysearch's
+loop, never Ray or Optuna (the machine line reads their versions from the installed
+package metadata).
+
 Run:  python benchmarks/step_throughput.py [--repeats 3 --epochs 4 --images 256 --threads 1]
       python benchmarks/step_throughput.py --methods distcon --device cuda --tag gpu \\
-          --set params.backbone.name=resnet18 train.batch_size=256
+          --compile off on --layouts nchw channels_last --shared 4 --images 10240 \\
+          --set params.backbone.name=resnet18 train.batch_size=128 train.precision=bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
+import multiprocessing
 import os
+import platform
 import time
 
 import _bench
@@ -51,7 +69,37 @@ from raysearch.methods.base import DataInfo
 from raysearch.spec import load_spec
 
 METHODS = ("distcon", "cutswap", "clflow")
+LAYOUTS = {"nchw": False, "channels_last": True}  # --layouts: name -> train.channels_last
 Epoch = tuple[float, float]  # (wall seconds, CPU seconds of this process) of one epoch's steps
+
+
+def machine() -> dict:
+    """``_bench.machine()`` without importing Ray, Optuna or pandas (versions from package metadata)."""
+    import torch as _torch
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "source": _bench.source_hash()}
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    for name in ("torch", "ray", "optuna", "pandas"):
+        try:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            info[name] = None
+    info["gpu"] = _torch.cuda.get_device_name(0) if _torch.cuda.is_available() else None
+    info["torch_threads"] = _torch.get_num_threads()
+    return info
+
+
+def save(name: str, payload: dict) -> str:
+    """``_bench.save`` with this script's :func:`machine`."""
+    os.makedirs(_bench.RESULTS, exist_ok=True)
+    path = os.path.join(_bench.RESULTS, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump({"benchmark": name, "machine": machine(), **payload}, f, indent=2, default=str)
+    return path
 
 
 def synthetic_task(n_train: int, size: int, with_masks: bool, seed: int = 0) -> OneClassTask:
@@ -88,6 +136,7 @@ def timed_method(method_cls: type, marks: list[tuple[str, float, float]]) -> typ
 def raysearch_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> tuple[list[Epoch], float]:
     """(wall s, CPU s) of epochs 2..E of one ``train_class`` run, and its last-epoch mean loss."""
     marks: list[tuple[str, float, float]] = []
+    torch.compiler.reset()  # a new model per run: no stale graphs, no recompile limit reached
     result = train_class(spec, task, timed_method(method_cls, marks), device)
     starts = [(w, c) for k, w, c in marks if k == "start"]
     ends = [(w, c) for k, w, c in marks if k == "end"]
@@ -113,11 +162,15 @@ def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> tupl
     # bf16 autocast under the same rule as the raysearch loop (train.precision; auto = bf16 on GPU)
     bf16 = t.precision == "bf16" or (t.precision == "auto" and dev.type == "cuda")
     model = method.build()
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = list(method.trainable_parameters(model))
     if t.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
     else:
         opt = (torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam)(params, lr=t.lr, weight_decay=t.weight_decay)
+    torch.compiler.reset()
+    step_model = torch.compile(model, backend=t.compile_backend) if t.compile else model
     order = torch.Generator().manual_seed(t.seed)
     steps = len(images) // t.batch_size
     total, warmup = steps * t.epochs, t.warmup_epochs * steps
@@ -132,8 +185,11 @@ def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> tupl
                 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
             for group in opt.param_groups:
                 group["lr"] = t.lr * factor
+            batch = images[perm[s * t.batch_size : (s + 1) * t.batch_size]]
+            if t.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = method.training_step(model, images[perm[s * t.batch_size : (s + 1) * t.batch_size]], epoch)["loss"]
+                loss = method.training_step(step_model, batch, epoch)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -145,16 +201,37 @@ def bare_epochs(spec, task: OneClassTask, method_cls: type, device: str) -> tupl
     return times[1:], last_loss
 
 
-def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: str = "cpu",
-                 overrides: tuple[str, ...] = ()) -> dict:
+def setup(name: str, epochs: int, n_images: int, overrides: tuple[str, ...] = ()):
+    """The demo spec of ``name`` with ``overrides``, a synthetic task of whole batches, the method class."""
     base = load_spec(os.path.join(_bench.DEMO, f"{name}.yaml"))
     spec = load_spec(os.path.join(_bench.DEMO, f"{name}.yaml"), [
         *overrides, f"train.epochs={epochs}", f"train.eval_every={epochs}", "train.checkpoint=false",
     ])
-    size, batch = spec.data.image_size, spec.train.batch_size
+    batch = spec.train.batch_size
     n_train = max(batch, n_images // batch * batch)
-    task = synthetic_task(n_train, size, with_masks=base.data.dataset != "digits")
-    method_cls = registry.method_class(name)
+    task = synthetic_task(n_train, spec.data.image_size, with_masks=base.data.dataset != "digits")
+    return spec, task, registry.method_class(name)
+
+
+def views_per_image(spec, task: OneClassTask, method_cls: type, device: str) -> float:
+    """Rows through the network's forward per training image in one step (distcon: 2 views x R rotations)."""
+    dev = torch.device(device)
+    info = DataInfo(channels=3, image_size=spec.data.image_size, num_train=len(task.train),
+                    has_masks=task.test.masks is not None)
+    method = method_cls(spec.params, info, dev, seed=spec.train.seed)
+    model = method.build()
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: rows.append(int(args[0].shape[0]) if args else 0))
+    batch = task.train[: spec.train.batch_size].to(dev)
+    method.training_step(model, batch, 0)
+    hook.remove()
+    return sum(rows) / len(batch)
+
+
+def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: str = "cpu",
+                 overrides: tuple[str, ...] = ()) -> dict:
+    spec, task, method_cls = setup(name, epochs, n_images, overrides)
+    size, batch, n_train = spec.data.image_size, spec.train.batch_size, len(task.train)
 
     warm = spec.with_overrides({"train.epochs": 2, "train.eval_every": 2})
     raysearch_epochs(warm, task, method_cls, device)
@@ -176,8 +253,12 @@ def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: st
     bare_wall, bare_cpu = [w for w, _ in bare], [c for _, c in bare]
     ours_ips = n_train / _bench.median(ours_wall)
     bare_ips = n_train / _bench.median(bare_wall)
+    views = views_per_image(spec, task, method_cls, device)
     return {
         "method": name, "device": device, "precision": spec.train.precision, "overrides": list(overrides),
+        "compile": spec.train.compile, "compile_backend": spec.train.compile_backend,
+        "channels_last": spec.train.channels_last, "views_per_image": views,
+        "raysearch_views_s": views * ours_ips, "bare_views_s": views * bare_ips,
         "backbone": spec.params.backbone.name, "image_size": size, "batch_size": batch, "images_per_epoch": n_train,
         "steps_per_epoch": n_train // batch, "epochs_measured": len(ours),
         "raysearch_epoch_s": ours_wall, "bare_epoch_s": bare_wall,
@@ -187,6 +268,37 @@ def bench_method(name: str, repeats: int, epochs: int, n_images: int, device: st
         "cpu_ratio": _bench.median(bare_cpu) / _bench.median(ours_cpu),
         "losses": losses, "same_losses": all(math.isclose(a, b, rel_tol=1e-5) for a, b in losses),
     }
+
+
+def _shared_worker(name: str, epochs: int, n_images: int, device: str, overrides: tuple[str, ...],
+                   fraction: float, threads: int, barrier, results) -> None:
+    """One of ``--shared`` processes: warm up, wait for the others, then time one raysearch run."""
+    torch.set_num_threads(threads)
+    if fraction < 1.0 and torch.device(device).type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+    spec, task, method_cls = setup(name, epochs, n_images, overrides)
+    raysearch_epochs(spec.with_overrides({"train.epochs": 2, "train.eval_every": 2}), task, method_cls, device)
+    barrier.wait()
+    times, _ = raysearch_epochs(spec, task, method_cls, device)
+    results.put(len(task.train) / _bench.median([w for w, _ in times]))
+
+
+def shared_throughput(name: str, processes: int, epochs: int, n_images: int, device: str,
+                      overrides: tuple[str, ...], threads: int) -> float:
+    """Summed images/s of ``processes`` raysearch loops started together on one device."""
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    fraction = 1.0 if processes == 1 else 1.0 / processes
+    procs = [ctx.Process(target=_shared_worker, args=(name, epochs, n_images, device, overrides, fraction,
+                                                     threads, barrier, results)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    rates = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"a --shared process exited with {p.exitcode}")
+    return sum(rates)
 
 
 def main() -> None:
@@ -201,41 +313,67 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="spec overrides, e.g. params.backbone.name=resnet18 train.precision=fp32")
     ap.add_argument("--tag", default="", help="suffix of the results file (keeps GPU figures apart)")
+    ap.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"],
+                    help="train.compile settings to run (both loops compile alike)")
+    ap.add_argument("--compile-backend", default="inductor", help="train.compile_backend when compiling")
+    ap.add_argument("--layouts", nargs="+", default=["nchw"], choices=list(LAYOUTS),
+                    help="memory formats to run (train.channels_last)")
+    ap.add_argument("--shared", type=int, default=0, metavar="N",
+                    help="also run N raysearch loops at once on the device (GPU memory fraction 1/N each) "
+                         "against one alone, for every setting")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    variants = [(c, layout) for c in args.compile for layout in args.layouts]
+    speed_run = variants != [("off", "nchw")] or args.shared > 0
 
-    info = _bench.machine()
+    info = machine()
     print(_bench.machine_line(info))
     print(f"step throughput, {args.device}, {args.threads} torch thread(s), demo configs"
           + (f" with {' '.join(args.set)}" if args.set else "") + f", {args.repeats} runs x {args.epochs - 1} "
           f"measured epochs per loop, {args.images} synthetic images per epoch")
     rows = []
-    for name in args.methods:
-        before = _bench.machine()
-        r = bench_method(name, args.repeats, args.epochs, args.images, args.device, tuple(args.set))
+    for name, (compiled, layout) in ((n, v) for n in args.methods for v in variants):
+        overrides = (*args.set, f"train.compile={'true' if compiled == 'on' else 'false'}",
+                     f"train.compile_backend={args.compile_backend}", f"train.channels_last={str(LAYOUTS[layout]).lower()}")
+        before = machine()
+        r = bench_method(name, args.repeats, args.epochs, args.images, args.device, overrides)
         r["date"], r["threads"] = before["date"], args.threads
-        r["load_avg_1m"] = [before.get("load_avg_1m"), _bench.machine().get("load_avg_1m")]
+        r["load_avg_1m"] = [before.get("load_avg_1m"), machine().get("load_avg_1m")]
+        setting = f"compile {compiled}{f' ({args.compile_backend})' if compiled == 'on' else ''}, {layout}"
+        r["setting"] = setting
+        if args.shared > 0:
+            alone = shared_throughput(name, 1, args.epochs, args.images, args.device, overrides, args.threads)
+            together = shared_throughput(name, args.shared, args.epochs, args.images, args.device, overrides,
+                                         args.threads)
+            r.update(shared_processes=args.shared, alone_img_s=alone, shared_img_s=together,
+                     shared_ratio=together / alone)
         rows.append(r)
-        print(f"{name:8s} {r['backbone']} {r['precision']} {r['image_size']:3d}px batch {r['batch_size']:3d}: raysearch {r['raysearch_img_s']:7.1f} img/s "
+        print(f"{name:8s} [{setting}] {r['backbone']} {r['precision']} {r['image_size']:3d}px batch {r['batch_size']:3d}: "
+              f"raysearch {r['raysearch_img_s']:7.1f} img/s = {r['raysearch_views_s']:.0f} views/s "
               f"(epoch s {_bench.spread(r['raysearch_epoch_s'])}), bare {r['bare_img_s']:7.1f} img/s "
               f"(epoch s {_bench.spread(r['bare_epoch_s'])}), ratio {r['ratio']:.3f}; per CPU-second: raysearch "
               f"{r['raysearch_img_cpu_s']:.1f}, bare {r['bare_img_cpu_s']:.1f} img/s, ratio {r['cpu_ratio']:.3f}; "
               "same losses in both loops: "
               f"{'yes' if r['same_losses'] else 'no'} ({r['losses'][0][0]:.6f} vs {r['losses'][0][1]:.6f})", flush=True)
+        if args.shared > 0:
+            print(f"{'':8s} [{setting}] {args.shared} processes on one {args.device} device: {r['shared_img_s']:.1f} img/s "
+                  f"together, {r['alone_img_s']:.1f} img/s alone, ratio {r['shared_ratio']:.2f} (goal >= 2.5)", flush=True)
     worst = min(r["ratio"] for r in rows)
     worst_cpu = min(r["cpu_ratio"] for r in rows)
     print(f"lowest ratio raysearch/bare: wall clock {worst:.3f}, CPU time {worst_cpu:.3f} "
           f"(goal >= 0.95: wall {'met' if worst >= 0.95 else 'not met'}, CPU {'met' if worst_cpu >= 0.95 else 'not met'})")
-    result_name = "step_throughput" + (f"_{args.tag}" if args.tag else "")
+    # Runs with speed options or --shared go to their own file: step_throughput.json keeps
+    # the plain rows that BENCHMARKS.md's section 1 is built from.
+    result_name = "step_throughput" + ("_speed" if speed_run else "") + (f"_{args.tag}" if args.tag else "")
     path = os.path.join(_bench.RESULTS, f"{result_name}.json")
-    if os.path.exists(path):  # keep the figures of methods measured in another run
+    if os.path.exists(path) and not speed_run:  # keep the figures of methods measured in another run
         with open(path) as f:
             kept = [r for r in json.load(f).get("rows", []) if r["method"] not in args.methods]
         rows = sorted(kept + rows, key=lambda r: METHODS.index(r["method"]))
     for r in rows:
         r.setdefault("date", info["date"])
         r.setdefault("threads", args.threads)
-    _bench.save(result_name, {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows),
+    save(result_name, {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows),
                               "min_cpu_ratio": min(r.get("cpu_ratio", float("nan")) for r in rows)})
     print(f"wrote {os.path.relpath(path, _bench.REPO)}")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -135,8 +135,13 @@ def run_ablate(
     resume: bool = False,
     quiet: bool = False,
     stream: TextIO = sys.stderr,
+    log: Sequence[str] = (),
 ) -> int:
-    """Run (or resume) the ablation study of ``spec`` in ``output``; returns the exit code."""
+    """Run (or resume) the ablation study of ``spec`` in ``output``; returns the exit code.
+
+    ``log``: trackers that also get every evaluation (``mlflow``, ``wandb``; see
+    :mod:`raysearch.trackers`).
+    """
     from ray import tune
 
     from raysearch.experiment import (
@@ -161,6 +166,7 @@ def run_ablate(
     check_resume(output, resume, "ablation")
     if resume:
         check_same_spec(output, full_spec, "an ablation")
+        results.compact_quietly(output, stream)  # the rows of the interrupted run, before it continues
     variants = ablation.variants()
     total = len(variants) * len(ablation.seeds)
     if resume and finished_runs(output, "ablate", len(full_spec.classes())) >= total:
@@ -179,10 +185,11 @@ def run_ablate(
     param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
     received = run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
                               objective="mean_val_image_auroc", mode="max", resume=resume, quiet=quiet,
-                              stream=stream)
+                              stream=stream, log=log)
     if received:
         return interrupted_exit(received, "ablate", "finished runs and classes are kept",
                                 resume_hint("ablate", spec, output), sys.stderr)
+    results.compact_quietly(output, stream)
     if not quiet:
         stream.write(ablation_summary(output) + "\n")
     return 0

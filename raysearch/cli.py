@@ -5,6 +5,7 @@
     raysearch ablate SPEC [--base FILE|DIR] [--resume] [--dry-run] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
     raysearch compare DIR... [--metric M] [--out DIR]
+    raysearch compact DIR
     raysearch methods [NAME]
     raysearch datasets
 
@@ -44,6 +45,14 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
 
 
+def _add_log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="also send every evaluation to mlflow or wandb (repeatable or comma-separated; "
+                        "pip install 'raysearch[trackers]'). MLflow: DIR/mlflow.db unless MLFLOW_TRACKING_URI "
+                        "is set; W&B: offline runs in DIR/wandb unless WANDB_MODE is set. Tune's CSV, JSON and "
+                        "TensorBoard files are always written (DIR/ray/tune/<trial>/)")
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (argparse prints the message and exits 2)."""
     try:
@@ -73,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent", type=_positive_int, help="trials at a time (default: search.concurrent)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
     p.add_argument("--dry-run", action="store_true", help="print the resolved search and its cost; start nothing")
+    _add_log_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("ablate", help="run the spec's ablation factors x seeds as a Ray Tune grid")
@@ -82,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the interrupted ablation in --output")
     p.add_argument("--dry-run", action="store_true",
                    help="print the variants with their overrides, seeds, classes and runs; start nothing")
+    _add_log_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("report", help="write DIR/report/: tables, plots, report.md and report.html")
@@ -101,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the metric compared (default: test_image_auroc); each experiment's configuration "
                         "is still selected by its own objective")
     p.add_argument("--out", default="compare", help="where to write the files (default: ./compare)")
+
+    p = sub.add_parser("compact", help="merge DIR's one-file-per-class result rows into a few large Parquet files "
+                                       "(runs do it at their end; takes the experiment's lock)")
+    p.add_argument("experiment", help="an experiment folder or URI")
 
     p = sub.add_parser("methods", help="list the methods and their parameters with defaults; with NAME, "
                                        "each parameter's type, allowed values, default and meaning")
@@ -163,8 +178,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, trials=args.trials, concurrent=args.concurrent)
         return 0
-    return run_tune(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
-                    trials=args.trials, concurrent=args.concurrent, resume=args.resume, quiet=args.quiet)
+    output = _output_for(args, spec.name)
+    return run_tune(spec, output, address=args.address, num_cpus=args.num_cpus, trials=args.trials,
+                    concurrent=args.concurrent, resume=args.resume, quiet=args.quiet, log=_trackers(args, output))
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -174,8 +190,19 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, base=args.base)
         return 0
-    return run_ablate(spec, _output_for(args, f"{spec.name}-ablation"), base=args.base, address=args.address,
-                      num_cpus=args.num_cpus, resume=args.resume, quiet=args.quiet)
+    output = _output_for(args, f"{spec.name}-ablation")
+    return run_ablate(spec, output, base=args.base, address=args.address, num_cpus=args.num_cpus,
+                      resume=args.resume, quiet=args.quiet, log=_trackers(args, output))
+
+
+def _trackers(args: argparse.Namespace, output: str) -> tuple[str, ...]:
+    """The trackers of ``--log``, their packages checked before Ray starts (a missing one: exit 2)."""
+    from raysearch.trackers import check_trackers, parse_log
+
+    names = parse_log(args.log)
+    if not args.resume:  # a resumed run keeps the trackers it started with
+        check_trackers(names, output)
+    return names
 
 
 def _experiment_dir(path: str) -> str:
@@ -228,6 +255,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from raysearch import results
+    from raysearch.lock import ExperimentLock
+
+    path = _experiment_dir(args.experiment)
+    with ExperimentLock(path, "compact"):  # a held lock: LockedError names the owner, exit 2
+        done = results.compact(path)
+    print(f"compact: {results.redact(results.results_dir(path))}: {done.summary()}")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from raysearch import registry
     from raysearch.schema import SpecError, flatten
@@ -275,6 +313,7 @@ COMMANDS = {
     "report": _cmd_report,
     "export": _cmd_export,
     "compare": _cmd_compare,
+    "compact": _cmd_compact,
     "methods": _cmd_methods,
     "datasets": _cmd_datasets,
 }

@@ -23,7 +23,7 @@ import math
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -33,6 +33,7 @@ from raysearch.progress import SweepLine, finished
 from raysearch.schema import SpecError
 from raysearch.searcher import OPTUNA_KEY, StudySync
 from raysearch.spec import Spec
+from raysearch.trackers import tracker_callbacks
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
            "graceful_stop", "interrupted_exit", "resume_hint", "check_same_spec", "check_output", "experiment_paths", "in_trial_process", "reuse_processes",
@@ -307,9 +308,15 @@ def run_experiment(
     quiet: bool,
     stream: TextIO,
     study_sync: StudySync | None = None,
+    log: Sequence[str] = (),
 ) -> list[int]:
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs; returns the
     signals that stopped it (empty when it ran to its end).
+
+    Tune's CSV, JSON and TensorBoard loggers write every trial's reports to its folder
+    ``DIR/ray/tune/<trial>/``; ``log`` adds trackers (``mlflow``, ``wandb``:
+    :func:`raysearch.trackers.tracker_callbacks`). A resumed experiment keeps the trackers
+    it started with (Tune restores its callbacks).
 
     Ray must be initialised. A single-worker trial trains in its own Tune process, which
     holds the worker's CPUs and GPU share; a multi-worker trial (or any trial with
@@ -320,10 +327,14 @@ def run_experiment(
 
     ray_dir, experiment_path = experiment_paths(plan.output)
     trainable = tune.with_resources(TrialDriver(plan, results.join(ray_dir, "runs")), plan.resources)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's CSV, JSON and TensorBoard (tensorboardX) loggers stay on: every trial's folder
+    # DIR/ray/tune/<trial>/ gets progress.csv, result.json and an event file of its reports.
+    # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 turns them off; then the warning below is noise.)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no per-trial logs: by design
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if resume:
+        if log:
+            stream.write("note: --resume keeps the trackers the run started with; --log is not applied\n")
         path, filesystem = results.ray_storage(experiment_path)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                    storage_filesystem=filesystem)
@@ -335,7 +346,8 @@ def run_experiment(
             name=EXPERIMENT,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            callbacks=[rows],
+            callbacks=[rows, *tracker_callbacks(log, experiment=os.path.basename(os.path.normpath(plan.output)),
+                                                output=plan.output)],
             verbose=0,
             # With train.max_failures, retries of a trial whose process or node was lost;
             # the retry resumes from the trial's last checkpoint.

@@ -123,8 +123,53 @@ def _latency_ms(method: Method, model: nn.Module, images: torch.Tensor, repeats:
     return 1000.0 * best / len(batch)
 
 
+def _plain(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile's wrapper (``_orig_mod``; torch has no public accessor)
+    and DDP's, so that state dicts never carry ``_orig_mod.`` or ``module.`` in their keys."""
+    return Method.unwrap(getattr(model, "_orig_mod", model))
+
+
+def _without_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model state as the plain module names it (a state saved from a compiled module
+    elsewhere carries ``_orig_mod.`` in every key)."""
+    state = dict(state)
+    torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "_orig_mod.")
+    return state
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in Method.unwrap(model).state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in _plain(model).state_dict().items()}
+
+
+def _data_on_device(spec: Spec, images: torch.Tensor, device: torch.device) -> bool:
+    """Whether the training images live on the device for the whole run (``train.data_on_device``).
+
+    ``auto``: on a GPU when they take at most ``train.data_on_device_fraction`` of its free
+    memory (several trials may share it); elsewhere always (on the CPU they are in memory
+    already). Otherwise every step copies its batch from host memory (:func:`_batch`).
+    """
+    t = spec.train
+    if t.data_on_device != "auto":
+        return bool(t.data_on_device)
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() <= t.data_on_device_fraction * free
+
+
+def _batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device, on_device: bool,
+           channels_last: bool) -> torch.Tensor:
+    """The training images ``idx`` on ``device``; from host memory through a pinned buffer
+    (an asynchronous copy) when the images are not on the device."""
+    if on_device:
+        batch = images[idx]
+    else:
+        pinned = device.type == "cuda"  # pinned memory needs CUDA; the caching host allocator reuses it
+        buf = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, pin_memory=pinned)
+        batch = torch.index_select(images, 0, idx, out=buf).to(device, non_blocking=pinned)
+    if channels_last and batch.dim() == 4:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
 
 
 def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
@@ -187,6 +232,7 @@ def train_class(
     resume: dict[str, Any] | None = None,
     class_offset: float = 0.0,
     observe: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> ClassResult:
     """Train and evaluate one class of a spec; see the module docstring.
 
@@ -202,6 +248,11 @@ def train_class(
         observe: for diagnostics and benchmarks: called on rank 0 after every evaluation
             with the epoch and ``{"val": image scores, "test": image scores}``; the test
             split is scored at every evaluation only when it is given. Never selects.
+        on_epoch: for live curves: called on this rank after every epoch's training with
+            the epoch (1-based) and ``{"loss_<term>": this rank's mean over the epoch's
+            steps, ..., "lr": the learning rate of its last step}`` (the names reports
+            use). Costs one device sync per epoch; reports stay per evaluation.
+            :mod:`raysearch.training` passes a TensorBoard writer on rank 0.
 
     Example:
         >>> result = train_class(spec, load_task(spec.data, spec.selection, "0", 0), DistCon)  # doctest: +SKIP
@@ -217,9 +268,18 @@ def train_class(
     )
     method = method_cls(spec.params, info, device, seed=t.seed + 7919 * rank)
     model = method.build()
+    if t.channels_last:  # 4D weights (convolutions) only; the optimizer sees the same parameters
+        model = model.to(memory_format=torch.channels_last)
     num_params = method.count_parameters(model)
     optimizer = _optimizer(spec, list(method.trainable_parameters(model)))
-    train_images = task.train.to(device)
+    on_device = _data_on_device(spec, task.train, device)
+    train_images = task.train.to(device) if on_device else task.train
+
+    def all_train_images() -> torch.Tensor:
+        """The whole training set on the device, for the hooks that take it (a copy for
+        the call's duration when the steps stream their batches)."""
+        return train_images if on_device else train_images.to(device)
+
     val = task.val.to(device)
     test = task.test.to(device)
     per_worker = max(1, t.batch_size // world)
@@ -230,7 +290,7 @@ def train_class(
 
     start_epoch, best_value, best_epoch, best_state, last_loss = 0, -math.inf, -1, None, float("nan")
     if resume is not None:
-        Method.unwrap(model).load_state_dict(resume["model"])
+        Method.unwrap(model).load_state_dict(_without_compile_prefix(resume["model"]))
         optimizer.load_state_dict(resume["optimizer"])
         method.load_extra_state(resume.get("method", {}))
         order_gen.set_state(resume["order_gen"])
@@ -241,21 +301,28 @@ def train_class(
             _load_rng_state(method, device, rngs[rank])
         start_epoch, best_value, best_epoch = resume["epoch"] + 1, resume["best_value"], resume["best_epoch"]
         best_state = resume["best_state"]
+        if best_state is not None:
+            best_state = _without_compile_prefix(best_state)
     if wrap_model is not None:
         model = wrap_model(model)
+    # The training steps run through the compiled module; scoring and the epoch hooks use
+    # ``model`` itself (no recompilation for evaluation shapes); checkpoints hold the plain
+    # module's state either way (_cpu_state), so compiled and plain runs resume each other.
+    step_model = torch.compile(model, backend=t.compile_backend) if t.compile else model
 
     started = time.perf_counter()
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, t.epochs):
         model.train()
-        perm = torch.randperm(len(train_images), generator=order_gen).to(device)
+        perm = torch.randperm(len(train_images), generator=order_gen).to(train_images.device)
         loss_sum, loss_terms = torch.zeros((), device=device), {}
         for s in range(steps_per_epoch):
             idx = perm[s * per_worker * world : (s + 1) * per_worker * world][rank::world]
             for group in optimizer.param_groups:
                 group["lr"] = t.lr * _lr_factor(step, total_steps, t.warmup_epochs * steps_per_epoch)
+            batch = _batch(train_images, idx, device, on_device, t.channels_last)
             with _autocast(spec, device):
-                losses = method.training_step(model, train_images[idx], epoch)
+                losses = method.training_step(step_model, batch, epoch)
             loss = losses["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -265,9 +332,14 @@ def train_class(
             for k, v in losses.items():
                 loss_terms[k] = loss_terms.get(k, 0.0) + v.detach()
         last_loss = float(loss_sum) / steps_per_epoch  # one device sync per epoch
+        if on_epoch is not None:  # before the check below: a diverged epoch shows in the curves
+            names = list(loss_terms)
+            means = torch.stack([loss_terms[k].float() for k in names]).tolist() if names else []  # one sync
+            on_epoch(epoch + 1, {**{f"loss_{k}": v / steps_per_epoch for k, v in zip(names, means, strict=True)},
+                                 "lr": optimizer.param_groups[0]["lr"]})
         if not math.isfinite(last_loss):
             raise TrainingDiverged(f"loss became {last_loss} in epoch {epoch + 1} of class {task.normal_class}")
-        method.on_epoch_end(model, train_images, epoch)
+        method.on_epoch_end(model, all_train_images(), epoch)
 
         last = epoch + 1 == t.epochs
         if (epoch + 1) % t.eval_every and not last:
@@ -278,7 +350,7 @@ def train_class(
         # are read again below, after its scoring, which may draw from them too).
         rngs = _all_rng_states(method, device, world) if t.checkpoint and world > 1 and not last else []
         if rank == 0:
-            method.fit_scorer(model, train_images)
+            method.fit_scorer(model, all_train_images())
             kept: dict[str, np.ndarray] = {}
             metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size, kept))
             if observe is not None:
@@ -319,7 +391,7 @@ def train_class(
         states = {"last": _cpu_state(net), "best": best_state}
         if best_state is not None:
             net.load_state_dict(best_state)
-        method.fit_scorer(net, train_images)
+        method.fit_scorer(net, all_train_images())
         metrics.update(_evaluate_split(method, net, val, "val_", t.batch_size))
         metrics.update(_evaluate_split(method, net, test, "test_", t.batch_size))
         latency = _latency_ms(method, net, test.images)

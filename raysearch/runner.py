@@ -88,6 +88,7 @@ def run_train(
         reason = results.failure_reason(outcome["error"])
         results.write_unfinished_rows(spec, run, reason)
         stream.write(f"raysearch train: the run failed: {reason}\n")
+    results.compact_quietly(output, stream)
     rows = _rows_of(output, run_id)
     failed = [r for r in rows if r["status"] != "completed"]
     if failed and not code:

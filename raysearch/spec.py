@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from raysearch import registry
-from raysearch.schema import SpecError, build, flatten, to_dict
+from raysearch.schema import SpecError, build, flatten, param, to_dict
 
 __all__ = [
     "DataSpec",
@@ -148,6 +148,19 @@ class TrainSpec:
     # new process for every trial; `train` always goes through Ray Train. `raysearch
     # train` always uses Ray Train. See docs/DESIGN.md ("Trial launch").
     launcher: Literal["auto", "fresh", "train"] = "auto"
+    # Speed options: none of them changes what is computed (see README, "Performance").
+    compile: bool = param(False, help="torch.compile the method's model for the training steps")
+    compile_backend: Literal["inductor", "eager", "aot_eager", "cudagraphs"] = param(
+        "inductor", help="torch.compile backend (eager: graph capture only, for tests and debugging)"
+    )
+    channels_last: bool = param(False, help="model weights and 4D input batches in channels_last memory format")
+    data_on_device: Literal["auto", True, False] = param(
+        "auto", help="training images on the device for the whole run (false: stream pinned batches)"
+    )
+    data_on_device_fraction: float = param(
+        0.25, gt=0, le=1,
+        help="auto: on a GPU when the training images take at most this fraction of its free memory",
+    )
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "workers"):

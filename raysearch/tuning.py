@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from raysearch import results
@@ -121,8 +122,13 @@ def run_tune(
     resume: bool = False,
     quiet: bool = False,
     stream: TextIO = sys.stderr,
+    log: Sequence[str] = (),
 ) -> int:
-    """Run (or resume) the sweep of ``spec`` in ``output``; returns the exit code."""
+    """Run (or resume) the sweep of ``spec`` in ``output``; returns the exit code.
+
+    ``log``: trackers that also get every evaluation (``mlflow``, ``wandb``; see
+    :mod:`raysearch.trackers`).
+    """
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -135,6 +141,7 @@ def run_tune(
     check_resume(output, resume, "sweep")
     if resume:
         check_same_spec(output, spec, "a sweep")
+        results.compact_quietly(output, stream)  # the rows of the interrupted run, before it continues
     if resume and finished_runs(output, "tune", n_classes) >= search.trials:
         # Resuming a finished sweep changes nothing (no new study trial, no new row).
         stream.write(f"raysearch tune: {spec.name}: all {search.trials} trials have finished; nothing to resume\n")
@@ -189,13 +196,14 @@ def run_tune(
     )
     received = run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                               total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
-                              quiet=quiet, stream=stream, study_sync=sync)
+                              quiet=quiet, stream=stream, study_sync=sync, log=log)
     if received:  # interrupted trials stay RUNNING in the study: --resume finishes them
         sync.push()
         return interrupted_exit(received, "tune", "finished trials and classes are kept",
                                 resume_hint("tune", spec, output), sys.stderr)
     close_running(storage, spec.name)
     sync.push()
+    results.compact_quietly(output, stream)
     if not quiet:
         stream.write(sweep_summary(output, search, n_classes=n_classes) + "\n")
     return 0

@@ -1,15 +1,25 @@
 """`raysearch tune` end to end through a real local Ray: rows, statuses, the Optuna
 study, placement-group cleanup, NaN trials, and resume after the driver is killed."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
-from tiny import TINY, check_placement_groups_released, run_command
+from tiny import (
+    TINY,
+    check_placement_groups_released,
+    check_run_ended,
+    event_point,
+    holding,
+    kill_group,
+    live_placement_groups,
+    run_command,
+    wait_for_event,
+)
 
 from raysearch import results
 from raysearch.spec import load_spec
@@ -34,6 +44,7 @@ def test_sweep_rows_study_states_and_no_leaked_placement_groups(ray_session, dem
         "search.scheduler={kind: asha, grace: 1, reduction_factor: 2}",
     ])
     out = str(tmp_path / "sweep")
+    groups = live_placement_groups()
     assert run_tune(spec, out, quiet=True) == 0
 
     rows = rows_of(out)
@@ -72,8 +83,8 @@ def test_sweep_rows_study_states_and_no_leaked_placement_groups(ray_session, dem
     # The first trial evaluates the spec's own values.
     assert by_number[0].params["params.gmm.components"] == spec.params.gmm.components
 
-    # Every Train placement group was released (with the dashboard on, Train cleans up).
-    check_placement_groups_released()
+    # Every trial (in its own Tune process) released its placement group, ASHA-stopped ones too.
+    check_placement_groups_released(ray_train=False, before=groups)
 
 
 def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_path, tmp_path):
@@ -83,6 +94,7 @@ def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_p
         "search.space={train.lr: {choice: [1.0e+30, 0.002]}}",
     ])
     out = str(tmp_path / "nan")
+    groups = live_placement_groups()
     assert run_tune(spec, out, quiet=True) == 0
     rows = {r["train.lr"]: r for r in rows_of(out)}
     assert len(rows) == 2
@@ -90,52 +102,63 @@ def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_p
     assert rows[0.002]["status"] == "completed"
     states = sorted(t.state.name for t in study_of(out, spec.name).trials)
     assert states == ["COMPLETE", "FAIL"]
-    check_placement_groups_released()  # the failed run released its placement group
+    check_placement_groups_released(ray_train=False, before=groups)  # the failed trial's too
 
 
-def _tune_cmd(spec_path, out, *extra):
-    sets = [a for s in TINY + ["search.trials=4", "search.concurrent=1", "search.scheduler={kind: none}"]
+def _tune_cmd(spec_path, out, *extra, sets=()):
+    sets = [a for s in TINY + ["search.trials=4", "search.concurrent=1", "search.scheduler={kind: none}", *sets]
             for a in ("--set", s)]
     return [sys.executable, "-m", "raysearch.cli", "tune", spec_path, *sets, "--output", out,
             "--num-cpus", "2", "--quiet", *extra]
 
 
-def _row_files(out):
-    """The result files of an experiment (local folder or URI) and their bytes."""
-    import pyarrow.fs as pafs
+def _events_env(tmp_path):
+    """A folder of the test's own for its runs' events, and the environment that names it."""
+    events = tmp_path / "events"
+    events.mkdir()
+    return str(events), dict(os.environ, PYTHONUNBUFFERED="1", RAYSEARCH_TEST_EVENTS=str(events))
 
-    fs, path = results.resolve(results.join(out, "results"))
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+
+def _stored_rows(out):
+    """The stored rows of an experiment (local folder or URI) by (trial, class index), each
+    as canonical text (NaN equals NaN there): a row written again shows as a change, however
+    the store lays out its files."""
+    try:
+        rows = rows_of(out)
+    except FileNotFoundError:  # no results folder yet
         return {}
-    infos = fs.get_file_info(pafs.FileSelector(path))
-    return {i.base_name: results.read_bytes(results.join(out, "results", i.base_name))
-            for i in infos if i.base_name.endswith(".parquet")}
+    return {(r["trial_id"], r["class_index"]): json.dumps(r, sort_keys=True, default=str) for r in rows}
 
 
-@pytest.mark.parametrize("where, kill_at", [("local", (1, 3)), ("s3", (2,))])
-def test_killed_driver_resumes_to_full_count_without_duplicates(where, kill_at, request, demo_spec_path, tmp_path):
-    """SIGKILL the driver (and the local Ray it started) mid-sweep, then --resume; locally
-    twice (the resumed driver is killed too). In S3 storage the resumed driver runs with
-    another home folder: it finds the Optuna study in the storage, as a driver restarted
-    on another machine would."""
+@pytest.mark.parametrize("where, kills", [("local", 2), ("s3", 1)])
+def test_killed_driver_resumes_to_full_count_without_duplicates(where, kills, request, demo_spec_path, tmp_path):
+    """SIGKILL the driver (and the local Ray it started) while a trial waits right after it
+    stored its row (at its class's closing checkpoint: with train.eval_every=2 a trial has
+    no earlier one), then --resume; locally twice (the resumed driver is killed the same
+    way). In S3 storage the resumed driver runs with another home folder: it finds the
+    Optuna study in the storage, as a driver restarted on another machine would."""
     out = str(tmp_path / "resume") if where == "local" else request.getfixturevalue("s3_storage")("resume")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    for i, rows_before_kill in enumerate(kill_at):
-        extra = ("--resume",) if i else ()
-        proc = subprocess.Popen(_tune_cmd(demo_spec_path, out, *extra), env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and len(_row_files(out)) < rows_before_kill:
-            time.sleep(0.5)
-        assert proc.poll() is None, "the sweep finished before it could be interrupted"
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
-    before = _row_files(out)
-    assert len(before) >= kill_at[-1]
+    events, env = _events_env(tmp_path)
+    sets = ["train.eval_every=2"]
+    for i in range(kills):
+        for name in os.listdir(events):  # a resumed trial may mark a report it marked before
+            os.remove(os.path.join(events, name))
+        log = tmp_path / f"driver-{i}.log"
+        with holding(events), open(log, "w") as f:
+            proc = subprocess.Popen(_tune_cmd(demo_spec_path, out, *(("--resume",) if i else ()), sets=sets),
+                                    env=env, start_new_session=True, stdout=f, stderr=subprocess.STDOUT)
+            try:
+                marked = wait_for_event(events, lambda proc=proc: proc.poll() is None, log=log)
+            finally:
+                kill_group(proc, events)  # the driver, the local Ray it started and its workers
+            check_run_ended(events)  # no trial of the killed run goes on once the wait is lifted
+        assert [event_point(name)[1:] for name in marked] == [(0, 2)]  # a class's end, after its row
+    before = _stored_rows(out)
+    assert before  # each kill came after a stored row
 
     if where == "s3":
         env["HOME"] = str(tmp_path / "another-machine")
-    done = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=600)
+    done = run_command(_tune_cmd(demo_spec_path, out, "--resume", sets=sets), env=env, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(out)
     trial_ids = [r["trial_id"] for r in rows]
@@ -143,9 +166,8 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(where, kill_at, 
     assert all(r["status"] == "completed" for r in rows)
     numbers = [r["optuna_trial"] for r in rows]
     assert len(set(numbers)) == 4
-    after = _row_files(out)
-    for name, data in before.items():  # rows written before the kill are unchanged
-        assert after[name] == data
+    after = _stored_rows(out)
+    assert {key: after.get(key) for key in before} == before  # rows stored before the kill are unchanged
     if where == "s3":  # the study the resumed driver wrote back to the storage
         local = tmp_path / "study.db"
         local.write_bytes(results.read_bytes(results.join(out, "optuna.db")))
@@ -156,91 +178,97 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(where, kill_at, 
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, demo_spec_path, tmp_path):
-    """Ctrl-C (SIGINT) or SIGTERM to the driver once a row is stored: it stops the way Tune
-    stops, exits 130 / 143 with the command that continues it, and leaves the interrupted
-    trials resumable (RUNNING, never FAIL, in the study); --resume finishes the sweep."""
+@pytest.mark.parametrize("signum, code, sets, held_at", [
+    (signal.SIGINT, 130, [], (0, 1)),  # mid-class: after epoch 1 of 2
+    (signal.SIGTERM, 143, ["train.eval_every=2"], (0, 2)),  # after the class's row, at its closing report
+])
+def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, sets, held_at, demo_spec_path,
+                                                                 tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM to the driver while the first trial waits after a
+    checkpoint (mid-class, or right after it stored its class's row): the driver stops the
+    way Tune stops (the waiting trial's process included), exits 130 / 143 with one line
+    that gives the command that continues it, and leaves the interrupted trial resumable
+    (RUNNING, never FAIL, in the study); --resume finishes the sweep with four trials, one
+    row per trial and class, and keeps the rows stored before the signal."""
     out = str(tmp_path / "sweep")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    events, env = _events_env(tmp_path)
     log = tmp_path / "driver.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(_tune_cmd(demo_spec_path, out), env=env, start_new_session=True, stdout=f,
-                                stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not _row_files(out):
-            time.sleep(0.5)
-        assert proc.poll() is None, "the sweep finished before it could be interrupted"
-        proc.send_signal(signum)
-        assert proc.wait(timeout=240) == code, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            try:  # the local Ray the driver started, should any of it be left
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    with holding(events), open(log, "w") as f:
+        proc = subprocess.Popen(_tune_cmd(demo_spec_path, out, sets=sets), env=env, start_new_session=True,
+                                stdout=f, stderr=subprocess.STDOUT)
+        try:
+            marked = wait_for_event(events, lambda: proc.poll() is None, log=log)
+            proc.send_signal(signum)
+            # The trial still waits: Tune has to stop its process for the driver to exit, and
+            # nothing of the run may go on (check_run_ended) before the wait is lifted.
+            assert proc.wait(timeout=240) == code, log.read_text()[-3000:]
+            check_run_ended(events)
+        finally:
+            kill_group(proc, events)  # the driver, had it not exited, and anything left of its run
+    assert [event_point(name)[1:] for name in marked] == [held_at]
     text = log.read_text()
-    assert f"raysearch: tune interrupted ({signal.Signals(signum).name})" in text and "--resume" in text
+    hints = [line for line in text.splitlines() if "--resume" in line]
+    name = signal.Signals(signum).name
+    assert len(hints) == 1 and hints[0].startswith(f"raysearch: tune interrupted ({name})"), text[-3000:]
     assert "Tuner.restore" not in text
-    study = study_of(out, "distcon-digits-demo")
-    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    before = _row_files(out)
+    states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
+    assert optuna.trial.TrialState.FAIL not in states and optuna.trial.TrialState.RUNNING in states, states
+    before = _stored_rows(out)
+    assert len(before) == (1 if held_at[1] == 2 else 0)  # the held trial's row, once its class has ended
 
-    done = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=600)
+    done = run_command(_tune_cmd(demo_spec_path, out, "--resume", sets=sets), env=env, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(out)
-    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert len(rows) == 4 and len({(r["trial_id"], r["normal_class"]) for r in rows}) == 4
+    assert len({r["trial_id"] for r in rows}) == 4 and sorted(r["optuna_trial"] for r in rows) == [0, 1, 2, 3]
     assert all(r["status"] == "completed" for r in rows)
-    after = _row_files(out)
-    assert all(after[name] == data for name, data in before.items())
+    after = _stored_rows(out)
+    assert {key: after.get(key) for key in before} == before
     states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
-    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
+    assert states == [optuna.trial.TrialState.COMPLETE] * 4, states  # nothing RUNNING, WAITING or FAIL
     # Resuming the finished sweep changes nothing: no new study trial, no new row.
-    again = run_command(_tune_cmd(demo_spec_path, out, "--resume"), env=env, timeout_s=300)
+    again = run_command(_tune_cmd(demo_spec_path, out, "--resume", sets=sets), env=env, timeout_s=300)
     assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stdout[-2000:]
     assert [t.state for t in study_of(out, "distcon-digits-demo").trials] == states
-    assert _row_files(out) == after
+    assert _stored_rows(out) == after
 
 
-def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, demo_spec_path, tmp_path):
-    """SIGKILL a single-worker trial's process after its first checkpoint: Tune restarts
-    the trial from it (train.max_failures), and the class's row records where it resumed."""
-    import glob
+def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, run_events, demo_spec_path, tmp_path):
+    """SIGKILL a single-worker trial's process while it waits after its first checkpoint
+    (epoch 2 of 4): Tune restarts the trial from that checkpoint (train.max_failures), and
+    the class's row records where it resumed."""
     import threading
 
     import ray
     from ray.util.state import list_actors
 
     spec = load_spec(demo_spec_path, TINY + [
-        "data.max_train=240", "params.backbone.width=32", "train.epochs=40", "train.eval_every=2",
-        "train.max_failures=2", "search.trials=1", "search.concurrent=1", "search.scheduler={kind: none}",
+        "train.epochs=4", "train.eval_every=2", "train.max_failures=2",
+        "search.trials=1", "search.concurrent=1", "search.scheduler={kind: none}",
     ])
     out = tmp_path / "sweep"
+    groups, seen = live_placement_groups(), set(os.listdir(run_events))
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(code=run_tune(spec, str(out), quiet=True)))
-    thread.start()
-    deadline = time.time() + 240
-    while not glob.glob(str(out / "ray" / "**" / "checkpoint_*"), recursive=True) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)  # the checkpoint's folder appears before Tune has registered it
-    dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]
-    alive = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")])
-    trials = [a for a in alive if a.class_name == "ImplicitFunc"]
-    assert len(trials) == 1, [a.class_name for a in alive]
-    assert not glob.glob(str(out / "results" / "*.parquet")), "the class finished before the kill"
-    os.kill(trials[0].pid, signal.SIGKILL)
+    with holding(run_events):
+        thread.start()
+        [marked] = wait_for_event(run_events, thread.is_alive, ignore=seen)
+        assert event_point(marked)[1:] == (0, 2)
+        # A trial in its own Tune process reports synchronously: its report returns only
+        # after the driver has taken the result and registered its checkpoint, so that
+        # checkpoint is where Tune restarts the trial.
+        dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]  # this session's Ray only
+        alive = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")])
+        trials = [a for a in alive if a.class_name == "ImplicitFunc"]
+        assert len(trials) == 1, [a.class_name for a in alive]
+        os.kill(trials[0].pid, signal.SIGKILL)
     thread.join(timeout=300)
     assert outcome.get("code") == 0
     rows = rows_of(str(out))
     assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
-    assert rows[0]["resumed_epoch"] is not None and rows[0]["resumed_epoch"] >= 2
-    assert rows[0]["epochs"] == 40
+    assert rows[0]["resumed_epoch"] == 2 and rows[0]["epochs"] == 4
     assert [t.state.name for t in study_of(str(out), spec.name).trials] == ["COMPLETE"]
-    check_placement_groups_released()
+    check_placement_groups_released(ray_train=False, before=groups)
 
 
 def test_ddp_trial_runs_through_ray_train(ray_session, demo_spec_path, tmp_path):
@@ -250,9 +278,10 @@ def test_ddp_trial_runs_through_ray_train(ray_session, demo_spec_path, tmp_path)
         "train.workers=2", "search.trials=1", "search.concurrent=1", "search.scheduler={kind: none}",
     ])
     out = str(tmp_path / "ddp")
+    groups = live_placement_groups()
     assert run_tune(spec, out, quiet=True) == 0
     rows = rows_of(out)
     assert len(rows) == 1 and rows[0]["status"] == "completed" and rows[0]["workers"] == 2
     assert rows[0]["val_image_auroc"] is not None
     assert [t.state.name for t in study_of(out, spec.name).trials] == ["COMPLETE"]
-    check_placement_groups_released()
+    check_placement_groups_released(ray_train=True, before=groups)

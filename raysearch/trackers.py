@@ -1,0 +1,231 @@
+"""Live curves in the trackers people already run: TensorBoard, MLflow, Weights & Biases.
+
+Three layers, from always-on to opt-in:
+
+* Tune's own CSV, JSON and TensorBoard loggers write what every evaluation reports
+  (``mean_*``, ``val_*``, ``loss_*``, ``progress``) to the trial's folder
+  ``DIR/ray/tune/<trial>/`` (``progress.csv``, ``result.json``, ``events.out.tfevents.*``).
+* :class:`EpochWriter`: rank 0 of every run writes each epoch's loss terms and learning
+  rate to TensorBoard event files in the run's own folder, ``<run folder>/epochs/``
+  (:func:`raysearch.training.worker_loop` says which folder); reports to Tune stay per
+  evaluation, so ASHA and Ray Train's health-check poll see nothing new.
+* ``--log mlflow`` / ``--log wandb`` (:func:`tracker_callbacks`): Ray's own logger
+  callbacks send every evaluation to MLflow (by default a SQLite store in the experiment
+  folder) or W&B (offline unless ``WANDB_MODE`` says otherwise). Their packages are the
+  ``trackers`` extra; :func:`check_trackers` refuses a missing one before Ray starts.
+
+``import raysearch.trackers`` imports neither ray, tensorboardX, mlflow nor wandb.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from raysearch import results
+from raysearch.schema import SpecError
+
+__all__ = ["TRACKERS", "EpochWriter", "TrackerWarning", "parse_log", "check_trackers", "tracker_callbacks",
+           "mlflow_uri"]
+
+# --log name -> (module it imports, the package that brings it). `pip install raysearch[trackers]`
+# installs both packages.
+TRACKERS: dict[str, tuple[str, str]] = {
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "wandb": ("wandb", "wandb"),
+}
+EPOCHS_FOLDER = "epochs"  # a run folder's subfolder of per-epoch TensorBoard event files
+MLFLOW_DB = "mlflow.db"  # the MLflow store in an experiment folder (SQLite)
+
+
+class TrackerWarning(UserWarning):
+    """Curves could not be written (a folder that is not writable, a missing package);
+    training goes on without them."""
+
+
+def parse_log(values: Iterable[str]) -> tuple[str, ...]:
+    """The trackers of ``--log`` options, each repeatable or comma-separated, in order and once.
+
+    Example:
+        >>> parse_log(["mlflow,wandb", "mlflow"])
+        ('mlflow', 'wandb')
+    """
+    names: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in TRACKERS:
+                raise SpecError(f"unknown tracker {name!r}; expected one of: {', '.join(TRACKERS)}", key="--log")
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def check_trackers(names: Sequence[str], output: str) -> None:
+    """Refuse (with one line that gives the pip command) a tracker whose package is missing,
+    and ``mlflow`` for a bucket ``output`` without ``MLFLOW_TRACKING_URI``; call it before
+    Ray starts."""
+    for name in names:
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise SpecError(f"{name} needs the {package} package: pip install 'raysearch[trackers]' "
+                            f"(or pip install {package})", key="--log")
+    if "mlflow" in names:
+        mlflow_uri(output)
+
+
+def mlflow_uri(output: str) -> str | None:
+    """Where ``--log mlflow`` writes: ``MLFLOW_TRACKING_URI`` when set (None: MLflow reads it),
+    else a SQLite store in the experiment folder, ``sqlite:///DIR/mlflow.db``.
+
+    MLflow 3 keeps its ``file://`` store in maintenance mode and refuses to open one unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``; SQLite is the local store it recommends (and SQLAlchemy
+    is here already: Optuna's study is a SQLite file beside it).
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    if "://" in output:
+        raise SpecError(f"{results.redact(output)} is a bucket; MLflow needs a local store or a server: set "
+                        "MLFLOW_TRACKING_URI (e.g. http://host:5000 or sqlite:////path/mlflow.db)", key="--log")
+    return f"sqlite:///{os.path.join(os.path.abspath(output), MLFLOW_DB)}"
+
+
+def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> list[Any]:
+    """Ray Tune logger callbacks for the trackers ``names`` (see :func:`parse_log`).
+
+    ``experiment`` names the MLflow experiment and the W&B project (``MLFLOW_EXPERIMENT_NAME``
+    and ``WANDB_PROJECT`` win when set). W&B runs offline unless ``WANDB_MODE`` is set, into
+    ``DIR/wandb/offline-run-*`` (``WANDB_DIR`` wins); ``wandb sync`` uploads them later.
+    """
+    check_trackers(names, output)
+    local = "://" not in output
+    callbacks: list[Any] = []
+    for name in names:
+        if name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            callbacks.append(MLflowLoggerCallback(
+                tracking_uri=mlflow_uri(output),
+                experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment,
+                tags={"raysearch.experiment": results.redact(output)},
+            ))
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            # Ray asks for an API key unless the mode is offline or disabled, and its logging
+            # actor gets only the key from this process's environment: the mode goes to
+            # wandb.init explicitly.
+            mode = os.environ.setdefault("WANDB_MODE", "offline")
+            folder = os.environ.get("WANDB_DIR") or (os.path.abspath(output) if local else os.getcwd())
+            os.makedirs(folder, exist_ok=True)
+            callbacks.append(WandbLoggerCallback(
+                project=os.environ.get("WANDB_PROJECT") or experiment,
+                group=os.environ.get("WANDB_RUN_GROUP") or experiment,
+                mode=mode,
+                dir=folder,
+            ))
+    return callbacks
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(folder: str, why: str) -> None:
+    if folder in _warned:
+        return
+    _warned.add(folder)
+    warnings.warn(f"per-epoch TensorBoard curves are off for {results.redact(folder)}: {why}; training goes on",
+                  TrackerWarning, stacklevel=3)
+
+
+class EpochWriter:
+    """Per-epoch TensorBoard scalars of one class of a run: a :func:`raysearch.loop.train_class`
+    ``on_epoch`` hook.
+
+    Each call writes the epoch's values as ``<prefix>/<name>`` at step = epoch (1-based)
+    and flushes, so a running TensorBoard shows the epoch at once. The event file is made
+    at the first epoch (a class that does not train leaves none). A local ``folder`` is
+    written directly; on a bucket (``s3://...``) the file is written in a local temporary
+    folder and copied up by :meth:`close`.
+
+    Never stops training: a folder it cannot write, or tensorboardX missing, gives one
+    :class:`TrackerWarning` and the run goes on without curves.
+
+    Example:
+        >>> w = EpochWriter("/tmp/run/epochs", "class_3")  # doctest: +SKIP
+        >>> w(1, {"loss_loss": 0.9, "lr": 0.01}); w.close()  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: str, prefix: str):
+        self.folder, self.prefix = folder, prefix
+        self._writer: Any = None
+        self._local: str | None = None
+        self._off = False
+
+    def _open(self) -> Any:
+        try:
+            from tensorboardX.event_file_writer import EventsWriter
+        except ImportError:
+            self._off = True
+            _warn_once(self.folder, "tensorboardX is not installed (pip install tensorboardX)")
+            return None
+        try:
+            if "://" in self.folder:
+                self._local = tempfile.mkdtemp(prefix="raysearch-epochs-")
+            local = self._local or self.folder
+            os.makedirs(local, exist_ok=True)
+            # tensorboardX's synchronous writer (its SummaryWriter queues events for a thread,
+            # and its flush does not wait for them). One file per class: two classes that start
+            # in the same second get distinct names.
+            suffix = "." + "".join(c if c.isalnum() or c in "-_" else "_" for c in self.prefix)
+            return EventsWriter(os.path.join(local, "events"), suffix)
+        except Exception as err:  # noqa: BLE001 - no curves is no reason to stop a run
+            self._off = True
+            _warn_once(self.folder, f"{type(err).__name__}: {err}")
+            return None
+
+    def __call__(self, epoch: int, values: dict[str, float]) -> None:
+        if self._off:
+            return
+        try:
+            if self._writer is None:
+                self._writer = self._open()
+                if self._writer is None:
+                    return
+            from tensorboardX.proto.event_pb2 import Event
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            # A NaN loss is written too: it shows where a run diverged.
+            scalars = [Summary.Value(tag=f"{self.prefix}/{name}", simple_value=float(value))
+                       for name, value in values.items() if value is not None]
+            self._writer.write_event(Event(wall_time=time.time(), step=epoch, summary=Summary(value=scalars)))
+            self._writer.flush()
+        except Exception as err:  # noqa: BLE001
+            self._off = True
+            _warn_once(self.folder, f"{type(err).__name__}: {err}")
+
+    def close(self) -> None:
+        """Close the event file (on a bucket: copy it up); safe to call twice."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()
+            if self._local is not None:
+                for name in os.listdir(self._local):
+                    with open(os.path.join(self._local, name), "rb") as f:
+                        results.write_bytes(results.join(self.folder, name), f.read())
+        except Exception as err:  # noqa: BLE001
+            _warn_once(self.folder, f"{type(err).__name__}: {err}")
+        finally:
+            if self._local is not None:
+                shutil.rmtree(self._local, ignore_errors=True)
+                self._local = None

@@ -115,7 +115,8 @@ class PruningOptunaSearch(OptunaSearch):
     objective is told FAIL.
 
     The study names its objectives (``study.metric_names``) and each trial carries its
-    Tune trial id and the pattern of its result files as user attributes.
+    Tune trial id, its rows' ``config_hash`` and the pattern of its result files as user
+    attributes.
 
     Ray's OptunaSearch keeps its study and trials in private attributes (``_ot_study``,
     ``_ot_trials``, ``_storage``, ``_completed_trials``) that this class reads, and a
@@ -217,6 +218,11 @@ class PruningOptunaSearch(OptunaSearch):
             config[OPTUNA_KEY] = ot_trial.number
             # What optuna-dashboard shows beside the number: where the trial's rows are.
             ot_trial.set_user_attr("trial_id", trial_id)
+            if isinstance(self._space, SpaceFunction):  # the config_hash column of the trial's rows
+                from raysearch.spec import config_hash
+
+                sampled = {k: v for k, v in config.items() if not k.startswith("__")}
+                ot_trial.set_user_attr("config_hash", config_hash({**self._space.fixed, **sampled}))
             if self.output is not None:
                 ot_trial.set_user_attr("rows", results.join(results.redact(results.results_dir(self.output)),
                                                             f"{trial_id}--*.parquet"))

@@ -147,3 +147,23 @@ def test_the_study_names_its_objectives_and_trials_name_their_rows(tmp_path):
     assert study.metric_names == ["val_image_auroc", "latency_ms"]
     attrs = study.trials[0].user_attrs
     assert attrs["trial_id"] == "abc_00000" and attrs["rows"].endswith("results/abc_00000--*.parquet")
+
+
+def test_a_trials_config_hash_attribute_is_its_rows_config_hash(tmp_path):
+    """The hash optuna-dashboard shows is the one the trial's result rows carry."""
+    from raysearch.experiment import TrialPlan
+    from raysearch.results import RunInfo, base_row
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction
+    from raysearch.space import parse_search
+    from raysearch.spec import load_spec
+
+    spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3]"])
+    search = parse_search(spec)
+    searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
+                                   mode="max", n_classes=1, objective_keys=["mean_val_image_auroc"],
+                                   sampler=optuna.samplers.RandomSampler(seed=1))
+    plan = TrialPlan(spec, str(tmp_path), "tune")
+    for tid in ("t0", "t1", "t2"):
+        config = searcher.suggest(tid)
+        row = base_row(plan.trial_spec(config), RunInfo(spec.name, "tune", tid, str(tmp_path)))
+        assert searcher._ot_trials[tid].user_attrs["config_hash"] == row["config_hash"]

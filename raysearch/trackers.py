@@ -20,6 +20,7 @@ Three layers, from always-on to opt-in:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -117,6 +118,9 @@ def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> 
                 experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment,
                 tags={"raysearch.experiment": results.redact(output)},
             ))
+            # Not on the console: MLflow's (and its migrations') INFO lines as it creates the store.
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         elif name == "wandb":
             from ray.air.integrations.wandb import WandbLoggerCallback
 

@@ -1,7 +1,8 @@
 """Live curves: the per-epoch TensorBoard writer and its train_class hook, the --log option
 (a missing package is one line and exit 2 before Ray starts), and one tiny sweep with
---log mlflow that leaves MLflow runs, Tune's CSV/JSON/TensorBoard logs and per-epoch event
-files with the values the result rows hold."""
+--log mlflow (and wandb, offline, where installed) that leaves MLflow runs, W&B offline
+runs, Tune's CSV/JSON/TensorBoard logs and per-epoch event files with the values the
+result rows hold."""
 
 import glob
 import importlib.util
@@ -139,12 +140,13 @@ def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_sessio
 
     from raysearch.tuning import run_tune
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)  # the defaults: local stores, W&B offline
+    log = ["mlflow"] + (["wandb"] if importlib.util.find_spec("wandb") else [])
     spec = load_spec(demo_spec_path, TINY + ["search.trials=2", "search.concurrent=1",
                                              "search.scheduler={kind: none}"])
     out = str(tmp_path / "sweep")
-    assert run_tune(spec, out, quiet=True, log=["mlflow"]) == 0
+    assert run_tune(spec, out, quiet=True, log=log) == 0
     rows = {r["trial_id"]: r for r in results.read_results(out).to_pylist()}
     assert len(rows) == 2 and {r["status"] for r in rows.values()} == {"completed"}
 
@@ -159,6 +161,12 @@ def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_sessio
         assert run.data.metrics["mean_val_image_auroc"] == pytest.approx(rows[trial_id]["val_image_auroc"])
         history = client.get_metric_history(run.info.run_id, "progress")
         assert sorted(m.value for m in history) == [0.5, 1.0]  # epoch 1 of 2, then the class's end
+
+    # W&B: one offline run per trial (its id is the trial's) in DIR/wandb, for `wandb sync`.
+    if "wandb" in log:
+        for trial_id in rows:
+            assert [os.path.getsize(f) > 0 for f in glob.glob(
+                os.path.join(out, "wandb", f"offline-run-*-{trial_id}", f"run-{trial_id}.wandb"))] == [True]
 
     # Tune's own logs and per-epoch curves in each trial's folder DIR/ray/tune/<trial>/.
     trial_dirs = sorted(glob.glob(os.path.join(out, "ray", "tune", "raysearch_trial_*")))

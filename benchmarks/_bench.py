@@ -11,6 +11,7 @@ the same figures as JSON to ``benchmarks/results/<name>.json``, from which
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -57,11 +58,12 @@ def machine() -> dict[str, Any]:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
         pass
+    # Versions from package metadata: a benchmark that needs neither Ray nor Optuna (the
+    # GPU throughput run) must not import them.
     for name in ("torch", "ray", "optuna", "pandas"):
         try:
-            module = __import__(name)
-            info[name] = module.__version__
-        except ImportError:
+            info[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             info[name] = None
     try:
         import torch

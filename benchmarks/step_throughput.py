@@ -51,12 +51,10 @@ Run:  python benchmarks/step_throughput.py [--repeats 3 --epochs 4 --images 256 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import math
 import multiprocessing
 import os
-import platform
 import time
 
 import _bench
@@ -73,32 +71,12 @@ LAYOUTS = {"nchw": False, "channels_last": True}  # --layouts: name -> train.cha
 Epoch = tuple[float, float]  # (wall seconds, CPU seconds of this process) of one epoch's steps
 
 
-def machine() -> dict:
-    """``_bench.machine()`` without importing Ray, Optuna or pandas (versions from package metadata)."""
-    import torch as _torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "source": _bench.source_hash()}
-    try:
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
-    for name in ("torch", "ray", "optuna", "pandas"):
-        try:
-            info[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            info[name] = None
-    info["gpu"] = _torch.cuda.get_device_name(0) if _torch.cuda.is_available() else None
-    info["torch_threads"] = _torch.get_num_threads()
-    return info
-
-
 def save(name: str, payload: dict) -> str:
-    """``_bench.save`` with this script's :func:`machine`."""
+    """``_bench.save`` for this script's results."""
     os.makedirs(_bench.RESULTS, exist_ok=True)
     path = os.path.join(_bench.RESULTS, f"{name}.json")
     with open(path, "w") as f:
-        json.dump({"benchmark": name, "machine": machine(), **payload}, f, indent=2, default=str)
+        json.dump({"benchmark": name, "machine": _bench.machine(), **payload}, f, indent=2, default=str)
     return path
 
 
@@ -326,7 +304,7 @@ def main() -> None:
     variants = [(c, layout) for c in args.compile for layout in args.layouts]
     speed_run = variants != [("off", "nchw")] or args.shared > 0
 
-    info = machine()
+    info = _bench.machine()
     print(_bench.machine_line(info))
     print(f"step throughput, {args.device}, {args.threads} torch thread(s), demo configs"
           + (f" with {' '.join(args.set)}" if args.set else "") + f", {args.repeats} runs x {args.epochs - 1} "
@@ -335,10 +313,10 @@ def main() -> None:
     for name, (compiled, layout) in ((n, v) for n in args.methods for v in variants):
         overrides = (*args.set, f"train.compile={'true' if compiled == 'on' else 'false'}",
                      f"train.compile_backend={args.compile_backend}", f"train.channels_last={str(LAYOUTS[layout]).lower()}")
-        before = machine()
+        before = _bench.machine()
         r = bench_method(name, args.repeats, args.epochs, args.images, args.device, overrides)
         r["date"], r["threads"] = before["date"], args.threads
-        r["load_avg_1m"] = [before.get("load_avg_1m"), machine().get("load_avg_1m")]
+        r["load_avg_1m"] = [before.get("load_avg_1m"), _bench.machine().get("load_avg_1m")]
         setting = f"compile {compiled}{f' ({args.compile_backend})' if compiled == 'on' else ''}, {layout}"
         r["setting"] = setting
         if args.shared > 0:

@@ -79,3 +79,14 @@ def s3_storage():
 @pytest.fixture
 def demo_spec_path() -> str:
     return os.path.join(REPO, "search_spaces", "demo", "distcon.yaml")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: CPU kernels then reduce in one fixed order."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,6 +22,7 @@ import os
 
 import pytest
 import torch
+from tiny import SMALL
 
 from raysearch import registry
 from raysearch.data import load_task
@@ -35,18 +36,6 @@ def demo_spec(method: str) -> str:
     return os.path.join(REPO, "search_spaces", "demo", f"{method}.yaml")
 
 
-# A few dozen 32-pixel images of the demo spec's first class, a small CNN, evaluations
-# (and so checkpoints) after every epoch.
-SMALL = [
-    "selection.min_normals=4",
-    "selection.min_anomalies=4",
-    "data.image_size=32",
-    "data.max_train=48",
-    "data.max_test=24",
-    "train.batch_size=16",
-    "train.eval_every=1",
-    "params.backbone.width=8",
-]
 EPOCHS = 5
 RESUME_AFTER = 3  # the restored run continues from the checkpoint of this epoch's evaluation
 
@@ -70,15 +59,6 @@ VARIANTS = {
     "clflow-plain": ("clflow", ["params.mode=plain_fastflow"]),
 }
 CASES = {m: (m, []) for m in registry.method_names()} | VARIANTS
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: CPU kernels then reduce in one fixed order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_spec(method: str, extra: list[str]):

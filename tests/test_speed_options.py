@@ -16,37 +16,18 @@ import math
 
 import pytest
 import torch
+from tiny import SMALL
 
 from raysearch import registry
 from raysearch.data import load_task
 from raysearch.loop import _batch, _data_on_device, train_class
 from raysearch.spec import SpecError, load_spec, spec_from_dict
 
-SMALL = [
-    "selection.min_normals=4",
-    "selection.min_anomalies=4",
-    "data.image_size=32",
-    "data.max_train=48",
-    "data.max_test=24",
-    "train.batch_size=16",
-    "train.eval_every=1",
-    "train.epochs=3",
-    "params.backbone.width=8",
-]
 COMPILE = ["train.compile=true", "train.compile_backend=eager"]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: CPU kernels then reduce in one fixed order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(demo_spec_path, extra=(), **kwargs):
-    spec = load_spec(demo_spec_path, [*SMALL, *extra])
+    spec = load_spec(demo_spec_path, [*SMALL, "train.epochs=3", *extra])
     task = load_task(spec.data, spec.selection, spec.classes()[0], spec.train.seed)
     return train_class(spec, task, registry.method_class(spec.method), **kwargs)
 

@@ -22,6 +22,19 @@ TINY = [
     "params.backbone.width=8",
 ]
 
+# A few dozen 32-pixel images of a demo spec's first class, a small CNN, evaluations (and
+# so checkpoints) after every epoch: the in-process training tests (resume, speed options).
+SMALL = [
+    "selection.min_normals=4",
+    "selection.min_anomalies=4",
+    "data.image_size=32",
+    "data.max_train=48",
+    "data.max_test=24",
+    "train.batch_size=16",
+    "train.eval_every=1",
+    "params.backbone.width=8",
+]
+
 
 @contextlib.contextmanager
 def holding(events: str) -> Iterator[None]:

@@ -74,10 +74,27 @@ def load_study(study_url_or_dir: Any, study_name: str | None = None):
 
 
 def completed_trials(study) -> list:
-    """The study's trials in state COMPLETE."""
+    """The study's trials in state COMPLETE that were trained (not told a repeated config's value)."""
     import optuna
 
-    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    from raysearch.space import is_repeat
+
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if not is_repeat(t)]
+
+
+def trained_only(study):
+    """``study``, or an in-memory copy without the trials told a repeated config's value
+    (each config counts once in the importances)."""
+    import optuna
+
+    from raysearch.space import is_repeat
+
+    trials = study.get_trials(deepcopy=False)
+    if not any(is_repeat(t) for t in trials):
+        return study
+    copy = optuna.create_study(directions=study.directions, study_name=study.study_name)
+    copy.add_trials([t for t in trials if not is_repeat(t) and t.state.is_finished()])
+    return copy
 
 
 def param_importance(study_url_or_dir: Any, study_name: str | None = None,
@@ -103,7 +120,7 @@ def param_importance(study_url_or_dir: Any, study_name: str | None = None,
     unknown = [e for e in evaluators if e not in EVALUATORS]
     if unknown or not evaluators:
         raise ValueError(f"unknown importance evaluators {unknown}; known: {', '.join(EVALUATORS)}")
-    study = load_study(study_url_or_dir, study_name)
+    study = trained_only(load_study(study_url_or_dir, study_name))
     n = len(completed_trials(study))
     if n < MIN_TRIALS:
         raise ValueError(f"parameter importance needs at least {MIN_TRIALS} completed trials, "
@@ -165,15 +182,18 @@ def compare_importance(table: pd.DataFrame, rank_gap: int = DISAGREE_RANK_GAP,
 
 def trial_counts(study) -> dict[str, int]:
     """The study's trials by state, named as the result rows name trial statuses:
-    ``completed``, ``pruned``, ``failed`` and ``unfinished`` (running or waiting).
+    ``completed``, ``pruned``, ``failed`` and ``unfinished`` (running or waiting); and
+    ``repeats``, suggestions of a config already trained, told its value instead.
 
     Example:
         >>> trial_counts(load_study("/tmp/tdemo"))                  # doctest: +SKIP
-        {'completed': 12, 'pruned': 3, 'failed': 1, 'unfinished': 0}
+        {'completed': 12, 'pruned': 3, 'failed': 1, 'unfinished': 0, 'repeats': 2}
     """
-    counts = dict.fromkeys(("completed", "pruned", "failed", "unfinished"), 0)
+    from raysearch.space import is_repeat
+
+    counts = dict.fromkeys(("completed", "pruned", "failed", "unfinished", "repeats"), 0)
     for t in study.get_trials(deepcopy=False):
-        counts[STATES.get(t.state.name, "unfinished")] += 1
+        counts["repeats" if is_repeat(t) else STATES.get(t.state.name, "unfinished")] += 1
     return counts
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import IGNORED_CONFIG_KEYS, prepare
+from raysearch.space import is_repeat
 
 __all__ = ["trial_table", "rank_configs", "per_class_table", "history_table", "varying_params", "t_interval",
            "percentile_interval", "paired_difference", "cell_table", "metric_range",
@@ -452,7 +453,8 @@ def history_table(source: Any, metric: str = "val_image_auroc", mode: str = "max
         if metric in names:
             index = names.index(metric)
         rows = [{"order": t.number, "trial": str(t.number), "status": t.state.name.lower(),
-                 "value": t.values[index] if t.values is not None else math.nan} for t in study.trials]
+                 "value": t.values[index] if t.values is not None else math.nan} for t in study.trials
+                if not is_repeat(t)]  # a repeated config was told its value, not trained
         table = pd.DataFrame(rows, columns=["order", "trial", "status", "value"])
         table.loc[table["status"] != "complete", "value"] = math.nan
         table["status"] = table["status"].replace({"complete": "completed", "fail": "failed"})

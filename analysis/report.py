@@ -215,7 +215,10 @@ def _trial_counts(s: _Section, df: pd.DataFrame, metric: str, mode: str, study) 
     table.index.name = "status"
     if study is not None:
         counts = table["Optuna study"].to_dict()
-        s.text(f"Trials of the sweep (Optuna study {study.study_name}, optuna.db): {_counts_text(counts)}.")
+        repeats = trial_counts(study)["repeats"]
+        s.text(f"Trials of the sweep (Optuna study {study.study_name}, optuna.db): {_counts_text(counts)}."
+               + (f" The sampler also proposed {repeats} config(s) already trained; each was told its earlier "
+                  "value instead of being trained again (user attribute repeat_of)." if repeats else ""))
         rows = table.get("tune rows")
         if rows is None:
             s.text("No result row is of kind tune: the study's trials wrote no rows here.")

@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -25,9 +26,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 DEMO = os.path.join(REPO, "search_spaces", "demo")
+# A harder toy-mvtec (faint, small scratches, blobs and holes): a real spread of results.
+HARD_TOY = {"defect_opacity": 0.5, "defect_scale": 0.6, "size": 64, "n_train": 110,
+            "n_test_good": 24, "n_test_defect": 12, "categories": ("stripes", "dots")}
 
 if REPO not in sys.path:  # run from anywhere without installing
     sys.path.insert(0, REPO)
+
+
+def hard_toy_root() -> str:
+    """The :data:`HARD_TOY` dataset in the MVTec layout, generated once into the temp folder."""
+    from raysearch.data.toy import make_toy_mvtec
+
+    root = os.path.join(tempfile.gettempdir(), "raysearch-bench-toy-hard")
+    marker = os.path.join(root, "options.json")
+    wanted = json.dumps(HARD_TOY, sort_keys=True, default=list)
+    if not (os.path.exists(marker) and open(marker).read() == wanted):
+        make_toy_mvtec(root, seed=7, **HARD_TOY)
+        with open(marker, "w") as f:
+            f.write(wanted)
+    return root
 
 
 def source_hash() -> str:

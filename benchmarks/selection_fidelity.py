@@ -41,15 +41,13 @@ import gzip
 import json
 import math
 import os
-import tempfile
 from multiprocessing import get_context
 
 import _bench
 import numpy as np
 
 TRACES = os.path.join(_bench.HERE, "data", "selection_traces.json.gz")
-TOY_OPTIONS = {"defect_opacity": 0.5, "defect_scale": 0.6, "size": 64, "n_train": 110,
-               "n_test_good": 24, "n_test_defect": 12, "categories": ("stripes", "dots")}
+TOY_OPTIONS = _bench.HARD_TOY
 FAMILIES_ALL = ("cutpaste", "scar", "perlin", "patchswap", "elastic", "blur", "noise")
 VALIDATION = [  # one validation split with every family, so any rule can be replayed
     "selection.synthesis=[cutpaste, scar, perlin, patchswap, elastic, blur, noise]",
@@ -106,26 +104,13 @@ OLD_HOLDOUT = 0.1  # the previous protocol: round(0.1 * N) normals and as many C
 
 
 # -- training once, keeping every evaluation's scores ------------------------------------
-def toy_root() -> str:
-    from raysearch.data.toy import make_toy_mvtec
-
-    root = os.path.join(tempfile.gettempdir(), "raysearch-bench-toy-hard")
-    marker = os.path.join(root, "options.json")
-    wanted = json.dumps(TOY_OPTIONS, sort_keys=True, default=list)
-    if not (os.path.exists(marker) and open(marker).read() == wanted):
-        make_toy_mvtec(root, seed=7, **TOY_OPTIONS)
-        with open(marker, "w") as f:
-            f.write(wanted)
-    return root
-
-
 def base_spec(method: str):
     from raysearch.spec import load_spec
 
     setting = SETTINGS[method]
     overrides = list(setting["overrides"]) + VALIDATION
     if method != "distcon":
-        overrides += ["data.dataset=folder", f"data.root={toy_root()}", "data.classes=[stripes, dots]",
+        overrides += ["data.dataset=folder", f"data.root={_bench.hard_toy_root()}", "data.classes=[stripes, dots]",
                       "data.image_size=64"]
     return load_spec(os.path.join(_bench.DEMO, setting["spec"]), overrides)
 
@@ -198,7 +183,7 @@ def train_config(job: tuple[str, int, dict]) -> dict:
 def compute_traces(methods: list[str], n: int, processes: int) -> dict:
     jobs = [(m, i, c) for m in methods for i, c in enumerate(sample_configs(m, n))]
     if any(m != "distcon" for m in methods):
-        toy_root()  # once, before the workers start
+        _bench.hard_toy_root()  # once, before the workers start
     with _bench.Timer() as t:
         with get_context("spawn").Pool(processes) as pool:
             records = pool.map(train_config, jobs, chunksize=1)

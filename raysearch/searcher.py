@@ -19,9 +19,9 @@ from ray.tune.search.optuna import OptunaSearch
 from raysearch import results
 from raysearch.progress import finished, optuna_step
 from raysearch.schema import SpecError
-from raysearch.space import SearchSpec, grid_space, suggest
+from raysearch.space import REPEAT_ATTR, SearchSpec, grid_space, suggest
 
-__all__ = ["PruningOptunaSearch", "SpaceFunction", "StudySync", "make_sampler", "study_path", "study_url",
+__all__ = ["PruningOptunaSearch", "SpaceFunction", "StudySync", "make_sampler", "tell_if_repeat", "study_path", "study_url",
            "close_running", "OPTUNA_KEY"]
 
 OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
@@ -77,7 +77,8 @@ def make_sampler(search: SearchSpec):
 
     seed = search.seed
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=search.startup_trials)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "cmaes":
@@ -94,6 +95,27 @@ def make_sampler(search: SearchSpec):
     if search.sampler == "grid":
         return optuna.samplers.GridSampler(grid_space(search), seed=seed)
     raise SpecError(f"unknown sampler {search.sampler!r}", key="search.sampler")
+
+
+MAX_REPEATS = 100  # repeated suggestions told in a row before one is trained anyway
+
+
+def tell_if_repeat(study, trial) -> bool:
+    """Tell ``trial`` the objective of a completed trial with exactly its params, if any.
+
+    A config that was trained to the end gives the same result again (its seed is part
+    of the config), and on a space of choices samplers propose the same config again
+    and again: such a suggestion is told its twin's value (and marked with
+    :data:`REPEAT_ATTR`) instead of being trained. Returns whether it was.
+    """
+    import optuna
+
+    for done in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if done.number != trial.number and done.params == trial.params:
+            trial.set_user_attr(REPEAT_ATTR, done.number)
+            study.tell(trial, done.values if len(done.values) > 1 else done.value)
+            return True
+    return False
 
 
 class SpaceFunction:
@@ -213,6 +235,11 @@ class PruningOptunaSearch(OptunaSearch):
         if self.budget is not None and self.asked >= self.budget and trial_id not in self._ot_trials:
             return Searcher.FINISHED
         config = super().suggest(trial_id)
+        for _ in range(MAX_REPEATS):  # a config trained before is told its value, not trained again
+            if not isinstance(config, dict) or not tell_if_repeat(self._ot_study, self._ot_trials[trial_id]):
+                break
+            del self._ot_trials[trial_id]
+            config = super().suggest(trial_id)
         if isinstance(config, dict):
             ot_trial = self._ot_trials[trial_id]
             config[OPTUNA_KEY] = ot_trial.number

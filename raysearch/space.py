@@ -26,7 +26,7 @@ from typing import Any, Literal
 from raysearch.schema import SpecError, build
 from raysearch.selection import FAMILY_METRICS
 
-__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "objective", "METRICS"]
+__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "objective", "METRICS", "REPEAT_ATTR", "is_repeat"]
 
 # Metrics a search may optimise (class means over the classes a trial finished).
 METRICS = {
@@ -83,6 +83,7 @@ class _RawSearch:
     metric: Any = "val_image_auroc"
     mode: Any = None
     sampler: Literal["tpe", "random", "cmaes", "nsga2", "grid", "qmc"] = "tpe"
+    startup_trials: int = 10  # tpe: random trials before its model is used
     trials: int = 16
     concurrent: int = 2
     seed: int = 0
@@ -100,6 +101,7 @@ class SearchSpec:
     seed: int
     scheduler: SchedulerSpec
     space: tuple[Param, ...]
+    startup_trials: int = 10
 
     @property
     def multi_objective(self) -> bool:
@@ -222,6 +224,8 @@ def _parse_search(spec: Any) -> SearchSpec:
                         key="search.metric")
     if base.trials < 1 or base.concurrent < 1:
         raise SpecError("trials and concurrent must be >= 1", key="search.trials")
+    if base.startup_trials < 0:
+        raise SpecError(f"expected startup_trials >= 0, got {base.startup_trials}", key="search.startup_trials")
     if base.sampler == "cmaes":
         try:
             import cmaes  # noqa: F401
@@ -255,8 +259,18 @@ def _parse_search(spec: Any) -> SearchSpec:
         seed=base.seed,
         scheduler=base.scheduler,
         space=params,
+        startup_trials=base.startup_trials,
     )
 
+
+
+REPEAT_ATTR = "repeat_of"  # user attribute of a study trial told the value of the trained trial it repeats
+
+
+def is_repeat(trial: Any) -> bool:
+    """Whether a study trial was told another trial's value instead of being trained
+    (see :func:`raysearch.searcher.tell_if_repeat`)."""
+    return trial.user_attrs.get(REPEAT_ATTR) is not None
 
 def suggest(trial: Any, search: SearchSpec, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """Define-by-run sampling of one config: ``{dotted key: value}`` for the entries that apply.

@@ -48,7 +48,7 @@ from raysearch.selection import selection_summary
 from raysearch.space import SearchSpec, parse_search
 from raysearch.spec import Spec
 
-__all__ = ["run_tune", "dry_run", "sweep_summary", "study_url"]
+__all__ = ["run_tune", "dry_run", "sweep_summary", "study_url", "asha_scheduler"]
 
 
 def default_point(spec: Spec, search: SearchSpec) -> dict[str, Any]:
@@ -91,9 +91,12 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
     stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes))}"
                  f" averaged over classes\n")
     stream.write(f"validation: {selection_summary(spec)}\n")
-    stream.write(f"sampler {search.sampler} (seed {search.seed}), {search.trials} trials, "
+    startup = f", {search.startup_trials} random start-up trials" if search.sampler == "tpe" else ""
+    sched = search.scheduler
+    stream.write(f"sampler {search.sampler} (seed {search.seed}{startup}), {search.trials} trials, "
                  f"{search.concurrent} at a time, scheduler "
-                 f"{'asha' if search.uses_asha else 'none'}\n")
+                 + (f"asha (grace {sched.grace}, reduction factor {sched.reduction_factor:g})" if search.uses_asha
+                    else "none") + "\n")
     stream.write("space:\n")
     for p in search.space:
         stream.write(f"  {p.key}: {p.describe()}\n")
@@ -108,6 +111,28 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
     else:
         stream.write(f"resources: {t.workers} worker(s) x {t.cpus_per_worker} CPU per trial (no GPU)\n")
     return search
+
+
+def asha_scheduler(spec: Spec, search: SearchSpec):
+    """The ASHA scheduler of a sweep: trials compared at equal progress (classes done).
+
+    Its rungs are ``grace`` evaluations of the first class and that times each power of
+    the reduction factor, up to the run's classes.
+    """
+    from ray.tune.schedulers import ASHAScheduler
+
+    n_classes = len(spec.classes())
+    return ASHAScheduler(
+        time_attr="progress",
+        metric=f"mean_{search.metrics[0]}",
+        mode=search.modes[0],
+        # A class's last report comes after its row is stored, so a stop at a rung
+        # or at max_t never loses a finished class.
+        max_t=n_classes,
+        # `grace` evaluations of the first class, as a fraction of the spec's epochs.
+        grace_period=min(n_classes, search.scheduler.grace * spec.train.eval_every / spec.train.epochs),
+        reduction_factor=search.scheduler.reduction_factor,
+    )
 
 
 @exclusive("tune")
@@ -131,7 +156,7 @@ def run_tune(
     """
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     from raysearch.ray_setup import init_ray
 
@@ -173,20 +198,7 @@ def run_tune(
         storage=storage,
         points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
     )
-    if search.uses_asha:
-        scheduler = ASHAScheduler(
-            time_attr="progress",
-            metric=metric_keys[0],
-            mode=search.modes[0],
-            # A class's last report comes after its row is stored, so a stop at a rung
-            # or at max_t never loses a finished class.
-            max_t=n_classes,
-            # `grace` evaluations of the first class, as a fraction of the spec's epochs.
-            grace_period=min(n_classes, search.scheduler.grace * spec.train.eval_every / spec.train.epochs),
-            reduction_factor=search.scheduler.reduction_factor,
-        )
-    else:
-        scheduler = FIFOScheduler()
+    scheduler = asha_scheduler(spec, search) if search.uses_asha else FIFOScheduler()
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,

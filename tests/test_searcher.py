@@ -167,3 +167,39 @@ def test_a_trials_config_hash_attribute_is_its_rows_config_hash(tmp_path):
         config = searcher.suggest(tid)
         row = base_row(plan.trial_spec(config), RunInfo(spec.name, "tune", tid, str(tmp_path)))
         assert searcher._ot_trials[tid].user_attrs["config_hash"] == row["config_hash"]
+
+
+def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_trained_again():
+    """On a space of two configs: after the first completes, each suggestion of it is told
+    its value (and marked) and the searcher asks again, so Tune gets the other config; a
+    repeat of a pruned config is trained (it could end otherwise under new rung cutoffs).
+    The study's counts and history leave the repeats out."""
+    from analysis.importance import completed_trials, trial_counts
+    from analysis.rank import history_table
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction
+    from raysearch.space import REPEAT_ATTR, is_repeat, parse_search
+    from raysearch.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"space": {"params.rotations": {"choice": ["0-180", "0-90-180-270"]}}}})
+    searcher = PruningOptunaSearch(space=SpaceFunction(parse_search(spec), spec.flat_config()),
+                                   metric="mean_val_image_auroc", mode="max", n_classes=1,
+                                   objective_keys=["mean_val_image_auroc"], budget=3,
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    trained = []
+    for tid, end in (("a", 1.0), ("b", 0.5), ("c", 1.0)):  # b is stopped half-way: pruned
+        trained.append(searcher.suggest(tid)["params.rotations"])
+        searcher.on_trial_complete(tid, {"progress": end, "mean_val_image_auroc": 0.8})
+    first, other = trained[0], trained[1]
+    assert other != first and trained[2] == other  # the completed config never again; the pruned one again
+    study = searcher._ot_study
+    repeats = [t for t in study.trials if is_repeat(t)]
+    assert repeats  # this seed's third and fourth draws repeat the first config
+    for t in repeats:
+        twin = study.trials[t.user_attrs[REPEAT_ATTR]]
+        assert twin.number == 0 and t.params == twin.params and t.value == twin.value == 0.8
+    assert searcher.asked == 3 and len(study.trials) == 3 + len(repeats)
+    counts = trial_counts(study)
+    assert counts == {"completed": 1 + 1, "pruned": 1, "failed": 0, "unfinished": 0, "repeats": len(repeats)}
+    assert len(completed_trials(study)) == 2
+    assert len(history_table(study, "val_image_auroc", "max")) == 3

@@ -181,7 +181,7 @@ def test_trial_counts_equal_the_studys(tmp_path):
     states = ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "PRUNED", "FAIL", "RUNNING"]
     statuses = ["completed", "completed", "completed", "pruned", "pruned", "failed"]
     study = _study_with_states(tmp_path, "counts", states)
-    assert trial_counts(study) == {"completed": 3, "pruned": 2, "failed": 1, "unfinished": 1}
+    assert trial_counts(study) == {"completed": 3, "pruned": 2, "failed": 1, "unfinished": 1, "repeats": 0}
     rows = _sweep_rows(statuses)
     rows += [row({"train.lr": 0.5}, 0, "a", 0.9, trial="t6", optuna_trial=6)]  # running: 1 class of 4
     write_rows(tmp_path, rows)

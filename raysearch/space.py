@@ -263,7 +263,6 @@ def _parse_search(spec: Any) -> SearchSpec:
     )
 
 
-
 REPEAT_ATTR = "repeat_of"  # user attribute of a study trial told the value of the trained trial it repeats
 
 
@@ -271,6 +270,7 @@ def is_repeat(trial: Any) -> bool:
     """Whether a study trial was told another trial's value instead of being trained
     (see :func:`raysearch.searcher.tell_if_repeat`)."""
     return trial.user_attrs.get(REPEAT_ATTR) is not None
+
 
 def suggest(trial: Any, search: SearchSpec, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """Define-by-run sampling of one config: ``{dotted key: value}`` for the entries that apply.

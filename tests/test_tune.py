@@ -22,6 +22,7 @@ from tiny import (
 )
 
 from raysearch import results
+from raysearch.space import REPEAT_ATTR, is_repeat
 from raysearch.spec import load_spec
 from raysearch.tuning import run_tune, study_url
 
@@ -220,12 +221,15 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     assert done.returncode == 0, done.stderr[-3000:]
     rows = rows_of(out)
     assert len(rows) == 4 and len({(r["trial_id"], r["normal_class"]) for r in rows}) == 4
-    assert len({r["trial_id"] for r in rows}) == 4 and sorted(r["optuna_trial"] for r in rows) == [0, 1, 2, 3]
+    study = study_of(out, "distcon-digits-demo")
+    trained = [t.number for t in study.trials if not is_repeat(t)]  # a repeated config is told, not trained
+    assert len({r["trial_id"] for r in rows}) == 4 and sorted(r["optuna_trial"] for r in rows) == trained
+    assert all(t.user_attrs[REPEAT_ATTR] in trained for t in study.trials if is_repeat(t))
     assert all(r["status"] == "completed" for r in rows)
     after = _stored_rows(out)
     assert {key: after.get(key) for key in before} == before
-    states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
-    assert states == [optuna.trial.TrialState.COMPLETE] * 4, states  # nothing RUNNING, WAITING or FAIL
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * len(states), states  # nothing RUNNING, WAITING or FAIL
     # Resuming the finished sweep changes nothing: no new study trial, no new row.
     again = run_command(_tune_cmd(demo_spec_path, out, "--resume", sets=sets), env=env, timeout_s=300)
     assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stdout[-2000:]

@@ -71,15 +71,6 @@ LAYOUTS = {"nchw": False, "channels_last": True}  # --layouts: name -> train.cha
 Epoch = tuple[float, float]  # (wall seconds, CPU seconds of this process) of one epoch's steps
 
 
-def save(name: str, payload: dict) -> str:
-    """``_bench.save`` for this script's results."""
-    os.makedirs(_bench.RESULTS, exist_ok=True)
-    path = os.path.join(_bench.RESULTS, f"{name}.json")
-    with open(path, "w") as f:
-        json.dump({"benchmark": name, "machine": _bench.machine(), **payload}, f, indent=2, default=str)
-    return path
-
-
 def synthetic_task(n_train: int, size: int, with_masks: bool, seed: int = 0) -> OneClassTask:
     """Random uint8 images: ``n_train`` normals, 16 validation and 16 test images (half anomalous)."""
     g = torch.Generator().manual_seed(seed)
@@ -351,7 +342,7 @@ def main() -> None:
     for r in rows:
         r.setdefault("date", info["date"])
         r.setdefault("threads", args.threads)
-    save(result_name, {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows),
+    _bench.save(result_name, {"args": vars(args), "rows": rows, "min_ratio": min(r["ratio"] for r in rows),
                               "min_cpu_ratio": min(r.get("cpu_ratio", float("nan")) for r in rows)})
     print(f"wrote {os.path.relpath(path, _bench.REPO)}")
 

@@ -327,10 +327,11 @@ def section_search(d: dict) -> list[str]:
     out = ["Two tabular benchmarks, every config of a grid trained once (one torch thread, CPU):", ""]
     for name, t in d["tasks"].items():
         grid = " x ".join(f"{k} {v}" for k, v in t["grid"].items())
+        figures = t["summary"].split("; ", 1)[1]  # after "<name>: <size>, <n> failed"
         out.append(f"- `{name}` ({'defaults chosen here' if name == d['tune_on'] else 'reported here'}): "
                    f"{t['configs']} configs = {grid}; classes {', '.join(t['classes'])}, {t['epochs']} epochs, trained "
                    f"on {t['date']} in {t['seconds'] / 60:.0f} min; {t['failed']} failed. "
-                   f"{t['summary'].split('; ', 1)[1][0].upper()}{t['summary'].split('; ', 1)[1][1:]}.")
+                   f"{figures[0].upper()}{figures[1:]}.")
     out += ["", f"Figure: class-epochs until a finished trial's objective is within {d['tolerance']} of the grid's "
             f"best, median (IQR) over {seeds} seeds; a search that does not get there within the budget (the "
             "whole grid once) counts as the budget. One trial at a time.", ""]

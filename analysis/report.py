@@ -207,15 +207,16 @@ def _trial_counts(s: _Section, df: pd.DataFrame, metric: str, mode: str, study) 
     for kind in sorted(df["kind"].dropna().unique()):
         trials = trial_table(df[df["kind"] == kind], metric, mode)
         columns[f"{kind} rows"] = trials["status"].value_counts().reindex(TRIAL_STATUSES, fill_value=0)
+    study_counts = trial_counts(study) if study is not None else {}
     if study is not None:
-        columns["Optuna study"] = pd.Series(trial_counts(study)).reindex(TRIAL_STATUSES, fill_value=0)
+        columns["Optuna study"] = pd.Series(study_counts).reindex(TRIAL_STATUSES, fill_value=0)
     if not columns:
         return
     table = pd.DataFrame(columns).astype(int)
     table.index.name = "status"
     if study is not None:
         counts = table["Optuna study"].to_dict()
-        repeats = trial_counts(study)["repeats"]
+        repeats = study_counts["repeats"]
         s.text(f"Trials of the sweep (Optuna study {study.study_name}, optuna.db): {_counts_text(counts)}."
                + (f" The sampler also proposed {repeats} config(s) already trained; each was told its earlier "
                   "value instead of being trained again (user attribute repeat_of)." if repeats else ""))

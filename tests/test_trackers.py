@@ -5,6 +5,7 @@ runs, Tune's CSV/JSON/TensorBoard logs and per-epoch event files with the values
 result rows hold."""
 
 import glob
+import importlib.machinery
 import importlib.util
 import json
 import math
@@ -52,8 +53,10 @@ def test_parse_log_takes_repeated_and_comma_separated_names():
 def test_missing_tracker_package_is_one_line_and_exit_2_before_ray(command, demo_spec_path, tmp_path, monkeypatch,
                                                                    capsys):
     real = importlib.util.find_spec
+    # mlflow missing, wandb present (whichever extras this environment has)
+    present = {"mlflow": None, "wandb": importlib.machinery.ModuleSpec("wandb", None)}
     monkeypatch.setattr(trackers.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mlflow" else real(name, *a))
+                        lambda name, *a: present[name] if name in present else real(name, *a))
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started")

@@ -263,7 +263,9 @@ def test_killed_trial_process_restarts_from_its_checkpoint(ray_session, run_even
         # checkpoint is where Tune restarts the trial.
         dashboard = ray._private.worker.global_worker.node.address_info["webui_url"]  # this session's Ray only
         alive = list_actors(address=f"http://{dashboard}", filters=[("state", "=", "ALIVE")])
-        trials = [a for a in alive if a.class_name == "ImplicitFunc"]
+        # The trainable's actor class: Ray names it ImplicitFunc or by its qualified name
+        # (wrap_function.<locals>.ImplicitFunc), depending on the install.
+        trials = [a for a in alive if a.class_name.rsplit(".", 1)[-1] == "ImplicitFunc"]
         assert len(trials) == 1, [a.class_name for a in alive]
         os.kill(trials[0].pid, signal.SIGKILL)
     thread.join(timeout=300)

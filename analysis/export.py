@@ -36,11 +36,25 @@ def best_trials(experiment: str, metric: str, mode: str = "max", n_classes: int 
     """Trials that completed every class, best first (the ranking of
     :func:`analysis.rank.trial_table`): trial id, value and per-class rows."""
     from analysis.load import load_results
-    from analysis.rank import trial_table
 
     df = load_results(experiment)
     if kind is not None and not df.empty:
         df = df[df["kind"] == kind]
+    return _best_of(df, metric, mode, n_classes)
+
+
+def _ranked(experiment: str, metric: str, mode: str):
+    """The ranked trials and the selection confidence of the same rows (one read)."""
+    from analysis.confidence import sweep_confidence
+    from analysis.load import load_results
+
+    df = load_results(experiment)
+    return _best_of(df, metric, mode, None), sweep_confidence(df, metric, mode)
+
+
+def _best_of(df, metric: str, mode: str, n_classes: int | None) -> list[dict[str, Any]]:
+    from analysis.rank import trial_table
+
     if df.empty:
         return []
     table = trial_table(df, metric, mode, n_classes)
@@ -96,8 +110,11 @@ def _apply_flat(spec: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
-    """Write the ``top`` best trials of ``experiment`` as spec files under ``to``."""
+def export_best(experiment: str, top: int = 1, to: str = "best", notes: list[str] | None = None) -> list[Path]:
+    """Write the ``top`` best trials of ``experiment`` as spec files under ``to``.
+
+    The label-free selection confidence of the ranking (:mod:`analysis.confidence`) is
+    recorded in each file's provenance and, where ``notes`` is given, appended to it."""
     spec_uri = results.join(experiment, "spec.yaml")
     if not results.exists(spec_uri):
         raise ValueError(f"{experiment}: no spec.yaml (the resolved spec that raysearch train, tune and ablate "
@@ -105,9 +122,11 @@ def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
     spec = yaml.safe_load(results.read_bytes(spec_uri).decode())
     metrics, modes = objective(spec)
     metric, mode = metrics[0], modes[0]
-    ranked = best_trials(experiment, metric, mode)
+    ranked, verdict = _ranked(experiment, metric, mode)
     if not ranked:
         raise ValueError(f"{experiment}: no trial completed every class; nothing to export")
+    if notes is not None and verdict.can_rank is not None:
+        notes.append(verdict.line())
     os.makedirs(to, exist_ok=True)
     paths = []
     for rank, trial in enumerate(ranked[:top], start=1):
@@ -133,6 +152,7 @@ def export_best(experiment: str, top: int = 1, to: str = "best") -> list[Path]:
                 "checkpoints": {r["normal_class"]: _relative(r.get("checkpoint"), trial["trial_id"]) for r in trial["rows"]},
                 # The keys the search chose; every other value is the spec's own.
                 "tuned": sorted(((spec.get("search") or {}).get("space") or {}).keys()),
+                "selection_confidence": verdict.line(),
             },
         }
         path = Path(to) / f"{spec['name']}-{rank}.yaml"

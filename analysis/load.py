@@ -106,7 +106,8 @@ def load_spec(experiment_dir: str | Path) -> dict[str, Any]:
 
 def objective(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The search metrics and their modes from a spec's ``search:`` block
-    (:func:`raysearch.space.objective`). Without a search block: val_image_auroc, max.
+    (:func:`raysearch.space.objective`). Without a search block: the spec's resolved
+    ``selection.metric`` (else val_image_auroc), max.
 
     Example:
         >>> objective({"search": {"metric": ["val_image_auroc", "latency_ms"]}})
@@ -115,5 +116,8 @@ def objective(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     from raysearch.space import objective as parse  # torch-free
 
     search = spec.get("search") or {}
-    metrics, modes = parse(search.get("metric"), search.get("mode"))
+    # A spec without a search block (a `raysearch train` run) ranks by the metric that
+    # picked its epochs, as resolved in spec.yaml.
+    metric = search.get("metric") or (spec.get("selection") or {}).get("metric")
+    metrics, modes = parse(metric, search.get("mode"))
     return list(metrics), list(modes)

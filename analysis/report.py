@@ -38,6 +38,7 @@ from analysis.ablation import (
     format_ablation_table,
     variant_labels,
 )
+from analysis.confidence import sweep_confidence
 from analysis.fidelity import MIN_CONFIGS, fidelity_line, selection_fidelity
 from analysis.importance import (
     DISAGREE_RANK_GAP,
@@ -288,6 +289,12 @@ def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: floa
                        ranking["config_key"].map(variant_labels(df)))
     for line in _ranking_summary(ranking, metric, confidence):
         s.text(line)
+    verdict = sweep_confidence(df, metric, mode)
+    if verdict.can_rank is not None:
+        s.text(("" if verdict.can_rank and not verdict.all_at_chance else "**Warning**: ") + verdict.line()
+               + ". (Label-free: the noise is the Hanley-McNeil standard error of each trial's objective "
+               "from its validation sizes; the spread is the range of the objective across complete "
+               "configurations; see README, \"Validation protocol\".)")
     incomplete = int((~ranking["complete"].astype(bool)).sum())
     if incomplete:
         s.text(f"{incomplete} configuration(s) did not finish every class (or every seed on every class); "

@@ -1,37 +1,47 @@
-"""Selection fidelity: does the validation objective pick the configurations that test best?
+"""Selection fidelity: which label-free objective picks the configurations that test best?
 
-For each method, random configurations of a search space that also holds deliberately
-weak settings (a learning rate off by 10x, one or two epochs, shallow flows) are trained
-once with :func:`raysearch.loop.train_class` on a setting with a real spread of test
-AUROC. At every evaluation the loop's ``observe`` hook hands over the image scores of a
-validation split holding every known family (``selection.allow_overlap``) and of the
-test split; they are kept in ``benchmarks/data/selection_traces.json.gz``. Selection
-rules are then replayed offline from those scores:
+For each method and task, random configurations of a search space that also holds
+deliberately weak settings (a learning rate off by 10x, one or two epochs, shallow flows,
+narrow backbones) are trained once with :func:`raysearch.loop.train_class`. At every
+evaluation the loop's ``observe`` hook hands over the image scores of a validation split
+holding every known family (``selection.allow_overlap``) and of the test split, and the
+anomaly maps of methods that make them. Kept in ``benchmarks/data/selection_traces.json.gz``
+per evaluation: the image scores, and the pooled pixel AUROC and AUPRO of the validation
+anomalies of the families the method's default holds out (what ``val_pixel_auroc`` /
+``val_aupro`` are in a sweep of that space).
 
-- ``old``: the protocol before validation families: the hold-out fraction of normals
-  (``round(0.1 * N)``) plus as many CutPaste and scar anomalies (half each), the best
-  epoch the first maximum;
-- ``new default``: what raysearch does by default now: for the toy textures the
-  families that no configuration of the space trains on
-  (:func:`raysearch.selection.default_families` of the benchmark's spec), the unweighted
-  mean of their AUROCs, ties to the later epoch; for digits (a dataset of classes,
-  ``selection.anomalies: auto``) held-out training images of the other classes, and
-  the synthetic families as a second rule (``new synthetic``);
-- each family alone, to see which validation family resembles which test defect.
+Every candidate objective is then replayed offline from the traces, with each class's
+epoch selection redone on that objective (ties to the later epoch, as the loop does):
 
-For every rule: Spearman (bootstrap interval over configurations) and Kendall between the
-class-mean objective and the class-mean test AUROC of the selected epochs, and the regret
-(best test AUROC among the configurations minus that of the configuration the rule
-picks), computed by :func:`analysis.selection_fidelity` on the replayed rows.
+- ``image mean``: the unweighted mean of the held-out families' image AUROCs
+  (``val_image_auroc``, the default before);
+- each family alone (``val_image_auroc_<family>``);
+- ``val_pixel_auroc``, ``val_aupro`` (methods with maps);
+- ``image+pixel``: the mean of ``val_image_auroc`` and ``val_pixel_auroc``
+  (``val_image_pixel_auroc``);
+- ``other_classes``: held-out training images of the other classes (digits) or of the
+  other categories of the folder (the semantic task);
+- ``normal gap`` (distcon, label-free, no anomalies at all): minus the mean standardised
+  score of held-out normals, i.e. how well the model generalises to unseen normals.
 
-Settings (all CPU, small CNNs, no downloads):
+For every objective: Spearman (bootstrap interval over configurations) and Kendall
+between the class-mean objective and the class-mean test image AUROC of the selected
+epochs, and the regret (best test AUROC among the configurations minus that of the one
+the objective picks), by :func:`analysis.selection_fidelity` on replayed rows; and the
+label-free confidence check (:mod:`analysis.confidence`) of the replayed sweep.
 
-- distcon on digits, normal classes 3 and 8 (150 training images, 300 test images);
-- cutswap and clflow on a harder toy-mvtec (stripes and dots, 64 px) generated with
-  ``defect_opacity=0.5, defect_scale=0.6``: faint, small scratches, blobs and holes.
+Tasks (all CPU, small CNNs, 64 px, no downloads):
+
+- ``digits`` (distcon): normal classes 3 and 8, 150 training images, 300 test images;
+- ``toy`` (cutswap, clflow): a harder toy-mvtec (stripes and dots), faint, small
+  scratches, blobs and holes;
+- ``ihc``, ``flower`` (every method): real photographs with real defects pasted or
+  blended from other photographs (:mod:`real_tasks`);
+- ``semantic`` (distcon): categories of real photographs whose test anomalies are other
+  photographs (:mod:`real_tasks`), normal categories flower and coffee.
 
 Run:  python benchmarks/selection_fidelity.py [--configs 24] [--processes 2] [--recompute]
-      python benchmarks/selection_fidelity.py --methods distcon --configs 8   # a quick look
+      python benchmarks/selection_fidelity.py --methods clflow --tasks ihc --configs 8   # a quick look
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ import numpy as np
 TRACES = os.path.join(_bench.HERE, "data", "selection_traces.json.gz")
 TOY_OPTIONS = _bench.HARD_TOY
 FAMILIES_ALL = ("cutpaste", "scar", "perlin", "patchswap", "elastic", "blur", "noise")
-VALIDATION = [  # one validation split with every family, so any rule can be replayed
+VALIDATION = [  # one validation split with every family, so any objective can be replayed
     "selection.synthesis=[cutpaste, scar, perlin, patchswap, elastic, blur, noise]",
     "selection.allow_overlap=true",
     "selection.min_normals=20",
@@ -60,8 +70,7 @@ VALIDATION = [  # one validation split with every family, so any rule can be rep
 SETTINGS = {
     "distcon": {
         "spec": "distcon.yaml",
-        "overrides": ["data.classes=[3, 8]", "data.max_train=150", "data.max_test=300", "selection.anomalies=both",
-                      "train.batch_size=32", "train.eval_every=2", "train.epochs=6"],
+        "overrides": ["train.batch_size=32", "train.eval_every=2", "train.epochs=6"],
         "space": {
             "train.lr": {"float": [1.0e-4, 3.0e-2], "log": True},
             "train.epochs": {"choice": [2, 6]},
@@ -71,6 +80,7 @@ SETTINGS = {
             "params.loss.gmm_weight": {"float": [0.001, 1.0], "log": True},
             "params.backbone.width": {"choice": [8, 32]},
         },
+        "tasks": ("digits", "ihc", "flower", "semantic"),
     },
     "cutswap": {
         "spec": "cutswap.yaml",
@@ -84,6 +94,7 @@ SETTINGS = {
             "params.task.classes": {"choice": ["binary", "three_way"]},
             "params.backbone.width": {"choice": [8, 32]},
         },
+        "tasks": ("toy", "ihc", "flower"),
     },
     "clflow": {
         "spec": "clflow.yaml",
@@ -98,21 +109,45 @@ SETTINGS = {
             "params.loss.con_weight": {"float": [0.05, 2.0], "log": True},
             "params.backbone.width": {"choice": [8, 32]},
         },
+        "tasks": ("toy", "ihc", "flower"),
     },
 }
-OLD_HOLDOUT = 0.1  # the previous protocol: round(0.1 * N) normals and as many CutPaste / scar anomalies
+REAL_TASKS = ("ihc", "flower", "semantic")
+
+
+def task_overrides(task: str) -> list[str]:
+    """The data (and validation anomalies) of one task."""
+    if task == "digits":
+        return ["data.classes=[3, 8]", "data.max_train=150", "data.max_test=300", "selection.anomalies=both"]
+    folder = ["data.dataset=folder", "data.image_size=64"]
+    if task == "toy":
+        return folder + [f"data.root={_bench.hard_toy_root()}", "data.classes=[stripes, dots]"]
+    from real_tasks import tasks_root
+
+    if task == "semantic":
+        return folder + [f"data.root={tasks_root() / 'semantic'}", "data.classes=[flower, coffee]",
+                         "selection.anomalies=both"]
+    return folder + [f"data.root={tasks_root() / 'defects'}", f"data.classes=[{task}]"]
 
 
 # -- training once, keeping every evaluation's scores ------------------------------------
-def base_spec(method: str):
+def base_spec(method: str, task: str):
     from raysearch.spec import load_spec
 
     setting = SETTINGS[method]
-    overrides = list(setting["overrides"]) + VALIDATION
-    if method != "distcon":
-        overrides += ["data.dataset=folder", f"data.root={_bench.hard_toy_root()}", "data.classes=[stripes, dots]",
-                      "data.image_size=64"]
+    overrides = list(setting["overrides"]) + VALIDATION + task_overrides(task)
     return load_spec(os.path.join(_bench.DEMO, setting["spec"]), overrides)
+
+
+def held_out(method: str, task: str) -> tuple[str, ...]:
+    """The synthetic families raysearch's default validates the method's space on."""
+    from raysearch.selection import default_families
+    from raysearch.spec import spec_from_dict
+
+    raw = base_spec(method, task).to_dict()
+    raw["search"] = dict(raw.get("search") or {}, space=SETTINGS[method]["space"])
+    raw["selection"].update(synthesis=None, allow_overlap=False, anomalies="synthetic")
+    return default_families(spec_from_dict(raw))
 
 
 def sample_configs(method: str, n: int, seed: int = 0) -> list[dict]:
@@ -146,7 +181,18 @@ def _defect_types(task_dir: str) -> list[str]:
     return names
 
 
-def train_config(job: tuple[str, int, dict]) -> dict:
+def pooled_pixel(family: np.ndarray, names: tuple[str, ...], masks: np.ndarray, maps: np.ndarray,
+                 families: tuple[str, ...]) -> list[float]:
+    """Pixel AUROC and AUPRO of the validation normals plus the anomalies of ``families``,
+    pooled: what a sweep validating on ``families`` reports as val_pixel_auroc / val_aupro."""
+    from raysearch.metrics import evaluate
+
+    keep = (family < 0) | np.isin(family, [names.index(f) for f in families if f in names])
+    m = evaluate(np.zeros(int(keep.sum())), np.zeros(int(keep.sum())), masks=masks[keep], maps=maps[keep])
+    return [round(m.get("pixel_auroc", float("nan")), 5), round(m.get("aupro", float("nan")), 5)]
+
+
+def train_config(job: tuple[str, str, int, dict]) -> dict:
     import torch
 
     from raysearch import registry
@@ -154,25 +200,33 @@ def train_config(job: tuple[str, int, dict]) -> dict:
     from raysearch.loop import train_class
 
     torch.set_num_threads(1)
-    method, index, config = job
-    spec = base_spec(method).with_overrides(config)
-    record = {"method": method, "index": index, "config": config, "classes": {}}
+    method, task_name, index, config = job
+    spec = base_spec(method, task_name).with_overrides(config)
+    families = held_out(method, task_name)
+    record = {"method": method, "task": task_name, "index": index, "config": config, "classes": {}}
     with _bench.Timer() as t:
         for normal_class in spec.classes():
             task = load_task(spec.data, spec.selection, normal_class, spec.train.seed)
             evals = []
+            val_family = task.val.family.numpy()
+            val_masks = None if task.val.masks is None else task.val.masks.numpy()
 
-            def observe(epoch, scores, evals=evals):
-                evals.append({"epoch": epoch, "val": np.round(scores["val"], 5).tolist(),
-                              "test": np.round(scores["test"], 5).tolist()})
+            def observe(epoch, scores, metrics, evals=evals, val_family=val_family, val_masks=val_masks):
+                ev = {"epoch": epoch, "val": np.round(scores["val"], 5).tolist(),
+                      "test": np.round(scores["test"], 5).tolist()}
+                if "val_maps" in scores and val_masks is not None:
+                    ev["pixel"] = pooled_pixel(val_family, task.val.family_names, val_masks, scores["val_maps"], families)
+                    ev["test_pixel_auroc"] = round(metrics.get("test_pixel_auroc", float("nan")), 5)
+                evals.append(ev)
 
             try:
                 train_class(spec, task, registry.method_class(spec.method), "cpu", observe=observe)
                 error = None
             except Exception as err:  # a diverged weak config: kept as a failed config
                 error = f"{type(err).__name__}: {err}"
-            info = {"evals": evals, "error": error, "val_family": task.val.family.tolist(),
-                    "val_families": list(task.val.family_names), "test_labels": task.test.labels.tolist()}
+            info = {"evals": evals, "error": error, "val_family": val_family.tolist(),
+                    "val_families": list(task.val.family_names), "test_labels": task.test.labels.tolist(),
+                    "held_out": list(families)}
             if spec.data.dataset == "folder":
                 info["test_defects"] = _defect_types(os.path.join(spec.data.root, normal_class))
             record["classes"][normal_class] = info
@@ -180,41 +234,62 @@ def train_config(job: tuple[str, int, dict]) -> dict:
     return record
 
 
-def compute_traces(methods: list[str], n: int, processes: int) -> dict:
-    jobs = [(m, i, c) for m in methods for i, c in enumerate(sample_configs(m, n))]
-    if any(m != "distcon" for m in methods):
+def compute_traces(jobs_of: dict[str, tuple[str, ...]], n: int, processes: int) -> list[dict]:
+    jobs = [(m, task, i, c) for m, tasks in jobs_of.items() for task in tasks for i, c in enumerate(sample_configs(m, n))]
+    if any("toy" in tasks for tasks in jobs_of.values()):
         _bench.hard_toy_root()  # once, before the workers start
-    with _bench.Timer() as t:
-        with get_context("spawn").Pool(processes) as pool:
-            records = pool.map(train_config, jobs, chunksize=1)
-    return {"machine": _bench.machine(), "seconds": t.s, "processes": processes, "configs": n,
-            "toy_options": TOY_OPTIONS, "validation": VALIDATION,
-            "settings": {m: SETTINGS[m] for m in methods}, "records": records}
+    if any(set(tasks) & set(REAL_TASKS) for tasks in jobs_of.values()):
+        from real_tasks import tasks_root
+
+        tasks_root()
+    # Longest first: clflow and cutswap configurations take longest.
+    order = sorted(range(len(jobs)), key=lambda i: ("distcon", "cutswap", "clflow").index(jobs[i][0]), reverse=True)
+    with get_context("spawn").Pool(processes) as pool:
+        done = pool.map(train_config, [jobs[i] for i in order], chunksize=1)
+    return done
 
 
-# -- replaying selection rules ---------------------------------------------------------
+# -- replaying objectives ----------------------------------------------------------------
 def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     from raysearch.metrics import image_auroc
 
     return image_auroc(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
 
 
-def rule_value(cls: dict, ev: dict, rule: dict) -> float:
-    """A rule's objective at one evaluation: the mean family AUROC over its validation subset."""
+def family_values(cls: dict, ev: dict, families: list[str]) -> dict[str, float]:
+    """Each family's image AUROC against all validation normals at one evaluation."""
     family = np.asarray(cls["val_family"])
     names = cls["val_families"]
     val = np.asarray(ev["val"])
-    normals = val[family < 0][: rule.get("normals")]
-    values = []
-    for name in rule["families"]:
-        if name not in names:
-            continue
-        anomalies = val[family == names.index(name)][: rule.get("per_family")]
-        values.append(_auroc(anomalies, normals))
-    if rule.get("pooled"):  # the old protocol: one pooled AUROC over its small split
-        anomalies = np.concatenate([val[family == names.index(n)][: rule["per_family"]] for n in rule["families"]])
-        return _auroc(anomalies, normals)
-    return float(np.mean(values)) if values else float("nan")
+    normals = val[family < 0]
+    return {f: _auroc(val[family == names.index(f)], normals) for f in families if f in names}
+
+
+def objective_value(cls: dict, ev: dict, objective: dict) -> float:
+    """An objective's value at one evaluation."""
+    kind = objective["kind"]
+    if kind == "normal_gap":
+        family = np.asarray(cls["val_family"])
+        return -float(np.mean(np.asarray(ev["val"])[family < 0]))
+    if kind in ("pixel", "aupro"):
+        return ev["pixel"][0 if kind == "pixel" else 1] if "pixel" in ev else float("nan")
+    values = family_values(cls, ev, objective["families"])
+    image = float(np.mean(list(values.values()))) if values else float("nan")
+    if kind == "image+pixel":
+        return 0.5 * (image + ev["pixel"][0]) if "pixel" in ev else float("nan")
+    return image
+
+
+def select(cls: dict, objective: dict) -> dict | None:
+    """The evaluation an objective selects (ties to the later epoch) and its value."""
+    if cls["error"] is not None or not cls["evals"]:
+        return None
+    best, pick = -math.inf, None
+    for ev in cls["evals"]:
+        v = objective_value(cls, ev, objective)
+        if math.isfinite(v) and v >= best:
+            best, pick = v, ev
+    return None if pick is None else {"value": best, "eval": pick}
 
 
 def test_auroc(cls: dict, ev: dict, defect: str | None = None) -> float:
@@ -227,177 +302,175 @@ def test_auroc(cls: dict, ev: dict, defect: str | None = None) -> float:
     return _auroc(scores[keep & (labels == 1)], scores[keep & (labels == 0)])
 
 
-def select(cls: dict, rule: dict) -> dict | None:
-    """The evaluation a rule selects (ties by its rule) and its objective value."""
-    if cls["error"] is not None or not cls["evals"]:
-        return None
-    values = [rule_value(cls, ev, rule) for ev in cls["evals"]]
-    best, pick = -math.inf, None
-    for ev, v in zip(cls["evals"], values, strict=True):
-        if not math.isfinite(v):
-            continue
-        if v > best or (v == best and rule["ties"] == "later"):
-            best, pick = v, ev
-    return None if pick is None else {"value": best, "eval": pick}
+def replay_rows(records: list[dict], objective: dict, defects: list[str]) -> list[dict]:
+    """Result-store-shaped rows (one per config and class) of an objective's selections,
+    with the per-family AUROCs and validation counts the confidence check reads."""
+    from raysearch.selection import family_metric
 
-
-def replay_rows(records: list[dict], rule: dict, defects: list[str]) -> list[dict]:
-    """Result-store-shaped rows (one per config and class) of a rule's selections."""
     rows = []
     for r in records:
         for ci, (name, cls) in enumerate(r["classes"].items()):
-            chosen = select(cls, rule)
+            chosen = select(cls, objective)
             row = {"trial_id": f"{r['method']}-{r['index']:03d}", "optuna_trial": r["index"], "kind": "tune",
                    "normal_class": name, "class_index": ci, "status": "completed" if chosen else "failed"}
             if chosen:
-                row["val_image_auroc"] = chosen["value"]
+                # As a sweep validating on the objective's families would record them.
+                family = np.asarray(cls["val_family"])
+                fams = [f for f in objective.get("families") or [] if f in cls["val_families"]]
+                row["val_objective"] = chosen["value"]
                 row["test_image_auroc"] = test_auroc(cls, chosen["eval"])
+                row["val_normals"] = int((family < 0).sum())
+                row["val_anomalies"] = int(sum((family == cls["val_families"].index(f)).sum() for f in fams))
+                for f, v in family_values(cls, chosen["eval"], fams).items():
+                    row[family_metric(f)] = v
                 for d in defects:
                     row[f"test_auroc_{d}"] = test_auroc(cls, chosen["eval"], d)
             rows.append(row)
     return rows
 
 
-def rules_for(method: str) -> dict[str, dict]:
-    from raysearch.selection import OTHER_CLASSES, default_families
+def objectives_for(method: str, task: str, records: list[dict]) -> dict[str, dict]:
+    from raysearch.selection import OTHER_CLASSES
 
-    spec = base_spec(method)
-    raw = spec.to_dict()
-    raw["search"] = dict(raw.get("search") or {}, space=SETTINGS[method]["space"])
-    raw["selection"].update(synthesis=None, allow_overlap=False, anomalies="synthetic")
-    from raysearch.spec import spec_from_dict
-
-    held_out = default_families(spec_from_dict(raw))
-    n_train = (spec.data.max_train or 150) if method == "distcon" else TOY_OPTIONS["n_train"]
-    n_old = max(2, round(OLD_HOLDOUT * n_train))
-    rules = {
-        "old: cutpaste+scar, small split, earliest tie": {
-            "families": ["cutpaste", "scar"], "normals": n_old, "per_family": n_old // 2, "pooled": True,
-            "ties": "earlier"},
-    }
-    synthetic = {"families": list(held_out), "ties": "later"}
-    if method == "distcon":  # digits is a dataset of classes: raysearch's default is other_classes
-        rules["new default: other_classes"] = {"families": [OTHER_CLASSES], "ties": "later"}
-        rules[f"new synthetic: {'+'.join(held_out)}"] = synthetic
-    else:
-        rules[f"new default: {'+'.join(held_out)}"] = synthetic
+    first = next(iter(records[0]["classes"].values()))
+    held = list(first["held_out"])
+    has_maps = any("pixel" in ev for r in records for c in r["classes"].values() for ev in c["evals"])
+    out = {f"image mean ({'+'.join(held)})": {"kind": "image", "families": held}}
+    if OTHER_CLASSES in first["val_families"]:
+        out["other_classes"] = {"kind": "image", "families": [OTHER_CLASSES]}
+    if has_maps:
+        out["val_pixel_auroc"] = {"kind": "pixel", "families": held}
+        out["val_aupro"] = {"kind": "aupro", "families": held}
+        out["image+pixel (val_image_pixel_auroc)"] = {"kind": "image+pixel", "families": held}
+    if method == "distcon":
+        out["normal gap (label-free, no anomalies)"] = {"kind": "normal_gap", "families": []}
     for family in FAMILIES_ALL:
-        rules[f"{family} alone"] = {"families": [family], "ties": "later"}
-    return rules
+        out[f"{family} alone"] = {"kind": "image", "families": [family]}
+    return out
 
 
-def evaluate_rules(records: list[dict], method: str, n_boot: int = 2000) -> list[dict]:
+def evaluate_objectives(records: list[dict], method: str, task: str, n_boot: int = 2000) -> list[dict]:
     import pandas as pd
 
     from analysis import selection_fidelity
     from analysis.load import prepare
+    from analysis.confidence import selection_confidence
 
-    records = [r for r in records if r["method"] == method]
     first = next(iter(records[0]["classes"].values()))
     defects = sorted(set(first.get("test_defects", [])) - {"good"})
     out = []
-    for name, rule in rules_for(method).items():
-        df = prepare(pd.DataFrame(replay_rows(records, rule, defects)))
+    for name, objective in objectives_for(method, task, records).items():
+        df = prepare(pd.DataFrame(replay_rows(records, objective, defects)))
         metrics = ["test_image_auroc"] + [f"test_auroc_{d}" for d in defects]
-        fid = selection_fidelity(df, "val_image_auroc", "max", test_metrics=metrics, n_boot=n_boot)
+        fid = selection_fidelity(df, "val_objective", "max", test_metrics=metrics, n_boot=n_boot)
         if not fid.computed:
-            out.append({"rule": name, "reason": fid.reason})
+            out.append({"objective": name, "reason": fid.reason})
             continue
         table = fid.table.set_index("test_metric")
         main = table.loc["test_image_auroc"]
-        entry = {"rule": name, "families": rule["families"], "n": int(fid.n_configs),
-                 "spearman": float(main["spearman"]), "ci": [float(main["spearman_ci_low"]), float(main["spearman_ci_high"])],
+        entry = {"objective": name, "kind": objective["kind"], "families": objective["families"],
+                 "n": int(fid.n_configs), "spearman": float(main["spearman"]),
+                 "ci": [float(main["spearman_ci_low"]), float(main["spearman_ci_high"])],
                  "kendall": float(main["kendall"]), "regret": float(main["regret"]),
                  "picked_test": float(main["picked_test"]), "best_test": float(main["best_test"]),
                  "median_test": float(main["median_test"]),
                  "by_defect": {d: float(table.loc[f"test_auroc_{d}", "spearman"]) for d in defects
                                if f"test_auroc_{d}" in table.index}}
+        if objective["kind"] in ("image", "pixel", "image+pixel"):
+            conf = selection_confidence(df, "val_objective", pixel=objective["kind"] != "image")
+            entry["confidence"] = conf.line()
+            entry["can_rank"] = conf.can_rank
         out.append(entry)
     return out
 
 
-def within_groups(records: list[dict], method: str) -> dict[str, dict[str, float]]:
-    """Spearman(val, test) of the default rule within each value of every categorical
-    parameter of the space: does the objective rank configurations that share it?"""
-    from scipy import stats
-
-    rule = next(v for k, v in rules_for(method).items() if k.startswith("new default"))
-    records = [r for r in records if r["method"] == method]
-    points = []
-    for r in records:
-        chosen = [(select(c, rule), c) for c in r["classes"].values()]
-        if any(ch is None for ch, _ in chosen):
-            continue
-        points.append((r["config"], float(np.mean([ch["value"] for ch, _ in chosen])),
-                       float(np.mean([test_auroc(c, ch["eval"]) for ch, c in chosen]))))
-    out: dict[str, dict[str, float]] = {}
-    for key, entry in SETTINGS[method]["space"].items():
-        if "choice" not in entry:
-            continue
-        groups = {}
-        for value in entry["choice"]:
-            pts = [(v, t) for config, v, t in points if config[key] == value]
-            if len(pts) >= 5:
-                groups[str(value)] = float(stats.spearmanr(*zip(*pts))[0])
-        out[key] = groups
+def summarise(results: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Per method and objective, across its tasks: the mean Spearman and the worst regret."""
+    out: dict[str, list[dict]] = {}
+    for method, by_task in results.items():
+        names = [e["objective"] for e in next(iter(by_task.values()))]
+        rows = []
+        for name in names:
+            entries = [e for task in by_task.values() for e in task if e["objective"] == name and "spearman" in e]
+            if len(entries) < len(by_task):
+                continue
+            rows.append({"objective": name, "tasks": len(entries),
+                         "mean_spearman": float(np.mean([e["spearman"] for e in entries])),
+                         "min_spearman": float(np.min([e["spearman"] for e in entries])),
+                         "mean_regret": float(np.mean([e["regret"] for e in entries])),
+                         "max_regret": float(np.max([e["regret"] for e in entries]))})
+        rows.sort(key=lambda r: -r["mean_spearman"])
+        out[method] = rows
     return out
+
+
+def _load(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with gzip.open(path, "rt") as f:
+        traces = json.load(f)
+    return [r for r in traces.get("records", []) if "task" in r]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--configs", type=int, default=24, help="random configurations per method")
+    ap.add_argument("--tasks", nargs="+", default=None, help="a subset of each method's tasks")
+    ap.add_argument("--configs", type=int, default=24, help="random configurations per method and task")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--recompute", action="store_true", help="train again instead of reading the kept traces")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the Spearman interval")
     args = ap.parse_args()
 
-    traces = None
-    if not args.recompute and os.path.exists(TRACES):
-        with gzip.open(TRACES, "rt") as f:
-            traces = json.load(f)
-        have = {r["method"] for r in traces["records"]}
-        if not set(args.methods) <= have or traces["configs"] < args.configs:
-            traces = None
-    if traces is None:
-        traces = compute_traces(args.methods, args.configs, args.processes)
+    wanted = {m: tuple(t for t in SETTINGS[m]["tasks"] if args.tasks is None or t in args.tasks) for m in args.methods}
+    records = [] if args.recompute else _load(TRACES)
+    have = {(r["method"], r["task"], r["index"]) for r in records}
+    missing = {m: tuple(t for t in tasks if any((m, t, i) not in have for i in range(args.configs)))
+               for m, tasks in wanted.items()}
+    missing = {m: t for m, t in missing.items() if t}
+    if missing:
+        with _bench.Timer() as t:
+            fresh = compute_traces(missing, args.configs, args.processes)
+        keys = {(r["method"], r["task"]) for r in fresh}
+        records = [r for r in records if (r["method"], r["task"]) not in keys] + fresh
         os.makedirs(os.path.dirname(TRACES), exist_ok=True)
         with gzip.open(TRACES, "wt") as f:
-            json.dump(traces, f)
-    records = [r for r in traces["records"] if r["index"] < args.configs]
+            json.dump({"machine": _bench.machine(), "toy_options": TOY_OPTIONS, "validation": VALIDATION,
+                       "settings": SETTINGS, "records": records}, f)
+        print(f"trained {len(fresh)} configurations x tasks in {t.s:.0f} s on {args.processes} processes")
 
     print(_bench.machine_line(_bench.machine()))
-    print(f"traces: {os.path.relpath(TRACES, _bench.REPO)} ({traces['machine']['date']}, "
-          f"{traces['seconds']:.0f} s of training on {traces['processes']} processes)")
-    payload = {"traces_date": traces["machine"]["date"], "toy_options": TOY_OPTIONS, "methods": {}}
-    for method in args.methods:
-        rows = [r for r in records if r["method"] == method]
-        failed = sum(any(c["error"] for c in r["classes"].values()) for r in rows)
-        results = evaluate_rules(rows, method, args.boot)
-        groups = within_groups(rows, method)
-        payload["methods"][method] = {"configs": len(rows), "failed": failed, "rules": results,
-                                      "within_groups": groups, "train_seconds": sum(r["seconds"] for r in rows)}
-        print(f"\n{method}: {len(rows)} configurations ({failed} failed)")
-        print(f"  {'rule':52s} {'n':>3s} {'Spearman [95% CI]':>24s} {'Kendall':>8s} {'regret':>7s} "
-              f"{'picked':>7s} {'median':>7s} {'best':>7s}")
-        for e in results:
-            if "reason" in e:
-                print(f"  {e['rule']:52s} not computed: {e['reason']}")
-                continue
-            ci = f"{e['spearman']:+.2f} [{e['ci'][0]:+.2f}, {e['ci'][1]:+.2f}]"
-            print(f"  {e['rule']:52s} {e['n']:3d} {ci:>24s} {e['kendall']:+8.2f} {e['regret']:7.3f} "
-                  f"{e['picked_test']:7.3f} {e['median_test']:7.3f} {e['best_test']:7.3f}")
-        by_defect = [e for e in results if e.get("by_defect")]
-        if by_defect:
-            defects = list(by_defect[0]["by_defect"])
-            print("  Spearman of each rule's objective with the test AUROC of one defect type:")
-            print(f"  {'rule':52s} " + " ".join(f"{d:>8s}" for d in defects))
-            for e in by_defect:
-                print(f"  {e['rule']:52s} " + " ".join(f"{e['by_defect'][d]:+8.2f}" for d in defects))
-        print("  Spearman(val, test) of the default rule among configurations that share a categorical value:")
-        for key, g in groups.items():
-            print(f"  {key:36s} " + ", ".join(f"{v}: {x:+.2f}" for v, x in g.items()))
-    print("\ngoal per method: Spearman >= 0.6 and regret <= 0.02 AUROC for the new rule")
+    payload: dict = {"methods": {}, "configs": args.configs}
+    for method, tasks in wanted.items():
+        payload["methods"][method] = {}
+        for task in tasks:
+            rows = [r for r in records if r["method"] == method and r["task"] == task and r["index"] < args.configs]
+            failed = sum(any(c["error"] for c in r["classes"].values()) for r in rows)
+            results = evaluate_objectives(rows, method, task, args.boot)
+            payload["methods"][method][task] = {"configs": len(rows), "failed": failed, "objectives": results,
+                                                "train_seconds": sum(r["seconds"] for r in rows)}
+            print(f"\n{method} on {task}: {len(rows)} configurations ({failed} failed)")
+            print(f"  {'objective':44s} {'n':>3s} {'Spearman [95% CI]':>24s} {'regret':>7s} "
+                  f"{'picked':>7s} {'median':>7s} {'best':>7s}")
+            for e in results:
+                if "reason" in e:
+                    print(f"  {e['objective']:44s} not computed: {e['reason']}")
+                    continue
+                ci = f"{e['spearman']:+.2f} [{e['ci'][0]:+.2f}, {e['ci'][1]:+.2f}]"
+                print(f"  {e['objective']:44s} {e['n']:3d} {ci:>24s} {e['regret']:7.3f} "
+                      f"{e['picked_test']:7.3f} {e['median_test']:7.3f} {e['best_test']:7.3f}")
+            for e in results:
+                if e.get("confidence"):
+                    print(f"  confidence of {e['objective']}: {e['confidence']}")
+    summary = summarise({m: {t: v["objectives"] for t, v in by.items()} for m, by in payload["methods"].items()})
+    payload["summary"] = summary
+    print("\nacross tasks (mean / min Spearman, mean / max regret):")
+    for method, rows in summary.items():
+        print(f"  {method}")
+        for r in rows:
+            print(f"    {r['objective']:44s} {r['mean_spearman']:+.2f} / {r['min_spearman']:+.2f}   "
+                  f"{r['mean_regret']:.3f} / {r['max_regret']:.3f}")
+    print("\ngoal per method: Spearman >= 0.6 and regret <= 0.02 AUROC for the default objective")
     print(f"results: {_bench.save('selection_fidelity', payload)}")
 
 

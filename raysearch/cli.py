@@ -229,12 +229,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise SpecError(f"expected --top >= 1, got {args.top}", source="--top")
+    notes: list[str] = []
     try:
-        paths = export_best(_experiment_dir(args.experiment), top=args.top, to=args.to)
+        paths = export_best(_experiment_dir(args.experiment), top=args.top, to=args.to, notes=notes)
     except ValueError as err:
         raise SpecError(str(err)) from None  # the message names the folder
     for p in paths:
         print(p)
+    for note in notes:
+        print(note)
     return 0
 
 

@@ -88,12 +88,15 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 def _evaluate_split(method: Method, model: nn.Module, split: Split, prefix: str, batch_size: int,
                     keep: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """Metrics of one split; a split with families gets one image AUROC per family and
-    ``image_auroc`` = their unweighted mean. ``keep`` receives the image scores."""
+    ``image_auroc`` = their unweighted mean. ``keep`` receives the image scores (key
+    ``val`` / ``test``) and, where the split has masks, the anomaly maps (``val_maps``)."""
     scores = method.score_batched(model, split.images, batch_size)
     maps = scores.maps if split.masks is not None else None
     image = scores.image.float().cpu().numpy()
     if keep is not None:
         keep[prefix.rstrip("_")] = image
+        if maps is not None:
+            keep[prefix + "maps"] = maps.float().cpu().numpy()
     out = evaluate(
         split.labels.cpu().numpy(),
         image,
@@ -231,7 +234,7 @@ def train_class(
     report: ReportFn | None = None,
     resume: dict[str, Any] | None = None,
     class_offset: float = 0.0,
-    observe: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    observe: Callable[[int, dict[str, np.ndarray], dict[str, float]], None] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> ClassResult:
     """Train and evaluate one class of a spec; see the module docstring.
@@ -246,7 +249,9 @@ def train_class(
         class_offset: classes done before this one, so reports carry the run's progress
             (``class_offset + epochs done / train.epochs``).
         observe: for diagnostics and benchmarks: called on rank 0 after every evaluation
-            with the epoch and ``{"val": image scores, "test": image scores}``; the test
+            with the epoch and ``{"val": image scores, "test": image scores}`` (plus
+            ``val_maps`` / ``test_maps``, the anomaly maps, for methods and splits that
+            have them) and the evaluation's metrics; the test
             split is scored at every evaluation only when it is given. Never selects.
         on_epoch: for live curves: called on this rank after every epoch's training with
             the epoch (1-based) and ``{"loss_<term>": this rank's mean over the epoch's
@@ -355,7 +360,7 @@ def train_class(
             metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size, kept))
             if observe is not None:
                 metrics.update(_evaluate_split(method, model, test, "test_", t.batch_size, kept))
-                observe(epoch + 1, kept)
+                observe(epoch + 1, kept, dict(metrics))
             value = metrics.get(select, float("nan"))
             # Ties go to the later epoch: an equal score after more training is no reason
             # to keep the under-trained model.

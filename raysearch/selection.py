@@ -53,6 +53,10 @@ __all__ = [
     "resolve_selection",
     "selection_summary",
     "selection_metric",
+    "default_objective",
+    "has_pixel_metrics",
+    "MAP_OBJECTIVE",
+    "IMAGE_OBJECTIVE",
 ]
 
 SYNTHETIC_FAMILIES = ("cutpaste", "scar", "perlin", "patchswap", "elastic", "blur", "noise")
@@ -225,17 +229,49 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
 
     metric = sel.metric
     if metric is None:
-        first = (spec.search or {}).get("metric", "val_image_auroc")
+        first = (spec.search or {}).get("metric") or AUTO
         first = first[0] if isinstance(first, (list, tuple)) and first else first
-        metric = first if isinstance(first, str) and first.startswith("val_") else "val_image_auroc"
+        if first == AUTO:
+            first = default_objective(spec)
+        metric = first if isinstance(first, str) and first.startswith("val_") else IMAGE_OBJECTIVE
     allowed = list(POOLED_VAL_METRICS) + [family_metric(f) for f in families]
     if metric not in allowed:
         raise SpecError(f"expected one of {', '.join(allowed)} for this validation split, got {metric!r}",
                         key="selection.metric")
     if metric in PIXEL_METRICS and sel.split != "test" and (OTHER_CLASSES in families):
+        key = "selection.metric" if sel.metric is not None else "search.metric"
         raise SpecError(f"{metric} needs pixel masks, and other-class validation anomalies have none; "
-                        "use val_image_auroc", key="selection.metric")
+                        "use val_image_auroc", key=key)
     return {"synthesis": synthesis, "metric": metric}
+
+
+# The default objective where pixel metrics exist (a method that makes maps, validated on
+# synthetic families, whose masks are exact): chosen by the replay of every candidate
+# objective in benchmarks/selection_fidelity.py on toy and real-photograph tasks
+# (BENCHMARKS.md, "Selection fidelity"). Elsewhere the image AUROC mean of the families.
+MAP_OBJECTIVE = "val_pixel_auroc"
+IMAGE_OBJECTIVE = "val_image_auroc"
+AUTO = "auto"
+
+
+def has_pixel_metrics(spec: Any) -> bool:
+    """Whether a spec's validation split yields pixel metrics: its method makes anomaly maps
+    and every validation family has masks (synthetic families do; other classes do not).
+    Paper-style selection on the test set is left on the image mean."""
+    makes_maps = getattr(spec.params, "makes_maps", lambda: False)()
+    return bool(makes_maps) and spec.selection.split != "test" and spec.selection.anomalies == "synthetic"
+
+
+def default_objective(spec: Any) -> str:
+    """``search.metric: auto`` (the default): :data:`MAP_OBJECTIVE` where
+    :func:`has_pixel_metrics`, else :data:`IMAGE_OBJECTIVE`.
+
+    Example:
+        >>> from raysearch.spec import load_spec
+        >>> default_objective(load_spec("search_spaces/demo/clflow.yaml"))  # doctest: +SKIP
+        'val_pixel_auroc'
+    """
+    return MAP_OBJECTIVE if has_pixel_metrics(spec) else IMAGE_OBJECTIVE
 
 
 def selection_metric(spec: Any) -> str:

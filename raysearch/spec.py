@@ -98,7 +98,9 @@ class SelectionSpec:
     min_anomalies: int = 100  # anomalies per family, made from held-out normals drawn with replacement
     seed: int = 0  # fixes the hold-out, the test subset and the synthesis; independent of train.seed
     # The validation metric that picks each class's best epoch (ties: the later epoch).
-    # null = the search's first objective when it is a val_* metric, else val_image_auroc.
+    # null = the search's first objective when it is a val_* metric, else the default
+    # objective (val_pixel_auroc for methods with maps on synthetic validation, else
+    # val_image_auroc; raysearch.selection.default_objective).
     metric: str | None = None
 
     def validate(self) -> None:
@@ -310,15 +312,17 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
     if spec.selection.anomalies == "auto":
         resolved = "other_classes" if dataset_kind(spec.data.dataset) == "classes" else "synthetic"
         object.__setattr__(spec.selection, "anomalies", resolved)
-    if spec.selection.anomalies != "synthetic":
-        if dataset_kind(spec.data.dataset) != "classes":
-            raise SpecError(
-                f"other_classes needs a dataset of classes; {spec.data.dataset!r} has categories "
-                "with their own defects: use synthetic",
-                key="selection.anomalies",
-            )
-    from raysearch.selection import resolve_selection
+    from raysearch.selection import AUTO, default_objective, resolve_selection
 
+    search = spec.search
+    if isinstance(search, dict) and search:
+        # The default objective depends on the method and the data: resolved here, once,
+        # so spec.yaml, the searcher, the ranking and export all read the same metric.
+        metric = search.get("metric")
+        if metric in (AUTO, None):
+            search["metric"] = default_objective(spec)
+        elif isinstance(metric, list):
+            search["metric"] = [default_objective(spec) if m == AUTO else m for m in metric]
     resolved = resolve_selection(spec)
     selection = spec.selection
     for key, value in resolved.items():

@@ -233,6 +233,7 @@ def _fidelity_line(df, objective: str, mode: str) -> str:
 def sweep_summary(output: str, search: SearchSpec, top: int = 5, n_classes: int | None = None) -> str:
     """The best configurations of a sweep by their class-mean objective
     (:func:`analysis.rank.trial_table`, the ranking that export and the report use)."""
+    from analysis.confidence import sweep_confidence
     from analysis.load import load_results
     from analysis.rank import trial_table
 
@@ -257,6 +258,9 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5, n_classes: int 
         lines.append(format_table(["rank", "trial", "optuna #", f"mean {metric}", *searched], body))
     if counts.get("completed", 0) < 10:
         lines.append("note: fewer than 10 completed trials; rankings and importances are not yet reliable")
+    confidence = sweep_confidence(df, metric, mode)  # label-free: before any test label is read
+    if confidence.can_rank is not None:
+        lines.append(confidence.line())
     fidelity = (metric, mode) if metric.startswith("val_") else ("val_image_auroc", "max")
     lines.append(_fidelity_line(df, *fidelity))
     lines.append(f"results: {results.redact(results.results_dir(output))}")

@@ -66,13 +66,34 @@ def test_unknown_or_empty_families_are_refused(bad):
 
 
 def test_selection_metric_follows_the_search_objective():
-    assert load_spec(DEMO.format("cutswap")).selection.metric == "val_image_auroc"
+    assert load_spec(DEMO.format("cutswap"), ["search.metric=val_image_auroc"]).selection.metric == "val_image_auroc"
     spec = load_spec(DEMO.format("cutswap"), ["search.metric=val_pixel_auroc"])
     assert spec.selection.metric == "val_pixel_auroc" and loop.selection_metric(spec) == "val_pixel_auroc"
     # A non-validation objective (latency) leaves the epoch to val_image_auroc.
     assert load_spec(DEMO.format("cutswap"), ["search.metric=latency_ms"]).selection.metric == "val_image_auroc"
     blur = load_spec(DEMO.format("cutswap"), ["selection.metric=val_image_auroc_blur"])
     assert blur.selection.metric == "val_image_auroc_blur"
+
+
+@pytest.mark.parametrize(("method", "overrides", "expected"), [
+    ("clflow", [], "val_pixel_auroc"),  # maps, synthetic families with exact masks
+    ("cutswap", [], "val_pixel_auroc"),
+    ("distcon", [], "val_image_auroc"),  # no maps
+    ("distcon", ["data.dataset=toy-mvtec", "data.classes=[stripes]", "selection.anomalies=synthetic"],
+     "val_image_auroc"),
+    # Other-class validation anomalies have no masks; paper-style selection stays on images.
+    ("cutswap", ["selection.anomalies=both"], "val_image_auroc"),
+    ("clflow", ["selection.split=test"], "val_image_auroc"),
+])
+def test_the_default_objective_depends_on_the_method_and_the_data(method, overrides, expected):
+    for metric in ("auto", None):
+        extra = [f"search.metric={metric}"] if metric else []
+        spec = load_spec(DEMO.format(method), overrides + extra)
+        assert spec.search["metric"] == expected and spec.selection.metric == expected
+    # An explicit metric is kept as it is, and "auto" inside a multi-objective list resolves.
+    assert load_spec(DEMO.format(method), [*overrides, "search.metric=val_image_auroc"]).search["metric"] == "val_image_auroc"
+    multi = load_spec(DEMO.format(method), [*overrides, "search.metric=[auto, latency_ms]"])
+    assert multi.search["metric"] == [expected, "latency_ms"]
 
 
 def test_auto_anomalies_are_other_classes_for_classes_and_synthetic_for_categories():
@@ -230,5 +251,5 @@ def test_dry_run_says_what_the_validation_split_holds():
     dry_run(load_spec(DEMO.format("cutswap")), out)
     line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("validation:"))
     assert line == ("validation: scar, perlin, elastic, blur, noise (100 per family) against >= 20 held-out normals "
-                    "(selection.seed 0); the epoch is picked by val_image_auroc; configurations train on cutpaste, "
+                    "(selection.seed 0); the epoch is picked by val_pixel_auroc; configurations train on cutpaste, "
                     "patchswap")

@@ -71,7 +71,8 @@ def validation_split(normals: torch.Tensor, families: tuple[str, ...], count: in
         if family == OTHER_CLASSES:
             pool = raw.others if raw is not None else None
             if pool is None or pool.size == 0:
-                raise SpecError(f"{dataset} has no other classes to draw anomalies from", key="selection.anomalies")
+                raise SpecError(f"{dataset} has no other classes (or categories besides {normal_class!r}) to draw "
+                                "other_classes anomalies from; use anomalies: synthetic", key="selection.anomalies")
             pick = rng.choice(pool.size, size=count, replace=count > pool.size)
             anomalies = pool.read(np.sort(pick))
             anomaly_masks = torch.zeros(count, *normals.shape[-2:], dtype=torch.uint8)

@@ -24,6 +24,7 @@ from raysearch.data import (
     NORMAL_FOLDERS,
     DataNotFoundError,
     DatasetInfo,
+    _category_dirs,
     dataset_root,
 )
 from raysearch.data.augment import resize
@@ -74,7 +75,7 @@ class RawClass:
     test: Pool
     test_labels: np.ndarray  # int64 (N,), 1 = anomalous
     test_masks: Pool | None = None  # uint8 (n, S, S) per read; None: no pixel ground truth
-    others: Pool | None = None  # training images of the other classes (datasets of classes)
+    others: Pool | None = None  # training images of the other classes (or other categories)
 
 
 def _read_image(path: Path, size: int) -> torch.Tensor:
@@ -280,14 +281,32 @@ def read_category(category_dir: Path, image_size: int) -> RawClass:
     )
 
 
+def _other_categories(root: Path, normal: str, image_size: int) -> Pool | None:
+    """The training normals of every other category under ``root``: the ``other_classes``
+    validation family of a dataset of categories (None when ``normal`` is the only one)."""
+    files = []
+    for category in _category_dirs(root):
+        if category == normal:
+            continue
+        good = next((root / category / "train" / n for n in NORMAL_FOLDERS if (root / category / "train" / n).is_dir()), None)
+        files += images_in(good) if good is not None else []
+    return Pool.of_files(files, image_size) if files else None
+
+
+def _with_others(raw: RawClass, others: Pool | None) -> RawClass:
+    raw.others = others
+    return raw
+
+
 def mvtec_layout(info: DatasetInfo, data, normal: str) -> RawClass:
     root = dataset_root(info, data.root)
     if not (root / normal).is_dir():
         raise DataNotFoundError(f"category folder {root / normal} not found", key="data.root")
-    return read_category(root / normal, data.image_size)
+    return _with_others(read_category(root / normal, data.image_size), _other_categories(root, normal, data.image_size))
 
 
 def toy_mvtec(info: DatasetInfo, data, normal: str) -> RawClass:
     from raysearch.data.toy import ensure_toy_mvtec
 
-    return read_category(ensure_toy_mvtec() / normal, data.image_size)
+    root = ensure_toy_mvtec()
+    return _with_others(read_category(root / normal, data.image_size), _other_categories(root, normal, data.image_size))

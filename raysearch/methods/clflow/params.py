@@ -236,6 +236,11 @@ class CLFlowParams:
     loss: LossParams = field(default_factory=LossParams)
     score: ScoreParams = field(default_factory=ScoreParams)
 
+    def makes_maps(self) -> bool:
+        """True: scoring gives a pixel anomaly map (the flow's likelihood map), so pixel metrics exist
+        wherever the validation anomalies have masks (raysearch.selection.default_objective)."""
+        return True
+
     def trained_families(self) -> frozenset[str]:
         """Synthetic anomaly families this configuration trains on (raysearch.selection):
         the synthesis kinds of the proxy tasks; none for plain_fastflow."""

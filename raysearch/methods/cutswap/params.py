@@ -202,6 +202,11 @@ class CutSwapParams:
     augment: AugmentParams = field(default_factory=AugmentParams)
     score: ScoreParams = field(default_factory=ScoreParams)
 
+    def makes_maps(self) -> bool:
+        """True: scoring gives a pixel anomaly map (the saliency-weighted patch scores), so pixel metrics exist
+        wherever the validation anomalies have masks (raysearch.selection.default_objective)."""
+        return True
+
     def trained_families(self) -> frozenset[str]:
         """Synthetic anomaly families this configuration trains on (raysearch.selection):
         patch swaps (a paste of one patch over another is CutPaste without the jitter),

@@ -129,6 +129,10 @@ class DistConParams:
     score: ScoreParams = field(default_factory=ScoreParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
 
+    def makes_maps(self) -> bool:
+        """False: distcon scores whole images; its objective is the image AUROC mean."""
+        return False
+
     def trained_families(self) -> frozenset[str]:
         """Synthetic anomaly families this configuration trains on (raysearch.selection):
         none; distcon learns from rotations and views of normal images only."""

@@ -138,7 +138,7 @@ def _output_for(args: argparse.Namespace, name: str) -> str:
 
 def _checked_spec(args: argparse.Namespace):
     """Load the spec and check that its data is there, errors attributed to the spec file."""
-    from raysearch.data import check_data
+    from raysearch.data import check_data, check_other_categories
     from raysearch.schema import SpecError
     from raysearch.spec import load_spec
 
@@ -147,6 +147,7 @@ def _checked_spec(args: argparse.Namespace):
         return spec  # a plan needs no data where the spec lists its classes
     try:
         check_data(spec.data)
+        check_other_categories(spec.data, spec.selection.anomalies)
     except SpecError as err:
         raise err.located(spec.source) from None
     _print_notes(spec)

@@ -232,3 +232,34 @@ def test_synthesize_mixes_kinds_and_changes_pixels():
     outside = ~masks.bool().unsqueeze(1).expand_as(x)
     assert torch.equal(out[outside], x[outside])  # nothing changes outside the masks
     assert (out != x).flatten(1).any(1).all()
+
+
+def test_other_categories_are_the_other_classes_family_of_a_folder(tmp_path):
+    write_mvtec(tmp_path, "widget")
+    write_mvtec(tmp_path, "gadget")
+    for path in (tmp_path / "gadget" / "train" / "good").iterdir():  # the other category: dark images
+        Image.fromarray(np.full((40, 40, 3), 30, np.uint8)).save(path)
+    data = data_spec(dataset="folder", root=str(tmp_path), image_size=16)
+    selection = SelectionSpec(holdout=0.25, anomalies="both", synthesis=("blur",), min_normals=2, min_anomalies=3)
+    task = load_task(data, selection, "widget", seed=0)
+    assert task.val.family_names == ("blur", "other_classes")
+    others = task.val.images[task.val.family == 1]
+    assert len(others) == 3 and int(others.float().mean()) < 40  # gadget's training images, not widget's
+    assert task.val.masks is None  # other-category anomalies have no masks, so no pixel metrics
+    # A folder of one category has no other category to draw from: one message naming the fix.
+    alone = data_spec(dataset="folder", root=str(tmp_path / "gadget-only"), image_size=16)
+    write_mvtec(tmp_path / "gadget-only", "gadget")
+    with pytest.raises(SpecError, match="selection.anomalies: folder has no other classes .* use anomalies: synthetic"):
+        load_task(alone, selection, "gadget", seed=0)
+
+
+def test_a_single_category_folder_is_refused_other_classes_before_any_worker(tmp_path):
+    from raysearch.data import check_other_categories
+
+    write_mvtec(tmp_path, "widget")
+    data = data_spec(dataset="folder", root=str(tmp_path))
+    check_other_categories(data, "synthetic")  # nothing to check
+    with pytest.raises(SpecError, match=r"selection.anomalies: .* holds 1 category; other_classes .* use anomalies: synthetic"):
+        check_other_categories(data, "both")
+    write_mvtec(tmp_path, "gadget")
+    check_other_categories(data, "other_classes")

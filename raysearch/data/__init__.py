@@ -218,6 +218,21 @@ def planned_classes(data: DataSpec) -> tuple[list[str], str | None]:
         return [str(c) for c in data.classes], f"classes not checked: {err.problem}"
 
 
+def check_other_categories(data: DataSpec, anomalies: str) -> None:
+    """Other-class validation anomalies of a dataset of categories come from its other
+    categories: refuse, before any worker starts, a folder that holds only one."""
+    info = _info(data.dataset)
+    if anomalies not in ("other_classes", "both") or info.kind != "categories":
+        return
+    if info.name == "toy-mvtec":
+        return  # built in, with several categories
+    found = _category_dirs(dataset_root(info, data.root))
+    if len(found) < 2:
+        raise SpecError(f"{data.root} holds {len(found)} category; other_classes validation anomalies are the "
+                        "training images of the other categories: add categories or use anomalies: synthetic",
+                        key="selection.anomalies")
+
+
 def check_data(data: DataSpec) -> list[str]:
     """The spec's classes, after checking the files their tasks read (before any worker
     starts): every problem (a missing or empty folder, an image that cannot be decoded, a

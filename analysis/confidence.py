@@ -105,9 +105,17 @@ def _family_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(FAMILY_PREFIX) and df[c].notna().any()]
 
 
+def _count(value: object) -> float:
+    """A validation count from a row (None / NaN where an older row lacks it)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _row_se(value: float, row: pd.Series, families: Sequence[str] | None, n_split_families: int) -> float:
     """One class's objective SE from its validation counts."""
-    normals, anomalies = float(row.get("val_normals", np.nan)), float(row.get("val_anomalies", np.nan))
+    normals, anomalies = _count(row.get("val_normals")), _count(row.get("val_anomalies"))
     if families is not None and len(families) and n_split_families:
         # The objective reads only some of the split's families: their share of its anomalies.
         anomalies = anomalies * min(len(families), n_split_families) / n_split_families
@@ -173,8 +181,8 @@ def _judge_families(out: SelectionConfidence, rows: pd.DataFrame, fam_cols: list
         if sub.empty:
             continue
         values = sub[col].astype(float).to_numpy()
-        per_family = sub["val_anomalies"].astype(float).to_numpy() / max(n_split, 1) if "val_anomalies" in sub else None
-        normals = sub["val_normals"].astype(float).to_numpy() if "val_normals" in sub else None
+        per_family = sub["val_anomalies"].map(_count).to_numpy() / max(n_split, 1) if "val_anomalies" in sub else None
+        normals = sub["val_normals"].map(_count).to_numpy() if "val_normals" in sub else None
         name = col[len(FAMILY_PREFIX):]
         if per_family is not None and normals is not None:
             half = np.array([CHANCE_Z * auroc_se(0.5, p, n) for p, n in zip(per_family, normals, strict=True)])

@@ -282,7 +282,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         return 0
     if args.name not in registry.METHODS:
         raise SpecError(f"unknown method {args.name!r}; known methods: {', '.join(registry.method_names())}")
+    from raysearch.selection import objective_note
+
     print(f"{args.name}: {registry.describe(args.name)}")
+    print(objective_note(registry.params_class(args.name)))
     print()
     for line in _params_table(registry.params_class(args.name)):
         print(line)

@@ -54,6 +54,7 @@ __all__ = [
     "selection_summary",
     "selection_metric",
     "default_objective",
+    "objective_note",
     "has_pixel_metrics",
     "MAP_OBJECTIVE",
     "IMAGE_OBJECTIVE",
@@ -250,6 +251,7 @@ def resolve_selection(spec: Any) -> dict[str, Any]:
 # objective in benchmarks/selection_fidelity.py on toy and real-photograph tasks
 # (BENCHMARKS.md, "Selection fidelity"). Elsewhere the image AUROC mean of the families.
 MAP_OBJECTIVE = "val_pixel_auroc"
+OBJECTIVE_EVIDENCE = "Measured: BENCHMARKS.md, Selection fidelity."
 IMAGE_OBJECTIVE = "val_image_auroc"
 AUTO = "auto"
 
@@ -272,6 +274,15 @@ def default_objective(spec: Any) -> str:
         'val_pixel_auroc'
     """
     return MAP_OBJECTIVE if has_pixel_metrics(spec) else IMAGE_OBJECTIVE
+
+
+def objective_note(params_cls: type) -> str:
+    """What ``search.metric: auto`` becomes for a method, and why (``raysearch methods NAME``)."""
+    if params_cls().makes_maps():
+        return (f"default objective (search.metric: auto): {MAP_OBJECTIVE} where the validation anomalies are "
+                f"synthetic (exact masks), else {IMAGE_OBJECTIVE}. {OBJECTIVE_EVIDENCE}")
+    return (f"default objective (search.metric: auto): {IMAGE_OBJECTIVE} (this method makes no anomaly maps). "
+            f"{OBJECTIVE_EVIDENCE}")
 
 
 def selection_metric(spec: Any) -> str:

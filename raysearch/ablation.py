@@ -155,6 +155,7 @@ def run_ablate(
         reuse_processes,
         run_experiment,
     )
+    from analysis.load import objective
     from raysearch.ray_setup import init_ray
     from raysearch.results import write_resolved_spec
 
@@ -183,8 +184,9 @@ def run_ablate(
     plan = TrialPlan(full_spec, output, "ablate", variants=ablation.factors)
     tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=ablation.concurrent, reuse_actors=reuse_processes(spec.train))
     param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
+    metrics, modes = objective(full_spec.to_dict())  # the progress line's "best" is the table's metric
     received = run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
-                              objective="mean_val_image_auroc", mode="max", resume=resume, quiet=quiet,
+                              objective=f"mean_{metrics[0]}", mode=modes[0], resume=resume, quiet=quiet,
                               stream=stream, log=log)
     if received:
         return interrupted_exit(received, "ablate", "finished runs and classes are kept",

@@ -106,14 +106,14 @@ def load_spec(experiment_dir: str | Path) -> dict[str, Any]:
 
 def objective(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The search metrics and their modes from a spec's ``search:`` block
-    (:func:`raysearch.space.objective`). Without a search block: the spec's resolved
+    (:func:`raysearch.objective.objective`). Without a search block: the spec's resolved
     ``selection.metric`` (else val_image_auroc), max.
 
     Example:
         >>> objective({"search": {"metric": ["val_image_auroc", "latency_ms"]}})
         (['val_image_auroc', 'latency_ms'], ['max', 'min'])
     """
-    from raysearch.space import objective as parse  # torch-free
+    from raysearch.objective import objective as parse  # torch-free
 
     search = spec.get("search") or {}
     # A spec without a search block (a `raysearch train` run) ranks by the metric that

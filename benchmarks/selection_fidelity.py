@@ -211,7 +211,7 @@ def train_config(job: tuple[str, str, int, dict]) -> dict:
             val_family = task.val.family.numpy()
             val_masks = None if task.val.masks is None else task.val.masks.numpy()
 
-            def observe(epoch, scores, metrics, evals=evals, val_family=val_family, val_masks=val_masks):
+            def observe(epoch, scores, metrics, evals=evals, val_family=val_family, val_masks=val_masks, task=task):
                 ev = {"epoch": epoch, "val": np.round(scores["val"], 5).tolist(),
                       "test": np.round(scores["test"], 5).tolist()}
                 if "val_maps" in scores and val_masks is not None:
@@ -353,8 +353,8 @@ def evaluate_objectives(records: list[dict], method: str, task: str, n_boot: int
     import pandas as pd
 
     from analysis import selection_fidelity
-    from analysis.load import prepare
     from analysis.confidence import selection_confidence
+    from analysis.load import prepare
 
     first = next(iter(records[0]["classes"].values()))
     defects = sorted(set(first.get("test_defects", [])) - {"good"})

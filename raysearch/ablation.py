@@ -144,6 +144,7 @@ def run_ablate(
     """
     from ray import tune
 
+    from analysis.load import objective
     from raysearch.experiment import (
         VARIANT_KEY,
         TrialPlan,
@@ -155,7 +156,7 @@ def run_ablate(
         reuse_processes,
         run_experiment,
     )
-    from analysis.load import objective
+    from raysearch.objective import report_key
     from raysearch.ray_setup import init_ray
     from raysearch.results import write_resolved_spec
 
@@ -186,7 +187,7 @@ def run_ablate(
     param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
     metrics, modes = objective(full_spec.to_dict())  # the progress line's "best" is the table's metric
     received = run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
-                              objective=f"mean_{metrics[0]}", mode=modes[0], resume=resume, quiet=quiet,
+                              objective=report_key(metrics[0]), mode=modes[0], resume=resume, quiet=quiet,
                               stream=stream, log=log)
     if received:
         return interrupted_exit(received, "ablate", "finished runs and classes are kept",

@@ -126,9 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _output_for(args: argparse.Namespace, name: str) -> str:
     """The experiment folder: ``--output``, or ``--storage``/name; a local path made absolute."""
-    from raysearch.results import join
-
     from raysearch.experiment import check_output
+    from raysearch.results import join
 
     out = args.output or join(args.storage, name)
     out = out if "://" in out else os.path.abspath(os.path.expanduser(out))

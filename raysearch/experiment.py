@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from raysearch import results
+from raysearch.objective import metric_of
 from raysearch.progress import SweepLine, finished
 from raysearch.schema import SpecError
 from raysearch.searcher import OPTUNA_KEY, StudySync
@@ -372,7 +373,7 @@ class SweepRows(Callback):
                  stream: TextIO | None, study_sync: StudySync | None = None):
         self.plan, self.full, self.study_sync = plan, n_classes, study_sync
         self.objective, self.mode = objective, mode
-        self.line = None if stream is None else SweepLine(stream, total, objective.removeprefix("mean_"), mode)
+        self.line = None if stream is None else SweepLine(stream, total, metric_of(objective), mode)
         self.best = math.nan
 
     def _counts(self, trials) -> dict[str, float]:

@@ -17,6 +17,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from raysearch import results
+from raysearch.objective import metric_of, trial_value
 from raysearch.progress import finished, optuna_step
 from raysearch.schema import SpecError
 from raysearch.space import REPEAT_ATTR, SearchSpec, grid_space, suggest
@@ -168,7 +169,7 @@ class PruningOptunaSearch(OptunaSearch):
         # (an API Optuna still marks experimental; a test checks it).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._ot_study.set_metric_names([k.removeprefix("mean_") for k in self.objective_keys])
+            self._ot_study.set_metric_names([metric_of(k) for k in self.objective_keys])
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore Tune's saved searcher, attached to this machine's copy of the study.
@@ -221,10 +222,10 @@ class PruningOptunaSearch(OptunaSearch):
             if t.state != State.RUNNING:
                 continue  # told before the driver was killed
             statuses = {r["status"] for r in trial_rows}
-            columns = [k.removeprefix("mean_") for k in self.objective_keys]
-            cells = [[r.get(c) for r in trial_rows] for c in columns]
-            if statuses == {"completed"} and all(v is not None and math.isfinite(v) for col in cells for v in col):
-                values = [sum(col) / len(col) for col in cells]
+            by_class = {r["class_index"]: r for r in trial_rows}  # one row per class
+            values = [trial_value([r.get(metric_of(k)) for r in by_class.values()], self.n_classes)
+                      for k in self.objective_keys]
+            if statuses == {"completed"} and all(math.isfinite(v) for v in values):
                 self._ot_study.tell(t.number, values if len(values) > 1 else values[0])
             else:
                 self._ot_study.tell(t.number, state=State.FAIL if "failed" in statuses else State.PRUNED)

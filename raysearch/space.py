@@ -23,23 +23,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from raysearch.objective import objective
 from raysearch.schema import SpecError, build
-from raysearch.selection import FAMILY_METRICS
 
-__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "objective", "METRICS", "REPEAT_ATTR", "is_repeat"]
-
-# Metrics a search may optimise (class means over the classes a trial finished).
-METRICS = {
-    "val_image_auroc": "max",
-    "val_image_f1_max": "max",
-    "val_pixel_auroc": "max",
-    "val_aupro": "max",
-    **{name: "max" for name in FAMILY_METRICS},  # one validation family's image AUROC
-    "test_image_auroc": "max",  # paper-style only (selection.split: test)
-    "latency_ms": "min",
-    "num_params": "min",
-}
-
+__all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "REPEAT_ATTR", "is_repeat"]
 
 @dataclass(frozen=True)
 class Param:
@@ -187,29 +174,6 @@ def parse_search(spec: Any) -> SearchSpec:
     except SpecError as err:
         key = err.key if (err.key or "").startswith("search") else f"search.{err.key}" if err.key else "search"
         raise SpecError(err.problem, source=spec.source, key=key) from None
-
-
-def objective(metric: Any = None, mode: Any = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The search metrics and their modes from a ``search:`` block's ``metric`` and ``mode``.
-
-    Each may be one value or a list (multi-objective); a missing metric is
-    ``val_image_auroc`` and a missing mode each metric's natural direction. The one reader
-    of the objective: sweeps, ablations, export and the report use it.
-
-    Example:
-        >>> objective(["val_image_auroc", "latency_ms"])
-        (('val_image_auroc', 'latency_ms'), ('max', 'min'))
-    """
-    metrics = _as_tuple(metric or "val_image_auroc")
-    for m in metrics:
-        if m not in METRICS:
-            raise SpecError(f"unknown metric {m!r}; known: {', '.join(METRICS)}", key="search.metric")
-    if mode is None:
-        return metrics, tuple(METRICS[m] for m in metrics)
-    modes = _as_tuple(mode)
-    if len(modes) != len(metrics) or any(m not in ("min", "max") for m in modes):
-        raise SpecError(f"expected min or max for each metric, got {mode!r}", key="search.mode")
-    return metrics, modes
 
 
 def _parse_search(spec: Any) -> SearchSpec:

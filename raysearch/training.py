@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import math
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 from raysearch import registry, results
 from raysearch.data import load_task
 from raysearch.loop import ClassResult, train_class
+from raysearch.objective import final_means, running_means
 from raysearch.progress import progress as run_progress
 from raysearch.results import RunInfo
 from raysearch.selection import selection_metric
@@ -97,13 +97,13 @@ def class_row(spec: Spec, run: RunInfo, result: ClassResult, class_index: int, w
 MEAN_METRICS = (*results.METRIC_COLUMNS, "latency_ms", "num_params")
 
 
-def class_means(per_class: list[dict[str, Any]]) -> dict[str, float]:
-    """``mean_<metric>`` over the classes that have the metric (NaN where none has)."""
-    out = {}
-    for name in MEAN_METRICS:
-        vals = [float(m[name]) for m in per_class if m.get(name) is not None and math.isfinite(float(m[name]))]
-        out[f"mean_{name}"] = sum(vals) / len(vals) if vals else float("nan")
-    return out
+def class_means(per_class: list[dict[str, Any]], n_classes: int | None = None) -> dict[str, float]:
+    """``mean_<metric>`` of a report: over the classes so far while the run goes on; given
+    the run's ``n_classes`` once every class has ended, the trial's value, NaN unless every
+    class has one (:mod:`raysearch.objective`, the rule the ranking applies)."""
+    if n_classes is not None and len(per_class) >= n_classes:
+        return final_means(per_class, MEAN_METRICS, n_classes)
+    return running_means(per_class, MEAN_METRICS)
 
 
 class _Session:
@@ -280,7 +280,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             """
             metrics = dict(metrics, class_index=ci, classes_done=len(finished))
             current = [] if class_state else [metrics]  # a finished class is in `finished` already
-            metrics.update(class_means(list(finished.values()) + current))
+            metrics.update(class_means(list(finished.values()) + current, len(classes) if class_state else None))
             if progress is not None and rank == 0:
                 progress.put_nowait(dict(metrics, total_classes=len(classes), epochs=spec.train.epochs))
             if resumable is None:
@@ -357,7 +357,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     if state["class_index"] == len(classes) and not reported:
         # Restored from a checkpoint taken after the last class: report the run's end again.
         finished = state["finished"]
-        session.report(dict(class_means(list(finished.values())), progress=len(classes),
+        session.report(dict(class_means(list(finished.values()), len(classes)), progress=len(classes),
                             classes_done=len(finished)))
     if progress is not None and rank == 0:
         progress.put_nowait(None)

@@ -35,6 +35,7 @@ from raysearch.experiment import (
     run_experiment,
 )
 from raysearch.lock import exclusive
+from raysearch.objective import report_key
 from raysearch.progress import format_table
 from raysearch.searcher import (
     PruningOptunaSearch,
@@ -88,7 +89,7 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
     stream.write(f"experiment {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
     if note:
         stream.write(f"note: {note}\n")
-    stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes))}"
+    stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes, strict=True))}"
                  f" averaged over classes\n")
     stream.write(f"validation: {selection_summary(spec)}\n")
     startup = f", {search.startup_trials} random start-up trials" if search.sampler == "tpe" else ""
@@ -124,7 +125,7 @@ def asha_scheduler(spec: Spec, search: SearchSpec):
     n_classes = len(spec.classes())
     return ASHAScheduler(
         time_attr="progress",
-        metric=f"mean_{search.metrics[0]}",
+        metric=report_key(search.metrics[0]),
         mode=search.modes[0],
         # A class's last report comes after its row is stored, so a stop at a rung
         # or at max_t never loses a finished class.
@@ -162,7 +163,7 @@ def run_tune(
 
     search = with_budget(parse_search(spec), trials, concurrent)
     n_classes = len(spec.classes())
-    metric_keys = [f"mean_{m}" for m in search.metrics]
+    metric_keys = [report_key(m) for m in search.metrics]
     check_resume(output, resume, "sweep")
     if resume:
         check_same_spec(output, spec, "a sweep")

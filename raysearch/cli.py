@@ -126,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _output_for(args: argparse.Namespace, name: str) -> str:
     """The experiment folder: ``--output``, or ``--storage``/name; a local path made absolute."""
-    from raysearch.experiment import check_output
-    from raysearch.results import join
+    from raysearch.results import check_output, join
 
     out = args.output or join(args.storage, name)
     out = out if "://" in out else os.path.abspath(os.path.expanduser(out))
@@ -217,7 +216,10 @@ def _experiment_dir(path: str) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
+    from raysearch.results import check_output
 
+    if args.to is not None:
+        check_output(args.to, key="--to")
     out = write_report(_experiment_dir(args.experiment), out=args.to)
     print(f"report: {out}")
     return 0
@@ -225,10 +227,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from analysis.export import export_best
+    from raysearch.results import check_output
     from raysearch.schema import SpecError
 
     if args.top < 1:
         raise SpecError(f"expected --top >= 1, got {args.top}", source="--top")
+    check_output(args.to, key="--to")
     notes: list[str] = []
     try:
         paths = export_best(_experiment_dir(args.experiment), top=args.top, to=args.to, notes=notes)
@@ -243,8 +247,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import write_comparison
+    from raysearch.results import check_output
     from raysearch.schema import SpecError
 
+    check_output(args.out, key="--out")
     folders = [_experiment_dir(path) for path in args.experiments]
     try:
         comparison = write_comparison(folders, out=args.out, metric=args.metric)

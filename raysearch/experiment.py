@@ -37,7 +37,7 @@ from raysearch.spec import Spec
 from raysearch.trackers import tracker_callbacks
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
-           "graceful_stop", "interrupted_exit", "resume_hint", "check_same_spec", "check_output", "experiment_paths", "in_trial_process", "reuse_processes",
+           "graceful_stop", "interrupted_exit", "resume_hint", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
            "VARIANT_KEY"]
 
 VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor name)
@@ -203,22 +203,6 @@ def check_same_spec(output: str, spec: Spec, what: str) -> None:
                             "it ran on, or use another --output", key="--output")
         raise SpecError(f"{results.redact(output)} holds {what} of another spec ({shown}); use the same spec and "
                         "--set options, or another --output", key="--output")
-
-
-def check_output(output: str) -> None:
-    """An output folder must be creatable: not a file, not below a file, writable."""
-    if "://" in output:
-        return  # a bucket is checked when the first file is written
-    path = os.path.abspath(output)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise SpecError(f"{path} is a file, not a folder", key="--output")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise SpecError(f"cannot create {path}: {parent} is a file", key="--output")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SpecError(f"cannot create {path}: {parent} is not writable", key="--output")
 
 
 def finished_runs(output: str, kind: str, n_classes: int) -> int:

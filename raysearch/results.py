@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raysearch.schema import SpecError
 from raysearch.selection import FAMILY_METRICS, selection_metric
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "METRIC_COLUMNS",
     "ROW_FIELDS",
+    "check_output",
     "results_schema",
     "write_rows",
     "read_row_file",
@@ -139,6 +141,23 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
     return pafs.FileSystem.from_uri(uri)
+
+
+def check_output(output: str, key: str = "--output") -> None:
+    """An output folder must be creatable: not a file, not below a file, writable
+    (checked before any work starts; ``key`` names the option in the message)."""
+    if "://" in output:
+        return  # a bucket is checked when the first file is written
+    path = os.path.abspath(output)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SpecError(f"{path} is a file, not a folder", key=key)
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise SpecError(f"cannot create {path}: {parent} is a file", key=key)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(f"cannot create {path}: {parent} is not writable", key=key)
 
 
 def join(uri: str, *parts: str) -> str:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +289,10 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
     for key in ("name", "method"):
         if not isinstance(raw.get(key), str) or not raw.get(key):
             raise SpecError("required; expected a non-empty string", key=key)
+    if not NAME_PATTERN.fullmatch(raw["name"]) or raw["name"] in (".", ".."):
+        # The name is a folder under --storage: it must stay inside it.
+        raise SpecError(f"expected a plain name (letters, digits, '-', '_', '.'; no path separator), "
+                        f"got {raw['name']!r}", key="name")
     method = raw["method"]
     params_cls = registry.params_class(method)  # raises SpecError listing the known methods
     params_raw = raw.get("params") or {}
@@ -328,6 +333,9 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
     for key, value in resolved.items():
         object.__setattr__(selection, key, value)
     return spec
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def parse_set(items: Sequence[str]) -> dict[str, Any]:

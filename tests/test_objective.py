@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from analysis.rank import trial_table
-from raysearch.objective import final_means, metric_of, objective, report_key, running_means, trial_value
+from raysearch.objective import (
+    final_means,
+    metric_of,
+    objective,
+    report_key,
+    running_means,
+    trial_value,
+)
 from raysearch.schema import SpecError
 
 

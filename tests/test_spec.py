@@ -58,6 +58,11 @@ def test_with_overrides_round_trips(tmp_path):
         ("name: t\nmethod: patchcore\n", [], "method: unknown method 'patchcore'; known methods: "),
         ("name: t\nmethod: distcon\nepochs: 3\n", [], "epochs: unknown key; allowed top-level keys"),
         ("name: t\n", [], "method: required"),
+        # The name is a folder under --storage: nothing that leaves it.
+        ("name: ../escape\nmethod: distcon\n", [], "name: expected a plain name (letters, digits, '-', '_', '.'; no path separator), got '../escape'"),
+        ("name: a/b\nmethod: distcon\n", [], "name: expected a plain name"),
+        ("name: '..'\nmethod: distcon\n", [], "name: expected a plain name"),
+        ("name: .hidden\nmethod: distcon\n", [], "name: expected a plain name"),
         ("name: t\nmethod: distcon\ndata: [1]\n", [], "data: expected a mapping"),
         ("name: t\nmethod: distcon\nparams: {score.components: gmm+rotation, loss.rotation_weight: 0}\n", [],
          "params.score.components: score component 'rotation' needs"),

@@ -147,55 +147,39 @@ def run_ablate(
     from analysis.load import objective
     from raysearch.experiment import (
         VARIANT_KEY,
+        Job,
         TrialPlan,
-        check_resume,
-        check_same_spec,
-        finished_runs,
-        interrupted_exit,
-        resume_hint,
         reuse_processes,
         run_experiment,
+        run_job,
     )
     from raysearch.objective import report_key
-    from raysearch.ray_setup import init_ray
-    from raysearch.results import write_resolved_spec
 
     ablation = parse_ablations(spec)
     if base is not None and "://" not in base and os.path.abspath(os.path.expanduser(base)) == os.path.abspath(output):
         raise SpecError("an ablation writes to its own folder, never into the experiment it reads; "
                         "pass another --output", key="--output")
     full_spec = resolve_base(spec, base)
-    check_resume(output, resume, "ablation")
-    if resume:
-        check_same_spec(output, full_spec, "an ablation")
-        results.compact_quietly(output, stream)  # the rows of the interrupted run, before it continues
     variants = ablation.variants()
     total = len(variants) * len(ablation.seeds)
-    if resume and finished_runs(output, "ablate", len(full_spec.classes())) >= total:
-        # Resuming a finished ablation changes nothing.
-        stream.write(f"raysearch ablate: {spec.name}: all {total} runs have finished; nothing to resume\n")
+
+    def start() -> list[int]:
         if not quiet:
-            stream.write(ablation_summary(output) + "\n")
-        return 0
-    init_ray(address=address, num_cpus=num_cpus)
-    write_resolved_spec(full_spec, output)
-    if not quiet:
-        stream.write(f"raysearch ablate: {spec.name}: {len(variants)} variants ({', '.join(variants)}) x "
-                     f"{len(ablation.seeds)} seeds x {len(full_spec.classes())} classes -> {output}\n")
-    plan = TrialPlan(full_spec, output, "ablate", variants=ablation.factors)
-    tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=ablation.concurrent, reuse_actors=reuse_processes(spec.train))
-    param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
-    metrics, modes = objective(full_spec.to_dict())  # the progress line's "best" is the table's metric
-    received = run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
+            stream.write(f"raysearch ablate: {spec.name}: {len(variants)} variants ({', '.join(variants)}) x "
+                         f"{len(ablation.seeds)} seeds x {len(full_spec.classes())} classes -> "
+                         f"{results.redact(output)}\n")
+        plan = TrialPlan(full_spec, output, "ablate", variants=ablation.factors)
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=ablation.concurrent,
+                                      reuse_actors=reuse_processes(spec.train))
+        param_space = {VARIANT_KEY: tune.grid_search(variants), "train.seed": tune.grid_search(list(ablation.seeds))}
+        metrics, modes = objective(full_spec.to_dict())  # the progress line's "best" is the table's metric
+        return run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
                               objective=report_key(metrics[0]), mode=modes[0], resume=resume, quiet=quiet,
                               stream=stream, log=log)
-    if received:
-        return interrupted_exit(received, "ablate", "finished runs and classes are kept",
-                                resume_hint("ablate", spec, output), sys.stderr)
-    results.compact_quietly(output, stream)
-    if not quiet:
-        stream.write(ablation_summary(output) + "\n")
-    return 0
+
+    job = Job(command="ablate", noun="ablation", runs="runs", kept="finished runs and classes are kept",
+              spec=full_spec, output=output, total=total, summary=lambda: ablation_summary(output), start=start)
+    return run_job(job, resume=resume, address=address, num_cpus=num_cpus, quiet=quiet, stream=stream)
 
 
 def ablation_summary(output: str) -> str:

@@ -25,8 +25,12 @@ from raysearch import __version__
 __all__ = ["main", "build_parser"]
 
 
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="the spec YAML file (see search_spaces/)")
+def _add_spec_args(p: argparse.ArgumentParser, resumable: bool = False) -> None:
+    if resumable:
+        p.add_argument("spec", nargs="?", help="the spec YAML file (see search_spaces/); with --resume --output DIR "
+                                               "it may be left out: DIR/spec.yaml is the spec")
+    else:
+        p.add_argument("spec", help="the spec YAML file (see search_spaces/)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("tune", help="search the spec's space with Ray Tune + Optuna (ASHA early stopping)")
-    _add_spec_args(p)
+    _add_spec_args(p, resumable=True)
     p.add_argument("--trials", type=_positive_int, help="number of trials (default: search.trials)")
     p.add_argument("--concurrent", type=_positive_int, help="trials at a time (default: search.concurrent)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in --output")
@@ -86,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("ablate", help="run the spec's ablation factors x seeds as a Ray Tune grid")
-    _add_spec_args(p)
+    _add_spec_args(p, resumable=True)
     p.add_argument("--base", help="the full model: an exported config file or an experiment folder "
                                   "(its best trial); default: the spec's own values")
     p.add_argument("--resume", action="store_true", help="continue the interrupted ablation in --output")
@@ -134,13 +138,31 @@ def _output_for(args: argparse.Namespace, name: str) -> str:
     return out
 
 
+def _recorded_spec(args: argparse.Namespace):
+    """The spec an experiment folder recorded (``--resume --output DIR`` without a SPEC)."""
+    from raysearch import results
+    from raysearch.schema import SpecError
+    from raysearch.spec import spec_from_text
+
+    if not (getattr(args, "resume", False) and args.output):
+        raise SpecError(f"a spec file is required unless --resume --output DIR continues the experiment in DIR "
+                        f"(e.g. raysearch {args.command} SPEC, or raysearch {args.command} --resume --output DIR)",
+                        source=args.command)
+    output = args.output if "://" in args.output else os.path.abspath(os.path.expanduser(args.output))
+    uri = results.join(output, "spec.yaml")
+    if not results.exists(uri):
+        raise SpecError(f"no spec.yaml in {results.redact(output)} (the resolved spec that tune and ablate write); "
+                        "give the spec file too", key="--resume")
+    return spec_from_text(results.read_bytes(uri).decode(), results.redact(uri), args.overrides)
+
+
 def _checked_spec(args: argparse.Namespace):
     """Load the spec and check that its data is there, errors attributed to the spec file."""
     from raysearch.data import check_data, check_other_categories
     from raysearch.schema import SpecError
     from raysearch.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides) if args.spec is not None else _recorded_spec(args)
     if getattr(args, "dry_run", False):
         return spec  # a plan needs no data where the spec lists its classes
     try:

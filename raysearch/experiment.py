@@ -21,9 +21,12 @@ import gc
 import logging
 import math
 import os
+import shlex
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -37,7 +40,7 @@ from raysearch.spec import Spec
 from raysearch.trackers import tracker_callbacks
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
-           "graceful_stop", "interrupted_exit", "resume_hint", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
+           "graceful_stop", "interrupted_exit", "resume_hint", "Job", "run_job", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
            "VARIANT_KEY"]
 
 VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor name)
@@ -274,10 +277,60 @@ def interrupted_exit(received: list[int], what: str, kept: str, next_step: str, 
     return 143 if name == "SIGTERM" else 130
 
 
-def resume_hint(what: str, spec: Spec, output: str) -> str:
-    """How to continue an interrupted sweep or ablation."""
-    return (f"Continue with: raysearch {what} {spec.source} --output {results.redact(output)} --resume "
-            "(and the same --set options)")
+def resume_hint(what: str, output: str) -> str:
+    """How to continue an interrupted sweep or ablation: a command to paste as it is (the
+    folder holds the resolved spec, so nothing else is needed)."""
+    return f"Continue with: raysearch {what} --resume --output {shlex.quote(results.redact(output))}"
+
+
+@dataclass
+class Job:
+    """What a sweep or an ablation adds to the run skeleton of :func:`run_job`."""
+
+    command: str  # "tune" or "ablate": the CLI verb and the rows' kind
+    noun: str  # "sweep" / "ablation", in messages
+    runs: str  # "trials" / "runs", what `total` counts
+    kept: str  # what an interrupted job keeps, for its last line
+    spec: Spec
+    output: str
+    total: int
+    summary: Callable[[], str]
+    start: Callable[[], list[int]]  # announce and run (Ray is up, spec.yaml written); the signals received
+    finish: Callable[[], None] = lambda: None  # after a run to its end (tune: close the study)
+    interrupted: Callable[[], None] = lambda: None  # after a signal (tune: push the study)
+
+
+def run_job(job: Job, *, resume: bool, address: str | None, num_cpus: int | None, quiet: bool,
+            stream: TextIO) -> int:
+    """The run skeleton of ``tune`` and ``ablate``, written once: the resume checks, the
+    early exit of a finished job, Ray, the resolved spec, the run, the exit of an
+    interrupted run with the command that continues it, compaction and the summary.
+    Returns the exit code."""
+    from raysearch.ray_setup import init_ray
+
+    article = "an" if job.noun[0] in "aeiou" else "a"
+    check_resume(job.output, resume, job.noun)
+    if resume:
+        check_same_spec(job.output, job.spec, f"{article} {job.noun}")
+        results.compact_quietly(job.output, stream)  # the rows of the interrupted run, before it continues
+        if finished_runs(job.output, job.command, len(job.spec.classes())) >= job.total:
+            # Resuming a finished job changes nothing (no new trial, no new row).
+            stream.write(f"raysearch {job.command}: {job.spec.name}: all {job.total} {job.runs} have finished; "
+                         "nothing to resume\n")
+            if not quiet:
+                stream.write(job.summary() + "\n")
+            return 0
+    init_ray(address=address, num_cpus=num_cpus)
+    results.write_resolved_spec(job.spec, job.output)
+    received = job.start()
+    if received:
+        job.interrupted()
+        return interrupted_exit(received, job.command, job.kept, resume_hint(job.command, job.output), sys.stderr)
+    job.finish()
+    results.compact_quietly(job.output, stream)
+    if not quiet:
+        stream.write(job.summary() + "\n")
+    return 0
 
 
 def run_experiment(

@@ -366,6 +366,12 @@ def load_spec(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, A
         raise SpecError("no such spec file", source=source) from None
     except OSError as err:
         raise SpecError(f"cannot read: {err.strerror}", source=source) from None
+    return spec_from_text(text, source, overrides)
+
+
+def spec_from_text(text: str, source: str, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Spec:
+    """:func:`load_spec` of a spec's text (a file read elsewhere, e.g. an experiment's
+    ``spec.yaml`` in a bucket); ``source`` names it in messages."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

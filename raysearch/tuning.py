@@ -24,16 +24,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from raysearch import results
-from raysearch.experiment import (
-    TrialPlan,
-    check_resume,
-    check_same_spec,
-    finished_runs,
-    interrupted_exit,
-    resume_hint,
-    reuse_processes,
-    run_experiment,
-)
+from raysearch.experiment import Job, TrialPlan, reuse_processes, run_experiment, run_job
 from raysearch.lock import exclusive
 from raysearch.objective import report_key
 from raysearch.progress import format_table
@@ -159,67 +150,60 @@ def run_tune(
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from raysearch.ray_setup import init_ray
-
-    search = with_budget(parse_search(spec), trials, concurrent)
+    # --trials / --concurrent become the spec's own values, so spec.yaml records the budget
+    # and a resume from the folder alone runs (and announces) the same number of trials.
+    budget = {k: v for k, v in (("search.trials", trials), ("search.concurrent", concurrent)) if v is not None}
+    spec = spec.with_overrides(budget) if budget else spec
+    search = parse_search(spec)
     n_classes = len(spec.classes())
     metric_keys = [report_key(m) for m in search.metrics]
-    check_resume(output, resume, "sweep")
-    if resume:
-        check_same_spec(output, spec, "a sweep")
-        results.compact_quietly(output, stream)  # the rows of the interrupted run, before it continues
-    if resume and finished_runs(output, "tune", n_classes) >= search.trials:
-        # Resuming a finished sweep changes nothing (no new study trial, no new row).
-        stream.write(f"raysearch tune: {spec.name}: all {search.trials} trials have finished; nothing to resume\n")
-        if not quiet:
-            stream.write(sweep_summary(output, search, n_classes=n_classes) + "\n")
-        return 0
-    init_ray(address=address, num_cpus=num_cpus)
-    results.write_resolved_spec(spec, output)
     sync = StudySync(output)
-    if resume:
-        sync.fetch()
-    os.makedirs(os.path.dirname(sync.local), exist_ok=True)
-    storage = optuna.storages.RDBStorage(study_url(output))
-    if not quiet:
-        stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> {results.redact(output)}\n")
-        stream.write(f"  optuna study: optuna-dashboard {study_url(output)}\n")
-        stream.write(f"                optuna trials --study-name {spec.name} --storage {study_url(output)}\n")
+    storage = None
 
-    searcher = PruningOptunaSearch(
-        n_classes=n_classes,
-        objective_keys=metric_keys,
-        output=output,
-        budget=search.trials,
-        space=SpaceFunction(search, spec.flat_config()),
-        metric=metric_keys if search.multi_objective else metric_keys[0],
-        mode=list(search.modes) if search.multi_objective else search.modes[0],
-        sampler=make_sampler(search),
-        study_name=spec.name,
-        storage=storage,
-        points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
-    )
-    scheduler = asha_scheduler(spec, search) if search.uses_asha else FIFOScheduler()
-    tune_config = tune.TuneConfig(
-        search_alg=searcher,
-        scheduler=scheduler,
-        num_samples=search.trials,
-        max_concurrent_trials=search.concurrent,
-        reuse_actors=reuse_processes(spec.train),
-    )
-    received = run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
+    def start() -> list[int]:
+        nonlocal storage
+        if resume:
+            sync.fetch()
+        os.makedirs(os.path.dirname(sync.local), exist_ok=True)
+        storage = optuna.storages.RDBStorage(study_url(output))
+        if not quiet:
+            stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> "
+                         f"{results.redact(output)}\n")
+            stream.write(f"  optuna study: optuna-dashboard {study_url(output)}\n")
+            stream.write(f"                optuna trials --study-name {spec.name} --storage {study_url(output)}\n")
+        searcher = PruningOptunaSearch(
+            n_classes=n_classes,
+            objective_keys=metric_keys,
+            output=output,
+            budget=search.trials,
+            space=SpaceFunction(search, spec.flat_config()),
+            metric=metric_keys if search.multi_objective else metric_keys[0],
+            mode=list(search.modes) if search.multi_objective else search.modes[0],
+            sampler=make_sampler(search),
+            study_name=spec.name,
+            storage=storage,
+            points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
+        )
+        tune_config = tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=asha_scheduler(spec, search) if search.uses_asha else FIFOScheduler(),
+            num_samples=search.trials,
+            max_concurrent_trials=search.concurrent,
+            reuse_actors=reuse_processes(spec.train),
+        )
+        return run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                               total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
                               quiet=quiet, stream=stream, study_sync=sync, log=log)
-    if received:  # interrupted trials stay RUNNING in the study: --resume finishes them
+
+    def finish() -> None:
+        close_running(storage, spec.name)
         sync.push()
-        return interrupted_exit(received, "tune", "finished trials and classes are kept",
-                                resume_hint("tune", spec, output), sys.stderr)
-    close_running(storage, spec.name)
-    sync.push()
-    results.compact_quietly(output, stream)
-    if not quiet:
-        stream.write(sweep_summary(output, search, n_classes=n_classes) + "\n")
-    return 0
+
+    job = Job(command="tune", noun="sweep", runs="trials", kept="finished trials and classes are kept",
+              spec=spec, output=output, total=search.trials,
+              summary=lambda: sweep_summary(output, search, n_classes=n_classes), start=start, finish=finish,
+              interrupted=sync.push)  # interrupted trials stay RUNNING in the study: --resume finishes them
+    return run_job(job, resume=resume, address=address, num_cpus=num_cpus, quiet=quiet, stream=stream)
 
 
 def _fidelity_line(df, objective: str, mode: str) -> str:

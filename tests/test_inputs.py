@@ -187,6 +187,23 @@ def test_a_destination_that_cannot_be_a_folder_is_refused_before_any_work(tmp_pa
     assert "\n" not in err and "Traceback" not in err
 
 
+def test_resume_needs_only_the_folder_and_its_hint_can_be_pasted(tmp_path, capsys):
+    from raysearch.experiment import resume_hint
+
+    out = tmp_path / "my sweep"
+    assert resume_hint("tune", str(out)) == f"Continue with: raysearch tune --resume --output '{out}'"
+    spec = load_spec("search_spaces/demo/distcon.yaml", ["train.epochs=2"])
+    results.write_resolved_spec(spec, str(out))
+    # The folder's spec.yaml is the spec: the run gets as far as finding nothing to resume.
+    assert main(["tune", "--resume", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: nothing to resume: no sweep state under" in err and "\n" == err[-1] and err.count("\n") == 1
+    assert main(["ablate", "--resume", "--output", str(tmp_path / "empty")]) == 2
+    assert "--resume: no spec.yaml in" in capsys.readouterr().err
+    assert main(["tune", "--output", str(out)]) == 2
+    assert "a spec file is required unless --resume --output DIR" in capsys.readouterr().err
+
+
 # -- bad data is found before anything starts ----------------------------------------------
 def test_every_broken_category_is_listed_before_training(tmp_path):
     import shutil

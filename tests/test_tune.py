@@ -3,6 +3,7 @@ study, placement-group cleanup, NaN trials, and resume after the driver is kille
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -189,9 +190,10 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     checkpoint (mid-class, or right after it stored its class's row): the driver stops the
     way Tune stops (the waiting trial's process included), exits 130 / 143 with one line
     that gives the command that continues it, and leaves the interrupted trial resumable
-    (RUNNING, never FAIL, in the study); --resume finishes the sweep with four trials, one
-    row per trial and class, and keeps the rows stored before the signal."""
-    out = str(tmp_path / "sweep")
+    (RUNNING, never FAIL, in the study); the printed command, pasted as it is (the folder's
+    name has a space), finishes the sweep with four trials, one row per trial and class,
+    and keeps the rows stored before the signal."""
+    out = str(tmp_path / "my sweep")
     events, env = _events_env(tmp_path)
     log = tmp_path / "driver.log"
     with holding(events), open(log, "w") as f:
@@ -217,8 +219,11 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     before = _stored_rows(out)
     assert len(before) == (1 if held_at[1] == 2 else 0)  # the held trial's row, once its class has ended
 
-    done = run_command(_tune_cmd(demo_spec_path, out, "--resume", sets=sets), env=env, timeout_s=600)
+    pasted = shlex.split(hints[0].split("Continue with: ", 1)[1])  # the folder alone: no spec, no --set
+    assert pasted == ["raysearch", "tune", "--resume", "--output", out], hints[0]
+    done = run_command([sys.executable, "-m", "raysearch.cli", *pasted[1:]], env=env, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "raysearch tune: distcon-digits-demo: 4 trials" in done.stderr  # the budget the sweep started with
     rows = rows_of(out)
     assert len(rows) == 4 and len({(r["trial_id"], r["normal_class"]) for r in rows}) == 4
     study = study_of(out, "distcon-digits-demo")

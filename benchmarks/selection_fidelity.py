@@ -119,7 +119,7 @@ def task_overrides(task: str) -> list[str]:
     """The data (and validation anomalies) of one task."""
     if task == "digits":
         return ["data.classes=[3, 8]", "data.max_train=150", "data.max_test=300", "selection.anomalies=both"]
-    folder = ["data.dataset=folder", "data.image_size=64"]
+    folder = ["data.dataset=folder", "data.image_size=64", "selection.anomalies=synthetic"]
     if task == "toy":
         return folder + [f"data.root={_bench.hard_toy_root()}", "data.classes=[stripes, dots]"]
     from real_tasks import tasks_root
@@ -234,18 +234,47 @@ def train_config(job: tuple[str, str, int, dict]) -> dict:
     return record
 
 
+PARTIAL = TRACES.replace(".json.gz", ".partial.jsonl")
+
+
+def _safe_train(job: tuple[str, str, int, dict]) -> dict:
+    """:func:`train_config`, with a job that cannot even start recorded, not raised (one
+    bad job must not cost the others)."""
+    try:
+        return train_config(job)
+    except Exception as err:
+        method, task, index, config = job
+        return {"method": method, "task": task, "index": index, "config": config, "classes": {},
+                "seconds": 0.0, "error": f"{type(err).__name__}: {err}"}
+
+
 def compute_traces(jobs_of: dict[str, tuple[str, ...]], n: int, processes: int) -> list[dict]:
+    """Train every (method, task, configuration) not yet in :data:`PARTIAL`; each finished
+    job is appended there at once, so an interrupted run continues where it stopped."""
     jobs = [(m, task, i, c) for m, tasks in jobs_of.items() for task in tasks for i, c in enumerate(sample_configs(m, n))]
-    if any("toy" in tasks for tasks in jobs_of.values()):
+    done = []
+    if os.path.exists(PARTIAL):
+        with open(PARTIAL) as f:
+            done = [json.loads(line) for line in f if line.strip()]
+    have = {(r["method"], r["task"], r["index"]) for r in done if "error" not in r}
+    done = [r for r in done if (r["method"], r["task"], r["index"]) in have]
+    jobs = [j for j in jobs if (j[0], j[1], j[2]) not in have]
+    if any(j[1] == "toy" for j in jobs):
         _bench.hard_toy_root()  # once, before the workers start
-    if any(set(tasks) & set(REAL_TASKS) for tasks in jobs_of.values()):
+    if any(j[1] in REAL_TASKS for j in jobs):
         from real_tasks import tasks_root
 
         tasks_root()
     # Longest first: clflow and cutswap configurations take longest.
-    order = sorted(range(len(jobs)), key=lambda i: ("distcon", "cutswap", "clflow").index(jobs[i][0]), reverse=True)
-    with get_context("spawn").Pool(processes) as pool:
-        done = pool.map(train_config, [jobs[i] for i in order], chunksize=1)
+    jobs.sort(key=lambda j: ("distcon", "cutswap", "clflow").index(j[0]), reverse=True)
+    os.makedirs(os.path.dirname(PARTIAL), exist_ok=True)
+    with get_context("spawn").Pool(processes) as pool, open(PARTIAL, "a") as out:
+        for record in pool.imap_unordered(_safe_train, jobs, chunksize=1):
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            done.append(record)
+            if "error" in record:
+                print(f"job {record['method']}/{record['task']}/{record['index']} failed: {record['error']}", flush=True)
     return done
 
 
@@ -329,6 +358,25 @@ def replay_rows(records: list[dict], objective: dict, defects: list[str]) -> lis
     return rows
 
 
+def default_objective(method: str, task: str, objectives: dict[str, dict]) -> str:
+    """The name of the objective raysearch uses by default for this method and task
+    (:func:`raysearch.selection.default_objective` of the setting's spec, with digits'
+    ``anomalies: auto`` = other classes)."""
+    from raysearch.selection import default_objective as product_default
+
+    raw = base_spec(method, task).to_dict()
+    raw["search"] = dict(raw.get("search") or {}, space=SETTINGS[method]["space"], metric="auto")
+    anomalies = "other_classes" if task == "digits" else "synthetic"
+    raw["selection"].update(synthesis=None, allow_overlap=False, anomalies=anomalies, metric=None)
+    from raysearch.spec import spec_from_dict
+
+    metric = product_default(spec_from_dict(raw))
+    if anomalies == "other_classes":
+        return "other_classes"
+    kind = {"val_pixel_auroc": "pixel", "val_aupro": "aupro", "val_image_auroc": "image"}[metric]
+    return next(name for name, o in objectives.items() if o["kind"] == kind)
+
+
 def objectives_for(method: str, task: str, records: list[dict]) -> dict[str, dict]:
     from raysearch.selection import OTHER_CLASSES
 
@@ -359,7 +407,9 @@ def evaluate_objectives(records: list[dict], method: str, task: str, n_boot: int
     first = next(iter(records[0]["classes"].values()))
     defects = sorted(set(first.get("test_defects", [])) - {"good"})
     out = []
-    for name, objective in objectives_for(method, task, records).items():
+    objectives = objectives_for(method, task, records)
+    default = default_objective(method, task, objectives)
+    for name, objective in objectives.items():
         df = prepare(pd.DataFrame(replay_rows(records, objective, defects)))
         metrics = ["test_image_auroc"] + [f"test_auroc_{d}" for d in defects]
         fid = selection_fidelity(df, "val_objective", "max", test_metrics=metrics, n_boot=n_boot)
@@ -369,6 +419,7 @@ def evaluate_objectives(records: list[dict], method: str, task: str, n_boot: int
         table = fid.table.set_index("test_metric")
         main = table.loc["test_image_auroc"]
         entry = {"objective": name, "kind": objective["kind"], "families": objective["families"],
+                 "default": name == default,
                  "n": int(fid.n_configs), "spearman": float(main["spearman"]),
                  "ci": [float(main["spearman_ci_low"]), float(main["spearman_ci_high"])],
                  "kendall": float(main["kendall"]), "regret": float(main["regret"]),
@@ -419,10 +470,13 @@ def main() -> None:
     ap.add_argument("--configs", type=int, default=24, help="random configurations per method and task")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--recompute", action="store_true", help="train again instead of reading the kept traces")
+    ap.add_argument("--resume", action="store_true", help="with --recompute: keep the jobs an interrupted run finished")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples of the Spearman interval")
     args = ap.parse_args()
 
     wanted = {m: tuple(t for t in SETTINGS[m]["tasks"] if args.tasks is None or t in args.tasks) for m in args.methods}
+    if args.recompute and os.path.exists(PARTIAL) and not args.resume:
+        os.remove(PARTIAL)
     records = [] if args.recompute else _load(TRACES)
     have = {(r["method"], r["task"], r["index"]) for r in records}
     missing = {m: tuple(t for t in tasks if any((m, t, i) not in have for i in range(args.configs)))
@@ -433,10 +487,14 @@ def main() -> None:
             fresh = compute_traces(missing, args.configs, args.processes)
         keys = {(r["method"], r["task"]) for r in fresh}
         records = [r for r in records if (r["method"], r["task"]) not in keys] + fresh
+        failed = [r for r in fresh if "error" in r]
+        if failed:
+            raise SystemExit(f"{len(failed)} jobs failed (kept in {PARTIAL}); fix and run again to finish them")
         os.makedirs(os.path.dirname(TRACES), exist_ok=True)
         with gzip.open(TRACES, "wt") as f:
             json.dump({"machine": _bench.machine(), "toy_options": TOY_OPTIONS, "validation": VALIDATION,
                        "settings": SETTINGS, "records": records}, f)
+        os.remove(PARTIAL)
         print(f"trained {len(fresh)} configurations x tasks in {t.s:.0f} s on {args.processes} processes")
 
     print(_bench.machine_line(_bench.machine()))

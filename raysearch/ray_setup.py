@@ -86,7 +86,7 @@ def setup_worker() -> None:
     cleaner.is_actor_alive = is_actor_alive
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to a cluster (``address``) or start a local Ray on this machine.
 
     The dashboard runs (Train's placement-group cleanup needs the State API it serves)
@@ -107,7 +107,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_dri
     if os.environ.get("RAYSEARCH_TEST_EVENTS"):  # see raysearch.training.test_event
         env_vars["RAYSEARCH_TEST_EVENTS"] = os.environ["RAYSEARCH_TEST_EVENTS"]
     kwargs: dict[str, Any] = dict(
-        log_to_driver=log_to_driver,
+        log_to_driver=False,  # workers' output stays in Ray's logs; the console is raysearch's
         # ray_setup keeps Train's placement-group cleaner alive under load (see there).
         runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "raysearch.ray_setup.setup_worker"},
         configure_logging=True,

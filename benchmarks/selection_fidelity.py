@@ -428,7 +428,7 @@ def evaluate_objectives(records: list[dict], method: str, task: str, n_boot: int
                  "by_defect": {d: float(table.loc[f"test_auroc_{d}", "spearman"]) for d in defects
                                if f"test_auroc_{d}" in table.index}}
         if objective["kind"] in ("image", "pixel", "image+pixel"):
-            conf = selection_confidence(df, "val_objective", pixel=objective["kind"] != "image")
+            conf = selection_confidence(df, "val_objective")
             entry["confidence"] = conf.line()
             entry["can_rank"] = conf.can_rank
         out.append(entry)

@@ -100,4 +100,4 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_session, run_events, demo
     assert code == 0
     assert len(rows) == 1 and rows[0]["status"] == "completed"  # the class's row appears once
     assert rows[0]["resumed_epoch"] == 2 and rows[0]["epochs"] == 4
-    check_placement_groups_released(ray_train=True, before=groups, timeout_s=30)  # the lost worker group's too
+    check_placement_groups_released(ray_train=True, before=groups)  # the lost worker group's too

@@ -116,6 +116,13 @@ def event_point(name: str) -> tuple[str, int, int]:
     return trial, int(class_index), int(epoch)
 
 
+def rows_of(out: str | os.PathLike) -> list[dict]:
+    """The result rows of an experiment folder, as dicts."""
+    from raysearch import results
+
+    return results.read_results(str(out)).to_pylist()
+
+
 def live_placement_groups() -> set[str]:
     """The ids of the session Ray's placement groups that are not removed."""
     import ray.util

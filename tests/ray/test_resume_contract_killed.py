@@ -10,17 +10,11 @@ import os
 import pytest
 import torch
 from helpers.specs import demo_spec
-from helpers.tiny import SMALL, TUNE_TRIAL, holding, kill_actor, wait_until
+from helpers.tiny import SMALL, TUNE_TRIAL, holding, kill_actor, rows_of, wait_until
 from helpers.training import assert_same_states, same_number
 
 from raysearch import registry
 from raysearch.spec import load_spec
-
-
-def _rows(out: str) -> list[dict]:
-    from raysearch import results
-
-    return results.read_results(out).to_pylist()
 
 
 @pytest.mark.slow
@@ -60,7 +54,7 @@ def test_killed_trial_row_equals_uninterrupted_row(method, ray_session, run_even
         thread.join(timeout=600)
     assert outcome.get("code") == 0
 
-    (straight,), (killed,) = _rows(straight_out), _rows(killed_out)
+    (straight,), (killed,) = rows_of(straight_out), rows_of(killed_out)
     assert killed["trial_id"] == trial_id and killed["status"] == straight["status"] == "completed"
     assert straight["resumed_epoch"] is None and killed["resumed_epoch"] == 1
     for key in (*results.METRIC_COLUMNS, "best_epoch", "final_loss", "epochs"):

@@ -19,6 +19,7 @@ from helpers.tiny import (
     kill_actor,
     kill_group,
     live_placement_groups,
+    rows_of,
     run_command,
     wait_for_event,
 )
@@ -29,10 +30,6 @@ from raysearch.spec import load_spec
 from raysearch.tuning import run_tune, study_url
 
 pytestmark = pytest.mark.slow
-
-
-def rows_of(out):
-    return results.read_results(out).to_pylist()
 
 
 def study_of(out, name):

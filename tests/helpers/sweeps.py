@@ -19,8 +19,6 @@ from analysis import config_key
 from raysearch import results
 
 CLASSES = ["a", "b", "c", "d"]
-
-
 CLASS_OFFSET = {"a": -0.03, "b": -0.01, "c": 0.01, "d": 0.03}  # sums to 0: class means = config mean
 
 
@@ -145,7 +143,8 @@ def read_scalars(folder: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def _random_pixels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_pixels(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random masks (both classes present) and maps with many ties, for the pixel metrics."""
     n, size = int(rng.integers(1, 4)), int(rng.integers(4, 12))
     masks = (rng.random((n, size, size)) < rng.uniform(0.05, 0.5)).astype(np.uint8)
     masks[0, 0, 0], masks[-1, -1, -1] = 1, 0  # both classes present

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.sweeps import _random_pixels
+from helpers.sweeps import random_pixels
 from sklearn.metrics import roc_auc_score
 
 from raysearch.metrics import image_auroc, pixel_auroc
@@ -25,7 +25,7 @@ def test_image_auroc_equals_sklearn_and_accepts_torch():
 def test_pixel_auroc_equals_sklearn_with_ties():
     rng = np.random.default_rng(1)
     for _ in range(20):
-        masks, maps = _random_pixels(rng)
+        masks, maps = random_pixels(rng)
         expected = roc_auc_score(masks.ravel(), maps.ravel())
         assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
     got = pixel_auroc(torch.from_numpy(masks), torch.from_numpy(maps).unsqueeze(1))  # (N, 1, H, W)

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers.sweeps import _random_pixels
+from helpers.sweeps import random_pixels
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
@@ -130,7 +130,7 @@ def test_aupro_regions_are_8_connected_and_per_image():
 def test_aupro_equals_reference_algorithm_with_ties():
     rng = np.random.default_rng(2)
     for _ in range(20):
-        masks, maps = _random_pixels(rng)
+        masks, maps = random_pixels(rng)
         for max_fpr in (0.3, 0.05, 1.0):
             assert aupro(masks, maps, max_fpr=max_fpr) == pytest.approx(
                 _reference_aupro(masks, maps, max_fpr), abs=1e-10

@@ -40,7 +40,7 @@ import tempfile
 import _bench
 
 SPEC = os.path.join(_bench.DEMO, "distcon.yaml")
-# The tiny run of the end-to-end tests (tests/tiny.py), repeated here so the benchmark
+# The tiny run of the end-to-end tests (tests/helpers/tiny.py), repeated here so the benchmark
 # does not depend on the test folder.
 TINY = [
     "data.classes=[3]",

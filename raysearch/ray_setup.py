@@ -25,7 +25,7 @@ The HTTP request itself is safe: ``StateApiClient`` turns ``requests`` errors in
 these GCS errors (``RpcError``, ``TimeoutError``, ``ConnectionError``) into
 ``RayStateApiException``, which the poller handles by polling again; any other error
 is a bug and passes unchanged. The patch is written for the Ray versions that
-pyproject.toml allows; tests/test_ray_setup.py fails when the cleaner it patches
+pyproject.toml allows; tests/train/test_ray_setup.py fails when the cleaner it patches
 changes.
 """
 

@@ -144,7 +144,7 @@ class PruningOptunaSearch(OptunaSearch):
     Ray's OptunaSearch keeps its study and trials in private attributes (``_ot_study``,
     ``_ot_trials``, ``_storage``, ``_completed_trials``) that this class reads, and a
     restored trial is re-attached to the study's storage (Optuna's ``Study._storage``); a test
-    (tests/test_searcher.py) fails when the installed Ray changes them. What it tells
+    (tests/train/test_searcher.py) fails when the installed Ray changes them. What it tells
     Optuna goes through the public API (``study.tell`` with a number and a state,
     ``Trial.report``), and the steps it reported are its own record.
     """

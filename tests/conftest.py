@@ -1,4 +1,10 @@
-"""Shared fixtures: one local Ray for the whole session (Ray start-ups are costly on 2 cores)."""
+"""Shared fixtures: one local Ray for the whole session (Ray start-ups are costly on 2 cores).
+
+The tiers: tests/unit (neither torch nor Ray, see its conftest), tests/train (in process,
+no Ray cluster), tests/ray (a local Ray cluster, every test marked slow). Helpers that
+several files share are in tests/helpers (this folder is on the import path: `from
+helpers.tiny import TINY`).
+"""
 
 from __future__ import annotations
 
@@ -90,3 +96,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``slow`` marker and the Ray tier are the same tests: ``-m "not slow"`` is the
+    unit and train tiers, ``-m slow`` is tests/ray."""
+    ray_tier = os.path.join(REPO, "tests", "ray") + os.sep
+    wrong = [item.nodeid for item in items if ("slow" in item.keywords) != str(item.path).startswith(ray_tier)]
+    if wrong:
+        raise pytest.UsageError("a test in tests/ray must be marked slow, and only those are: " + ", ".join(wrong))

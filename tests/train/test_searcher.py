@@ -1,0 +1,205 @@
+"""The Optuna searcher of `raysearch tune`, without Ray: what reaches the study."""
+
+import optuna
+
+
+def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
+    """The searcher alone (no Ray): what reaches the Optuna study for each way a trial ends."""
+    from raysearch.searcher import OPTUNA_KEY, PruningOptunaSearch, SpaceFunction
+    from raysearch.space import parse_search
+    from raysearch.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 4},
+                           "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
+    search = parse_search(spec)
+    searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
+                                   mode="max", n_classes=4, objective_keys=["mean_val_image_auroc"],
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    ends = {
+        "a": [{"progress": 1, "mean_val_image_auroc": 0.6}, {"progress": 4, "mean_val_image_auroc": 0.8}],
+        "b": [{"progress": 1, "mean_val_image_auroc": 0.5}],  # stopped by the scheduler
+        "c": [{"progress": 1, "mean_val_image_auroc": float("nan")},
+              {"progress": 4, "mean_val_image_auroc": float("nan")}],
+    }
+    for tid, reports in ends.items():
+        config = searcher.suggest(tid)
+        assert 1e-4 <= config["train.lr"] <= 1e-2 and config[OPTUNA_KEY] == "abc".index(tid)
+        for i, r in enumerate(reports):
+            searcher.on_trial_result(tid, dict(r, training_iteration=i + 1))
+        searcher.on_trial_complete(tid, dict(reports[-1], training_iteration=len(reports)))
+    searcher.suggest("d")
+    searcher.on_trial_complete("d", error=True)
+    searcher.suggest("e")  # stopped on its first report: Tune sends that result to on_trial_complete only
+    searcher.on_trial_complete("e", {"progress": 2, "mean_val_image_auroc": 0.4, "training_iteration": 1})
+    trials = searcher._ot_study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "PRUNED"]
+    assert trials[4].intermediate_values == {2000: 0.4}  # steps: thousandths of a class
+    assert trials[0].value == 0.8
+    assert trials[1].intermediate_values == {1000: 0.5}  # kept, never posing as a final value
+
+
+def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_path):
+    """A driver killed between Tune's snapshots: the restored searcher opens this machine's
+    study, adopts a trial that finished unrecorded (told COMPLETE from its rows), replaces
+    one that left no row, and stops at the sweep's budget."""
+    from ray.tune.search import Searcher
+
+    from raysearch import results
+    from raysearch.results import config_schema
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction, study_url
+    from raysearch.space import parse_search
+    from raysearch.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
+    out = str(tmp_path)
+
+    def searcher():
+        return PruningOptunaSearch(
+            space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
+            n_classes=1, objective_keys=["mean_val_image_auroc"], output=out, budget=4,
+            storage=optuna.storages.RDBStorage(study_url(out)), study_name="s",
+            sampler=optuna.samplers.RandomSampler(seed=0))
+
+    first = searcher()
+    for tid in ("a", "b"):
+        first.suggest(tid)
+    first.on_trial_complete("a", {"progress": 2, "mean_val_image_auroc": 0.9})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: trials a and b
+    # Two more trials start after it; one writes its row, then the driver is killed.
+    late = [first._ot_study.ask() for _ in range(2)]
+    row = {"experiment": "s", "kind": "tune", "trial_id": "c", "optuna_trial": late[0].number, "status": "completed",
+           "normal_class": "0", "class_index": 0, "val_image_auroc": 0.7}
+    results.write_rows(results.join(out, "results"), config_schema(spec), [row], "c--000-0")
+
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    trials = {t.number: t for t in restored._ot_study.get_trials()}
+    assert trials[late[0].number].state.name == "COMPLETE" and trials[late[0].number].value == 0.7
+    assert trials[late[1].number].state.name == "RUNNING"  # no row: replaced, closed at the end
+    assert restored.asked == 3
+    assert isinstance(restored.suggest("d"), dict)  # the one trial still missing
+    assert restored.suggest("e") == Searcher.FINISHED
+
+
+def test_the_private_parts_of_ray_and_optuna_that_the_searcher_uses_are_still_there():
+    """PruningOptunaSearch reads Ray's OptunaSearch state and re-attaches restored trials to
+    Optuna's study storage; both are private. This fails as soon as an upgrade moves them."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raysearch.searcher import PruningOptunaSearch
+
+    searcher = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max",
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("t0")
+    assert isinstance(searcher._ot_study, optuna.Study)
+    assert isinstance(searcher._ot_trials, dict) and isinstance(searcher._ot_trials["t0"], optuna.trial.Trial)
+    assert isinstance(searcher._completed_trials, set)
+    assert hasattr(searcher, "_storage")
+    trial = searcher._ot_trials["t0"]
+    assert trial.number == 0 and trial.study is searcher._ot_study
+    assert trial.storage is searcher._ot_study._storage  # what a restored trial is re-attached to
+    searcher.on_trial_complete("t0", {"m": 0.5})
+    assert "t0" in searcher._completed_trials and searcher._ot_study.trials[0].value == 0.5
+    # The methods the subclass overrides keep their signatures.
+    import inspect
+
+    for name in ("suggest", "on_trial_result", "on_trial_complete", "restore"):
+        ours = list(inspect.signature(getattr(PruningOptunaSearch, name)).parameters)
+        theirs = list(inspect.signature(getattr(OptunaSearch, name)).parameters)
+        assert ours == theirs, (name, theirs)
+
+
+def test_a_resumed_searcher_reports_each_step_once(tmp_path):
+    """Steps the study already holds (told before a kill) are not told again after a restore."""
+    from raysearch.searcher import PruningOptunaSearch
+
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m",
+                                   mode="max", n_classes=2, objective_keys=["m"], study_name="s",
+                                   storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}"),
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"m": 0.3, "progress": 0.5})
+    searcher.reported.clear()  # as after a restore that read the study: the step is in the study
+    searcher.reported[0] = set(study.trials[0].intermediate_values)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna warns when a step is reported twice
+        searcher.on_trial_result("t0", {"m": 0.9, "progress": 0.5})
+        searcher.on_trial_result("t0", {"m": 0.4, "progress": 1.0})
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").trials[0].intermediate_values \
+        == {500: 0.3, 1000: 0.4}
+
+
+def test_the_study_names_its_objectives_and_trials_name_their_rows(tmp_path):
+    from raysearch.searcher import PruningOptunaSearch, study_url
+
+    out = str(tmp_path / "exp")
+    (tmp_path / "exp").mkdir()
+    searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
+                                   metric=["mean_val_image_auroc", "mean_latency_ms"], mode=["max", "min"],
+                                   n_classes=1, objective_keys=["mean_val_image_auroc", "mean_latency_ms"],
+                                   output=out, study_name="s", storage=optuna.storages.RDBStorage(study_url(out)))
+    searcher.suggest("abc_00000")
+    study = optuna.load_study(study_name="s", storage=study_url(out))
+    assert study.metric_names == ["val_image_auroc", "latency_ms"]
+    attrs = study.trials[0].user_attrs
+    assert attrs["trial_id"] == "abc_00000" and attrs["rows"].endswith("results/abc_00000--*.parquet")
+
+
+def test_a_trials_config_hash_attribute_is_its_rows_config_hash(tmp_path):
+    """The hash optuna-dashboard shows is the one the trial's result rows carry."""
+    from raysearch.experiment import TrialPlan
+    from raysearch.results import RunInfo, base_row
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction
+    from raysearch.space import parse_search
+    from raysearch.spec import load_spec
+
+    spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3]"])
+    search = parse_search(spec)
+    searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
+                                   mode="max", n_classes=1, objective_keys=["mean_val_image_auroc"],
+                                   sampler=optuna.samplers.RandomSampler(seed=1))
+    plan = TrialPlan(spec, str(tmp_path), "tune")
+    for tid in ("t0", "t1", "t2"):
+        config = searcher.suggest(tid)
+        row = base_row(plan.trial_spec(config), RunInfo(spec.name, "tune", tid, str(tmp_path)))
+        assert searcher._ot_trials[tid].user_attrs["config_hash"] == row["config_hash"]
+
+
+def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_trained_again():
+    """On a space of two configs: after the first completes, each suggestion of it is told
+    its value (and marked) and the searcher asks again, so Tune gets the other config; a
+    repeat of a pruned config is trained (it could end otherwise under new rung cutoffs).
+    The study's counts and history leave the repeats out."""
+    from analysis.importance import completed_trials, trial_counts
+    from analysis.rank import history_table
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction
+    from raysearch.space import REPEAT_ATTR, is_repeat, parse_search
+    from raysearch.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"space": {"params.rotations": {"choice": ["0-180", "0-90-180-270"]}}}})
+    searcher = PruningOptunaSearch(space=SpaceFunction(parse_search(spec), spec.flat_config()),
+                                   metric="mean_val_image_auroc", mode="max", n_classes=1,
+                                   objective_keys=["mean_val_image_auroc"], budget=3,
+                                   sampler=optuna.samplers.RandomSampler(seed=0))
+    trained = []
+    for tid, end in (("a", 1.0), ("b", 0.5), ("c", 1.0)):  # b is stopped half-way: pruned
+        trained.append(searcher.suggest(tid)["params.rotations"])
+        searcher.on_trial_complete(tid, {"progress": end, "mean_val_image_auroc": 0.8})
+    first, other = trained[0], trained[1]
+    assert other != first and trained[2] == other  # the completed config never again; the pruned one again
+    study = searcher._ot_study
+    repeats = [t for t in study.trials if is_repeat(t)]
+    assert repeats  # this seed's third and fourth draws repeat the first config
+    for t in repeats:
+        twin = study.trials[t.user_attrs[REPEAT_ATTR]]
+        assert twin.number == 0 and t.params == twin.params and t.value == twin.value == 0.8
+    assert searcher.asked == 3 and len(study.trials) == 3 + len(repeats)
+    counts = trial_counts(study)
+    assert counts == {"completed": 1 + 1, "pruned": 1, "failed": 0, "unfinished": 0, "repeats": len(repeats)}
+    assert len(completed_trials(study)) == 2
+    assert len(history_table(study, "val_image_auroc", "max")) == 3

@@ -1,0 +1,46 @@
+"""The storage layer: local folders and URIs (with their query options and keys) alike."""
+
+import pyarrow.fs as pafs
+
+from raysearch import results
+
+
+def test_join_keeps_a_uri_query_at_the_end(tmp_path):
+    uri = "s3://bucket/exp?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert results.join(uri, "results", "a.parquet") == (
+        "s3://bucket/exp/results/a.parquet?endpoint_override=127.0.0.1:9000&scheme=http")
+    assert results.join("gs://bucket/exp", "ray") == "gs://bucket/exp/ray"
+    assert results.join(str(tmp_path), "x") == str(tmp_path / "x")
+
+
+def test_redact_drops_keys_only():
+    assert results.redact("s3://KEY:SECRET@bucket/p/x.pt?region=eu-west-1") == "s3://bucket/p/x.pt?region=eu-west-1"
+    assert results.redact("gs://bucket/a@b") == "gs://bucket/a@b"  # an @ in the path is no key
+    assert results.redact("/tmp/a@b") == "/tmp/a@b"
+
+
+def test_ray_storage_passes_the_uri_options_as_a_filesystem(tmp_path):
+    path, fs = results.ray_storage(str(tmp_path / "exp" / "ray"))
+    assert path == str(tmp_path / "exp" / "ray") and fs is None
+    path, fs = results.ray_storage("s3://bucket/exp/ray?endpoint_override=127.0.0.1:9&scheme=http&region=x")
+    assert path == "bucket/exp/ray" and isinstance(fs, pafs.S3FileSystem)
+
+
+def test_failure_reason_is_the_innermost_exception_line():
+    from raysearch.results import failure_reason as _reason
+
+    train = RuntimeError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
+                         '  File "loop.py", line 3, in f\nraysearch.loop.TrainingDiverged: loss became nan at epoch 2\n')
+    assert _reason(train) == "raysearch.loop.TrainingDiverged: loss became nan at epoch 2"
+    cut = RuntimeError("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback ...\n"
+                       "... (Output truncated. See individual worker logs for full details) ...\n"
+                       "Parameter at index 20 has been marked as ready twice.")
+    assert _reason(cut) == "Parameter at index 20 has been marked as ready twice."
+    assert _reason(RuntimeError("loss became inf at epoch 1")) == "loss became inf at epoch 1"
+    # A trial's own reason wins over the exception lines around it in Tune's error text.
+    tune_text = ("Traceback ...\nraysearch.experiment.TrialFailed: data of class 3: OSError: x.png: truncated\n"
+                 "\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError: boom")
+    assert _reason(tune_text) == "data of class 3: OSError: x.png: truncated"
+    assert _reason(None) == _reason("") == "the run failed (no error text)"
+
+

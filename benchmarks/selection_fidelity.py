@@ -359,22 +359,16 @@ def replay_rows(records: list[dict], objective: dict, defects: list[str]) -> lis
 
 
 def default_objective(method: str, task: str, objectives: dict[str, dict]) -> str:
-    """The name of the objective raysearch uses by default for this method and task
-    (:func:`raysearch.selection.default_objective` of the setting's spec, with digits'
-    ``anomalies: auto`` = other classes)."""
-    from raysearch.selection import default_objective as product_default
+    """The name of the objective raysearch uses by default for this method and task:
+    :data:`raysearch.selection.DEFAULT_OBJECTIVE` over the task's default validation
+    anomalies (other classes for digits, a dataset of classes; else the held-out synthetic
+    families)."""
+    from raysearch.selection import DEFAULT_OBJECTIVE
 
-    raw = base_spec(method, task).to_dict()
-    raw["search"] = dict(raw.get("search") or {}, space=SETTINGS[method]["space"], metric="auto")
-    anomalies = "other_classes" if task == "digits" else "synthetic"
-    raw["selection"].update(synthesis=None, allow_overlap=False, anomalies=anomalies, metric=None)
-    from raysearch.spec import spec_from_dict
-
-    metric = product_default(spec_from_dict(raw))
-    if anomalies == "other_classes":
+    assert DEFAULT_OBJECTIVE == "val_image_auroc", "map the new default to its replayed objective here"
+    if task == "digits":
         return "other_classes"
-    kind = {"val_pixel_auroc": "pixel", "val_aupro": "aupro", "val_image_auroc": "image"}[metric]
-    return next(name for name, o in objectives.items() if o["kind"] == kind)
+    return next(name for name, o in objectives.items() if o["kind"] == "image")
 
 
 def objectives_for(method: str, task: str, records: list[dict]) -> dict[str, dict]:

@@ -53,7 +53,7 @@ def objective(metric: Any = None, mode: Any = None) -> tuple[tuple[str, ...], tu
 
     Each may be one value or a list (multi-objective); a missing metric is
     ``val_image_auroc`` (a loaded spec has ``auto`` resolved already, see
-    :func:`raysearch.selection.default_objective`) and a missing mode each metric's
+    :data:`raysearch.selection.DEFAULT_OBJECTIVE`) and a missing mode each metric's
     natural direction.
 
     Example:

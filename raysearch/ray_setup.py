@@ -43,6 +43,8 @@ HEALTH_CHECK_INTERVAL_S = "0.2"
 # attempt's placement group reserved (Ray 2.60), and on a busy small machine, where
 # importing torch alone can take that long, the sweep then waited forever for CPUs.
 WORKER_GROUP_START_TIMEOUT_S = "900"
+# Tune's wait for a finished trial's thread before its process takes the next trial.
+REUSE_THREAD_TIMEOUT_S = "120"
 
 
 def setup_worker() -> None:
@@ -103,6 +105,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"],
         "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
+        # A reused trial process (train.launcher auto) waits this long for the previous
+        # trial's thread to end before taking the next trial; Tune's 2 s default is
+        # exceeded on a loaded machine (a trial ends with a gc.collect of its model and
+        # data), and the failed reuse then stalled the sweep.
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", REUSE_THREAD_TIMEOUT_S),
     }
     if os.environ.get("RAYSEARCH_TEST_EVENTS"):  # see raysearch.training.test_event
         env_vars["RAYSEARCH_TEST_EVENTS"] = os.environ["RAYSEARCH_TEST_EVENTS"]

@@ -100,8 +100,7 @@ class SelectionSpec:
     seed: int = 0  # fixes the hold-out, the test subset and the synthesis; independent of train.seed
     # The validation metric that picks each class's best epoch (ties: the later epoch).
     # null = the search's first objective when it is a val_* metric, else the default
-    # objective (val_pixel_auroc for methods with maps on synthetic validation, else
-    # val_image_auroc; raysearch.selection.default_objective).
+    # objective (raysearch.selection.DEFAULT_OBJECTIVE, val_image_auroc).
     metric: str | None = None
 
     def validate(self) -> None:
@@ -317,17 +316,17 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
     if spec.selection.anomalies == "auto":
         resolved = "other_classes" if dataset_kind(spec.data.dataset) == "classes" else "synthetic"
         object.__setattr__(spec.selection, "anomalies", resolved)
-    from raysearch.selection import AUTO, default_objective, resolve_selection
+    from raysearch.selection import AUTO, DEFAULT_OBJECTIVE, resolve_selection
 
     search = spec.search
     if isinstance(search, dict) and search:
-        # The default objective depends on the method and the data: resolved here, once,
-        # so spec.yaml, the searcher, the ranking and export all read the same metric.
+        # The default objective, resolved here, once, so spec.yaml, the searcher, the
+        # ranking and export all read the same metric.
         metric = search.get("metric")
         if metric in (AUTO, None):
-            search["metric"] = default_objective(spec)
+            search["metric"] = DEFAULT_OBJECTIVE
         elif isinstance(metric, list):
-            search["metric"] = [default_objective(spec) if m == AUTO else m for m in metric]
+            search["metric"] = [DEFAULT_OBJECTIVE if m == AUTO else m for m in metric]
     resolved = resolve_selection(spec)
     selection = spec.selection
     for key, value in resolved.items():

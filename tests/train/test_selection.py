@@ -155,5 +155,5 @@ def test_dry_run_says_what_the_validation_split_holds():
     dry_run(load_spec(DEMO.format("cutswap")), out)
     line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("validation:"))
     assert line == ("validation: scar, perlin, elastic, blur, noise (100 per family) against >= 20 held-out normals "
-                    "(selection.seed 0); the epoch is picked by val_pixel_auroc; configurations train on cutpaste, "
+                    "(selection.seed 0); the epoch is picked by val_image_auroc; configurations train on cutpaste, "
                     "patchswap")

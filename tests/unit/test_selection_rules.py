@@ -48,25 +48,38 @@ def test_unknown_or_empty_families_are_refused(bad):
         load_spec(DEMO.format("distcon"), [f"selection.synthesis={bad}"])
 
 
-@pytest.mark.parametrize(("method", "overrides", "expected"), [
-    ("clflow", [], "val_pixel_auroc"),  # maps, synthetic families with exact masks
-    ("cutswap", [], "val_pixel_auroc"),
-    ("distcon", [], "val_image_auroc"),  # no maps
-    ("distcon", ["data.dataset=toy-mvtec", "data.classes=[stripes]", "selection.anomalies=synthetic"],
-     "val_image_auroc"),
-    # Other-class validation anomalies have no masks; paper-style selection stays on images.
-    ("cutswap", ["selection.anomalies=both"], "val_image_auroc"),
-    ("clflow", ["selection.split=test"], "val_image_auroc"),
+@pytest.mark.parametrize(("method", "overrides"), [
+    ("clflow", []),  # a method with maps, synthetic families with exact masks: still the image mean
+    ("cutswap", []),
+    ("distcon", []),
+    ("distcon", ["data.dataset=toy-mvtec", "data.classes=[stripes]", "selection.anomalies=synthetic"]),
+    ("cutswap", ["selection.anomalies=both"]),
+    ("clflow", ["selection.split=test"]),
 ])
-def test_the_default_objective_depends_on_the_method_and_the_data(method, overrides, expected):
+def test_the_default_objective_is_the_measured_one_for_every_method_and_dataset(method, overrides):
+    from raysearch.selection import DEFAULT_OBJECTIVE
+
+    assert DEFAULT_OBJECTIVE == "val_image_auroc"  # BENCHMARKS.md, Selection fidelity
     for metric in ("auto", None):
         extra = [f"search.metric={metric}"] if metric else []
         spec = load_spec(DEMO.format(method), overrides + extra)
-        assert spec.search["metric"] == expected and spec.selection.metric == expected
+        assert spec.search["metric"] == DEFAULT_OBJECTIVE and spec.selection.metric == DEFAULT_OBJECTIVE
     # An explicit metric is kept as it is, and "auto" inside a multi-objective list resolves.
-    assert load_spec(DEMO.format(method), [*overrides, "search.metric=val_image_auroc"]).search["metric"] == "val_image_auroc"
+    if method != "distcon" and not overrides:
+        chosen = load_spec(DEMO.format(method), [*overrides, "search.metric=val_pixel_auroc"])
+        assert chosen.search["metric"] == "val_pixel_auroc" == chosen.selection.metric
     multi = load_spec(DEMO.format(method), [*overrides, "search.metric=[auto, latency_ms]"])
-    assert multi.search["metric"] == [expected, "latency_ms"]
+    assert multi.search["metric"] == [DEFAULT_OBJECTIVE, "latency_ms"]
+
+
+def test_methods_say_their_default_objective_and_why():
+    from raysearch import registry
+    from raysearch.selection import objective_note
+
+    clflow = objective_note(registry.params_class("clflow"))
+    assert clflow.startswith("default objective (search.metric: auto): val_image_auroc; this method's pixel")
+    assert "0.45 for val_pixel_auroc" in clflow
+    assert "makes no anomaly maps" in objective_note(registry.params_class("distcon"))
 
 
 def test_auto_anomalies_are_other_classes_for_classes_and_synthetic_for_categories():

@@ -238,7 +238,7 @@ class CLFlowParams:
 
     def makes_maps(self) -> bool:
         """True: scoring gives a pixel anomaly map (the flow's likelihood map), so pixel metrics exist
-        wherever the validation anomalies have masks (raysearch.selection.default_objective)."""
+        wherever the validation anomalies have masks (raysearch.selection.objective_note)."""
         return True
 
     def trained_families(self) -> frozenset[str]:

@@ -204,7 +204,7 @@ class CutSwapParams:
 
     def makes_maps(self) -> bool:
         """True: scoring gives a pixel anomaly map (the saliency-weighted patch scores), so pixel metrics exist
-        wherever the validation anomalies have masks (raysearch.selection.default_objective)."""
+        wherever the validation anomalies have masks (raysearch.selection.objective_note)."""
         return True
 
     def trained_families(self) -> frozenset[str]:

@@ -14,11 +14,11 @@ Every candidate objective is then replayed offline from the traces, with each cl
 epoch selection redone on that objective (ties to the later epoch, as the loop does):
 
 - ``image mean``: the unweighted mean of the held-out families' image AUROCs
-  (``val_image_auroc``, the default before);
+  (``val_image_auroc``, the default);
 - each family alone (``val_image_auroc_<family>``);
 - ``val_pixel_auroc``, ``val_aupro`` (methods with maps);
-- ``image+pixel``: the mean of ``val_image_auroc`` and ``val_pixel_auroc``
-  (``val_image_pixel_auroc``);
+- the mean of ``val_image_auroc`` and ``val_pixel_auroc`` (a candidate combination;
+  no such metric is recorded);
 - ``other_classes``: held-out training images of the other classes (digits) or of the
   other categories of the folder (the semantic task);
 - ``normal gap`` (distcon, label-free, no anomalies at all): minus the mean standardised
@@ -383,7 +383,7 @@ def objectives_for(method: str, task: str, records: list[dict]) -> dict[str, dic
     if has_maps:
         out["val_pixel_auroc"] = {"kind": "pixel", "families": held}
         out["val_aupro"] = {"kind": "aupro", "families": held}
-        out["image+pixel (val_image_pixel_auroc)"] = {"kind": "image+pixel", "families": held}
+        out["mean of image and pixel AUROC"] = {"kind": "image+pixel", "families": held}
     if method == "distcon":
         out["normal gap (label-free, no anomalies)"] = {"kind": "normal_gap", "families": []}
     for family in FAMILIES_ALL:

@@ -44,7 +44,8 @@ def test_a_sweep_at_chance_cannot_rank_and_says_every_family_is_at_chance():
     assert verdict.spread == pytest.approx(max(objective) - min(objective))
     assert verdict.can_rank is False and verdict.all_at_chance
     assert verdict.line() == (f"validation cannot rank these 4 configurations: spread {verdict.spread:.3f}, "
-                              f"noise +-{verdict.noise:.3f}; every family is at chance")
+                              f"noise +-{verdict.noise:.3f}; every family is at chance (semantic anomalies? "
+                              "validate on other classes: selection.anomalies: other_classes)")
 
 
 def test_a_saturated_family_is_named_and_a_wide_spread_can_rank():

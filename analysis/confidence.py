@@ -98,16 +98,6 @@ class SelectionConfidence:
                 notes.append("saturated: " + ", ".join(self.saturated))
         return "; ".join([head, *notes])
 
-    def to_dict(self) -> dict:
-        return {"objective": self.objective, "n_trials": self.n_trials, "spread": _round(self.spread),
-                "noise": _round(self.noise), "within_noise": self.within_noise, "can_rank": self.can_rank,
-                "at_chance": self.at_chance, "saturated": self.saturated, "all_at_chance": self.all_at_chance,
-                "line": self.line()}
-
-
-def _round(x: float) -> float | None:
-    return None if not math.isfinite(x) else round(float(x), 4)
-
 
 def _family_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(FAMILY_PREFIX) and df[c].notna().any()]
@@ -154,7 +144,7 @@ def selection_confidence(df: pd.DataFrame, objective: str, *, families: Sequence
     n_classes = df["normal_class"].nunique()
     fam_cols = _family_columns(df)
     n_split = len(fam_cols)
-    names = None if families is None else [f for f in families]
+    names = None if families is None else list(families)
     trial_values, trial_ses = [], []
     for _, group in rows.groupby("trial_id", sort=False):
         group = group.drop_duplicates("normal_class", keep="last")

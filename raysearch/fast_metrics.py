@@ -39,8 +39,10 @@ __all__ = ["PixelAUROC", "binned_pixel_auroc", "evaluate_fast", "DEFAULT_BINS", 
 DEFAULT_BINS = 1 << 16
 # The largest |binned - exact| accepted; above it the exact value is computed instead.
 DEFAULT_TOL = 1e-4
-# Pixels binned at once: the int64 bin indices of a chunk take 32 MiB.
-CHUNK_PIXELS = 1 << 22
+# Pixels binned at once: the int64 bin indices of a chunk take 2 MiB. Measured on the CPU
+# (5 M pixels, one thread): 16 ms with 2^18, 35-50 ms with 2^22 or 2^14 (page faults of
+# large temporaries; loop overhead of small ones).
+CHUNK_PIXELS = 1 << 18
 
 
 class PixelAUROC(NamedTuple):
@@ -61,10 +63,14 @@ def _flat_inputs(masks: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor,
     if a.dtype not in (torch.float32, torch.float64):
         a = a.float()
     m = masks.detach().reshape(-1).to(a.device) != 0
-    bad = int((~torch.isfinite(a)).sum())
-    if bad:
-        raise ValueError(f"anomaly maps must be finite, but got {bad} NaN or infinite values of {a.numel()}")
     return m, a
+
+
+def _check_finite(lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor) -> None:
+    """NaN makes both extremes NaN and an infinity is one of them: no pass over the pixels."""
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        bad = int((~torch.isfinite(a)).sum())
+        raise ValueError(f"anomaly maps must be finite, but got {bad} NaN or infinite values of {a.numel()}")
 
 
 def _exact_auroc(m: torch.Tensor, a: torch.Tensor) -> float:
@@ -114,11 +120,14 @@ def binned_pixel_auroc(masks: torch.Tensor, maps: torch.Tensor, bins: int = DEFA
     if bins < 2:
         raise ValueError(f"bins must be >= 2, but got {bins=}")
     m, a = _flat_inputs(masks, maps)
+    if a.numel() == 0:
+        return PixelAUROC(float("nan"), 0.0, False)
+    lo, hi = torch.aminmax(a)
+    _check_finite(lo, hi, a)
     n_pos = int(m.sum())
     n_neg = m.numel() - n_pos
     if n_pos == 0 or n_neg == 0:
         return PixelAUROC(float("nan"), 0.0, False)
-    lo, hi = torch.aminmax(a)
     if bool(lo == hi):  # every pair is a tie
         return PixelAUROC(0.5, 0.0, False)
     scale = bins / (hi - lo)  # 0-dim tensor in the maps' dtype: no host sync per chunk
@@ -131,7 +140,7 @@ def binned_pixel_auroc(masks: torch.Tensor, maps: torch.Tensor, bins: int = DEFA
     counts = torch.zeros(2 * bins, dtype=torch.int64, device=a.device)
     for start in range(0, a.numel(), CHUNK_PIXELS):
         x, y = a[start : start + CHUNK_PIXELS], m[start : start + CHUNK_PIXELS]
-        counts += torch.bincount(bin_of(x) + bins * y.long(), minlength=2 * bins)  # [normals | anomalous]
+        counts += torch.bincount(bin_of(x).add_(y, alpha=bins), minlength=2 * bins)  # [normals | anomalous]
     neg, pos = counts.view(2, bins)  # (bins,), (bins,)
     below = torch.cumsum(neg, 0) - neg  # normals in lower bins
     same_bin = pos * neg  # (bins,) pairs counted one half

@@ -309,8 +309,33 @@ def print_breakdown(rows: list[dict]) -> None:
               f"{r.get('binned_error', float('nan')):>8.1e}")
 
 
+def markdown(payload: dict) -> str:
+    """The tables of BENCHMARKS.md's evaluation-cost section from a saved result."""
+    lines = ["| setting | threads | val / train images | epoch s | per val image ms: fit, score, image metrics | "
+             "pixel AUROC ms/img before / after | AUPRO ms/img before / after | pass s before / after | "
+             "pass / epoch before / after | binned - exact |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload.get("breakdown", []):
+        per = 1000.0 / r["val_images"]
+        err = f"{r['binned_error']:.1e} (bound {r['binned_bound']:.1e})" if "binned_error" in r else "-"
+        lines.append(f"| {r['setting']} | {r['threads']} | {r['val_images']} / {r['train_images']} | {r['epoch_s']:.2f} | "
+                     f"{r['fit_scorer_s'] * per:.2f}, {r['score_s'] * per:.2f}, {r['image_metrics_s'] * per:.3f} | "
+                     f"{r['pixel_auroc_before_s'] * per:.2f} / {r['pixel_auroc_after_s'] * per:.2f} | "
+                     f"{r['aupro_before_s'] * per:.2f} / {r['aupro_after_s'] * per:.2f} | "
+                     f"{r['eval_before_s']:.2f} / {r['eval_after_s']:.2f} | "
+                     f"{r['eval_over_epoch_before']:.2f} / {r['eval_over_epoch_after']:.2f} | {err} |")
+    if payload.get("every"):
+        lines += ["", "| setting | epochs | threads | before: every epoch / at the end | after: every epoch / at the end |",
+                  "|---|---|---|---|---|"]
+        for e in payload["every"]:
+            lines.append(f"| {e['setting']} | {e['epochs']} | {e['threads']} | {e['before_every_s']:.1f} s / "
+                         f"{e['before_end_s']:.1f} s = {e['before_every_over_end']:.2f}x | {e['after_every_s']:.1f} s / "
+                         f"{e['after_end_s']:.1f} s = {e['after_every_over_end']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--markdown", action="store_true", help="print the saved result's tables for BENCHMARKS.md and stop")
     ap.add_argument("--settings", nargs="+", default=["clflow", "cutswap", "distcon", "peer"])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, os.cpu_count() or 1])
     ap.add_argument("--parts", nargs="+", default=["breakdown", "every", "bare"], choices=["breakdown", "every", "bare"])
@@ -319,10 +344,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="epochs of the every and bare parts (anomalib's Fastflow example: 5)")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
     args = ap.parse_args()
+    name = "eval_cost" + (f"_{args.tag}" if args.tag else "")
+    if args.markdown:
+        import json
+
+        with open(os.path.join(_bench.RESULTS, f"{name}.json")) as f:
+            print(markdown(json.load(f)))
+        return
     info = _bench.machine()
     print(_bench.machine_line(info))
     payload: dict = {"args": vars(args)}
-    name = "eval_cost" + (f"_{args.tag}" if args.tag else "")
     if "breakdown" in args.parts:
         rows = [breakdown(s, th, args.repeats) for th in args.threads for s in args.settings]
         payload["breakdown"] = rows

@@ -25,7 +25,8 @@ Parts (``--parts``):
 * ``bare``: ``plain_fastflow`` through ``train_class`` (one evaluation, at the end) against
   a bare PyTorch loop of the same model (the method's ``CLFlowNet`` and
   ``training_step``, Adam, the same batches and learning rate) that then scores the test
-  split once and computes its exact metrics, both at the last ``--threads`` count.
+  split once and computes its exact metrics, both at the last ``--threads`` count; and
+  once the loop as it was, on one thread.
 
 Times are medians over ``--repeats``; the runs of the variants alternate so that a
 change in machine load hits all of them. The figures go to
@@ -288,6 +289,18 @@ def raysearch_vs_bare(epochs: int, threads: int, repeats: int) -> dict:
            "raysearch_parts_s": {k: _bench.median(v) for k, v in parts.items()},
            "final_loss": losses, "test_image_auroc": {"raysearch": test_auroc, "bare": bare_auroc}}
     out["ratio"] = out["raysearch_s"] / out["bare_s"]
+    # Once, the loop as it was, on one thread as a Ray worker ran it: exact metrics and
+    # the validation split scored twice (the evaluation and the final pass).
+    torch.set_num_threads(1)
+    undo = as_before()
+    try:
+        start = time.perf_counter()
+        train_class(spec, task, method_cls, "cpu")
+        out["before_raysearch_1_thread_s"] = time.perf_counter() - start
+    finally:
+        undo()
+        torch.set_num_threads(threads)
+    out["before_ratio"] = out["before_raysearch_1_thread_s"] / out["bare_s"]
     # What the bare loop does not do: the leakage-free validation split and the latency row.
     extra = out["raysearch_parts_s"].get("val", 0.0) + out["raysearch_parts_s"].get("latency", 0.0)
     out["ratio_without_validation_and_latency"] = (out["raysearch_s"] - extra) / out["bare_s"]
@@ -380,6 +393,8 @@ def main() -> None:
               f"scores its {b['val_images']} validation images, the bare loop only the {b['test_images']} test images)")
         print("  raysearch's evaluation parts (s): " + ", ".join(f"{k} {v:.1f}" for k, v in b["raysearch_parts_s"].items())
               + f"; without the validation pass and the latency measurement {b['ratio_without_validation_and_latency']:.2f}x")
+        print(f"before (the loop as it was, one thread as in a Ray worker): raysearch train_class "
+              f"{b['before_raysearch_1_thread_s']:.1f} s = {b['before_ratio']:.2f}x the bare loop on {threads} threads")
         _bench.save(name, payload)
     print(f"wrote benchmarks/results/{name}.json")
 

@@ -167,11 +167,11 @@ def sweep_part(n_trials: int) -> dict:
     # The same configurations, one after another, in this process without Ray.
     keys = [p.key for p in parse_search(spec).space]
     method_cls = registry.method_class(spec.method)
-    # A trial holding one CPU runs torch with one thread (Ray sets OMP_NUM_THREADS to the
-    # trial's CPUs); the plain process does the same, so only the orchestration differs.
+    # A trial runs torch with as many threads as it holds CPUs (train.threads); the plain
+    # process does the same, so only the orchestration differs.
     import torch
 
-    torch.set_num_threads(max(1, int(spec.train.cpus_per_worker)))
+    torch.set_num_threads(spec.train.worker_threads(spec.train.worker_cpus()))
     plain = []
     for r in rows_by[LAUNCHERS[0]]:
         config = json.loads(r["config_json"])

@@ -513,6 +513,21 @@ def write_report() -> None:
             summary.append(f"| selection fidelity, {method} (default objective) | Spearman / regret: {figures} "
                            f"| Spearman >= 0.6, regret <= 0.02 on each task | "
                            f"{verdict(all(_fidelity_ok(e) for _, e in defaults))} |")
+    ec = load("eval_cost")
+    for r in ec.get("breakdown", []):
+        if r["threads"] == max(x["threads"] for x in ec["breakdown"]):
+            summary.append(f"| evaluation cost, {r['setting']} | one validation pass / one training epoch, "
+                           f"{r['threads']} thread(s): {r['eval_over_epoch_before']:.2f} before, "
+                           f"{r['eval_over_epoch_after']:.2f} after | <= 0.25 | "
+                           f"{verdict(r['eval_over_epoch_after'] <= 0.25)} |")
+    for e in ec.get("every", []):
+        summary.append(f"| evaluation every epoch, {e['setting']} | train_class wall, every epoch / only at the end: "
+                       f"{e['before_every_over_end']:.2f} before, {e['after_every_over_end']:.2f} after | <= 1.3 | "
+                       f"{verdict(e['after_every_over_end'] <= 1.3)} |")
+    if ec.get("bare"):
+        b = ec["bare"]
+        summary.append(f"| plain_fastflow vs bare loop | train_class (one evaluation) / bare FastFlow loop, "
+                       f"{b['threads']} thread(s): {b['ratio']:.2f} | <= 1.2 | {verdict(b['ratio'] <= 1.2)} |")
     lines += summary + [""]
 
     sections = [
@@ -566,6 +581,7 @@ KEPT = {
         "### Results store before and after compaction (`benchmarks/store_load.py`)",),
     "4. Search efficiency (`benchmarks/search_efficiency.py`)": ("### Reading the search-efficiency figures",),
     None: ("## Speed options on the CPU (`step_throughput.py --compile --layouts --shared`)",
+           "## Evaluation cost (`benchmarks/eval_cost.py`)",
            "## Not measured here (needs a GPU)"),
 }
 

@@ -257,5 +257,6 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
     if t.workers * t.gpus_per_worker:
         stream.write(f"resources: {t.workers} worker(s) x {t.gpus_per_worker} GPU per trial\n")
     else:
-        stream.write(f"resources: {t.workers} worker(s) x {t.cpus_per_worker} CPU per trial (no GPU)\n")
+        stream.write(f"resources: {t.workers} worker(s) x {t.worker_cpus():g} CPU per trial (no GPU), "
+                     f"{t.worker_threads(t.worker_cpus())} torch thread(s) each\n")
     return ablation

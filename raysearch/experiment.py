@@ -75,7 +75,7 @@ class TrialPlan:
 
         t = self.trial_spec(config).train
         if in_trial_process(t):
-            return resource_dict_to_pg_factory({"cpu": t.cpus_per_worker, "gpu": t.gpus_per_worker})
+            return resource_dict_to_pg_factory({"cpu": t.worker_cpus(), "gpu": t.gpus_per_worker})
         # The driver only waits on its Train run: it takes no CPU, so the workers can use
         # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
         return resource_dict_to_pg_factory({"cpu": 0, "memory": 1})

@@ -25,13 +25,15 @@ import torch
 from torch import nn
 
 from raysearch.data.base import OneClassTask, Split
-from raysearch.methods.base import DataInfo, Method
+from raysearch.fast_metrics import evaluate_fast
+from raysearch.methods.base import DataInfo, Method, Scores
 from raysearch.metrics import evaluate, family_aurocs
 from raysearch.progress import progress as run_progress
 from raysearch.selection import selection_metric
 from raysearch.spec import Spec
 
-__all__ = ["ClassResult", "TrainingDiverged", "train_class", "seed_everything", "selection_metric"]
+__all__ = ["ClassResult", "TrainingDiverged", "train_class", "seed_everything", "selection_metric",
+           "aupro_each_evaluation"]
 
 ReportFn = Callable[[dict[str, Any], "dict[str, Any] | None"], None]
 
@@ -86,27 +88,55 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def _evaluate_split(method: Method, model: nn.Module, split: Split, prefix: str, batch_size: int,
-                    keep: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                    keep: dict[str, np.ndarray] | None = None, *, fast: bool = False, with_aupro: bool = True,
+                    scored: dict[str, Scores] | None = None) -> dict[str, float]:
     """Metrics of one split; a split with families gets one image AUROC per family and
     ``image_auroc`` = their unweighted mean. ``keep`` receives the image scores (key
-    ``val`` / ``test``) and, where the split has masks, the anomaly maps (``val_maps``)."""
-    scores = method.score_batched(model, split.images, batch_size)
+    ``val`` / ``test``) and, where the split has masks, the anomaly maps (``val_maps``).
+
+    ``fast`` (the per-evaluation validation pass): the pixel AUROC is binned on the
+    model's device (:func:`raysearch.fast_metrics.evaluate_fast`, within
+    ``fast_metrics.DEFAULT_TOL`` of the exact value) and AUPRO is computed only
+    ``with_aupro``; otherwise every metric is exact (:func:`raysearch.metrics.evaluate`).
+    ``scored`` caches the split's scores by ``prefix``: scores found there are used
+    instead of scoring again, and scores computed here are put there.
+    """
+    scores = None if scored is None else scored.get(prefix)
+    if scores is None:
+        scores = method.score_batched(model, split.images, batch_size)
+        if scored is not None:
+            scored[prefix] = scores
     maps = scores.maps if split.masks is not None else None
     image = scores.image.float().cpu().numpy()
     if keep is not None:
         keep[prefix.rstrip("_")] = image
         if maps is not None:
             keep[prefix + "maps"] = maps.float().cpu().numpy()
-    out = evaluate(
-        split.labels.cpu().numpy(),
-        image,
-        masks=None if maps is None else split.masks.cpu().numpy(),
-        maps=None if maps is None else maps.float().cpu().numpy(),
-        prefix=prefix,
-    )
+    labels = split.labels.cpu().numpy()
+    if fast:
+        out = evaluate_fast(labels, image, masks=None if maps is None else split.masks, maps=maps,
+                            prefix=prefix, with_aupro=with_aupro)
+    else:
+        out = evaluate(
+            labels,
+            image,
+            masks=None if maps is None else split.masks.cpu().numpy(),
+            maps=None if maps is None else maps.float().cpu().numpy(),
+            prefix=prefix,
+        )
     if split.family is not None:
         out.update(family_aurocs(split.family.cpu().numpy(), image, split.family_names, prefix=prefix))
     return out
+
+
+def aupro_each_evaluation(spec: Spec) -> bool:
+    """Whether every validation pass computes AUPRO: only when something reads it there,
+    the selection metric or an objective of the spec's search (AUPRO labels every mask's
+    regions and sorts every normal pixel on the host). The final evaluation of a class
+    always computes it."""
+    metric = (spec.search or {}).get("metric") or ()
+    wanted = [selection_metric(spec), *([metric] if isinstance(metric, str) else metric)]
+    return any(isinstance(m, str) and m.endswith("aupro") for m in wanted)
 
 
 @torch.no_grad()
@@ -291,6 +321,9 @@ def train_class(
     steps_per_epoch = max(1, len(train_images) // (per_worker * world))
     total_steps = steps_per_epoch * t.epochs
     select = selection_metric(spec)
+    with_aupro = aupro_each_evaluation(spec)
+    # The last evaluation's validation scores: the final pass reuses them when that epoch is the best.
+    last_scored: dict[str, Scores] = {}
     order_gen = torch.Generator(device="cpu").manual_seed(t.seed)  # same on every rank
 
     start_epoch, best_value, best_epoch, best_state, last_loss = 0, -math.inf, -1, None, float("nan")
@@ -357,7 +390,8 @@ def train_class(
         if rank == 0:
             method.fit_scorer(model, all_train_images())
             kept: dict[str, np.ndarray] = {}
-            metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size, kept))
+            metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size, kept, fast=True,
+                                           with_aupro=with_aupro, scored=last_scored if last else None))
             if observe is not None:
                 metrics.update(_evaluate_split(method, model, test, "test_", t.batch_size, kept))
                 observe(epoch + 1, kept, dict(metrics))
@@ -394,10 +428,15 @@ def train_class(
     if rank == 0:
         net = Method.unwrap(model)
         states = {"last": _cpu_state(net), "best": best_state}
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        method.fit_scorer(net, all_train_images())
-        metrics.update(_evaluate_split(method, net, val, "val_", t.batch_size))
+        # The best epoch is the last one (always so with one evaluation): the model, its
+        # fitted scorer and its validation scores are those of the last evaluation, so
+        # the split is not scored twice. Otherwise restore the best state and score again.
+        if not (best_epoch == t.epochs - 1 and last_scored):
+            last_scored.clear()
+            if best_state is not None:
+                net.load_state_dict(best_state)
+            method.fit_scorer(net, all_train_images())
+        metrics.update(_evaluate_split(method, net, val, "val_", t.batch_size, scored=last_scored))
         metrics.update(_evaluate_split(method, net, test, "test_", t.batch_size))
         latency = _latency_ms(method, net, test.images)
     return ClassResult(

@@ -9,7 +9,10 @@ Python float; a metric that is undefined for its input (a single class present) 
 The pixel-level metrics work on every pixel of every test image at once (MVTec AD at
 256 px is ~111 M pixels), so they avoid scikit-learn there: both are exact and built
 on one sort of the normal-pixel scores plus binary searches of the anomalous ones, in
-float32 (~4 bytes a pixel of extra memory, no int64 argsort of all pixels).
+float32 (~4 bytes a pixel of extra memory, no int64 argsort of all pixels). They are
+the reference: the training loop's per-evaluation pixel AUROC comes from score
+histograms on the device (:mod:`raysearch.fast_metrics`, within 1e-4 of these), and
+every result row's metrics from these functions.
 
 Example:
     >>> import numpy as np

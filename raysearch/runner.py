@@ -22,7 +22,7 @@ from raysearch.lock import exclusive
 from raysearch.progress import RunLine, format_table
 from raysearch.spec import Spec
 
-__all__ = ["run_train", "summary"]
+__all__ = ["run_train", "summary", "train_cpus"]
 
 
 @exclusive("train")
@@ -45,11 +45,12 @@ def run_train(
     classes = spec.classes()  # fails fast on missing data or unknown classes
     check_same_spec(output, spec, "rows")
     init_ray(address=address, num_cpus=num_cpus)
+    cpus = train_cpus(spec, local=not address)
     run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     run = results.RunInfo(experiment=spec.name, kind="train", trial_id=run_id, storage=output)
     results.write_resolved_spec(spec, output)
     queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-    trainer = make_trainer(spec, run, progress=queue)
+    trainer = make_trainer(spec, run, progress=queue, cpus_per_worker=cpus)
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -62,7 +63,11 @@ def run_train(
     stop = threading.Event()
     line = RunLine(stream, len(classes), spec.train.epochs)
     if not quiet:
-        stream.write(f"raysearch train: {spec.name} ({spec.method}, {len(classes)} classes) -> {results.redact(output)}\n")
+        t = spec.train
+        stream.write(f"raysearch train: {spec.name} ({spec.method}, {len(classes)} classes) -> {results.redact(output)}\n"
+                     f"resources: {t.workers} worker(s) x {cpus:g} CPU"
+                     + (f" and {t.gpus_per_worker:g} GPU" if t.gpus_per_worker else "")
+                     + f", {t.worker_threads(cpus)} torch thread(s) each\n")
     with graceful_stop(on_signal=stop.set) as received:
         thread.start()
         while (thread.is_alive() or not queue.empty()) and not stop.is_set():
@@ -99,6 +104,16 @@ def run_train(
         stream.write(summary(rows) + "\n")
         stream.write(f"results: {results.redact(results.results_dir(output))}\n")
     return code, rows
+
+
+def train_cpus(spec: Spec, local: bool) -> float:
+    """The CPUs each worker of a ``raysearch train`` run holds: ``train.cpus_per_worker`` when
+    set; where it is null, a CPU run on a local Ray shares the free CPUs among its workers
+    (one run uses the machine), anything else holds 1 (a cluster's nodes differ)."""
+    import ray
+
+    free = ray.available_resources().get("CPU") if local else None
+    return spec.train.worker_cpus(free)
 
 
 def _rows_of(output: str, run_id: str) -> list[dict[str, Any]]:

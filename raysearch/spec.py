@@ -135,7 +135,10 @@ class TrainSpec:
     eval_every: int = 1  # epochs between validation evaluations (and checkpoints)
     workers: int = 1  # Ray Train workers (DDP when > 1)
     gpus_per_worker: float = 0.0  # 0 = CPU; fractions share one GPU between trials
-    cpus_per_worker: float = 1.0
+    # CPUs each worker holds (its Ray resource request). null: 1, except in `raysearch
+    # train` of a CPU run (gpus_per_worker 0) on a local Ray, whose workers share the free
+    # CPUs of the machine (floor(free / workers), at least 1). See worker_cpus.
+    cpus_per_worker: float | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU
     seed: int = 0
     checkpoint: bool = True  # keep the best and the last checkpoint per class
@@ -163,24 +166,55 @@ class TrainSpec:
         0.25, gt=0, le=1,
         help="auto: on a GPU when the training images take at most this fraction of its free memory",
     )
+    threads: int | None = param(
+        None, ge=1,
+        help="torch intra-op threads of each worker; null = the CPUs it holds (cpus_per_worker rounded down, >= 1)",
+    )
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "eval_every", "workers"):
             if getattr(self, key) < 1:
                 raise SpecError(f"expected a positive integer, got {getattr(self, key)}", key=key)
         for key in ("lr", "weight_decay", "momentum", "gpus_per_worker", "cpus_per_worker"):
-            if not math.isfinite(getattr(self, key)):
-                raise SpecError(f"expected a finite number, got {getattr(self, key)}", key=key)
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise SpecError(f"expected a finite number, got {value}", key=key)
         if self.lr <= 0:
             raise SpecError(f"expected a positive number, got {self.lr}", key="lr")
         if self.weight_decay < 0:
             raise SpecError(f"expected >= 0, got {self.weight_decay}", key="weight_decay")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise SpecError("expected gpus_per_worker >= 0 and cpus_per_worker > 0", key="gpus_per_worker")
+        if self.gpus_per_worker < 0:
+            raise SpecError(f"expected >= 0, got {self.gpus_per_worker}", key="gpus_per_worker")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise SpecError(f"expected a positive number or null, got {self.cpus_per_worker}", key="cpus_per_worker")
         if self.max_failures < 0:
             raise SpecError(f"expected >= 0, got {self.max_failures}", key="max_failures")
         if self.warmup_epochs < 0:
             raise SpecError(f"expected >= 0, got {self.warmup_epochs}", key="warmup_epochs")
+
+    def worker_cpus(self, free_cpus: float | None = None) -> float:
+        """The CPUs each worker holds: ``cpus_per_worker``, or where that is null, 1 or, given
+        ``free_cpus`` (``raysearch train`` of a CPU run on a local Ray), the free CPUs shared
+        by the workers.
+
+        Example:
+            >>> TrainSpec().worker_cpus(), TrainSpec().worker_cpus(free_cpus=8), TrainSpec(workers=3).worker_cpus(8)
+            (1.0, 8.0, 2.0)
+        """
+        if self.cpus_per_worker is not None:
+            return float(self.cpus_per_worker)
+        if free_cpus is None or self.gpus_per_worker > 0:
+            return 1.0
+        return float(max(1, math.floor(free_cpus / self.workers)))
+
+    def worker_threads(self, cpus: float) -> int:
+        """torch threads of a worker that holds ``cpus`` CPUs: ``threads``, else ``cpus`` rounded down, at least 1.
+
+        Example:
+            >>> TrainSpec().worker_threads(2.5), TrainSpec().worker_threads(0.5), TrainSpec(threads=4).worker_threads(1)
+            (2, 1, 4)
+        """
+        return self.threads if self.threads is not None else max(1, math.floor(cpus))
 
 
 TOP_LEVEL_KEYS = (

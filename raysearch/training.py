@@ -250,6 +250,9 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             f"{torch.cuda.is_available()}); check the NVIDIA driver against the torch CUDA build "
             f"{torch.version.cuda}"
         )
+    # A worker computes with the CPUs it holds (Ray's OMP_NUM_THREADS is no guide: it is 1
+    # for a worker of several CPUs). A trial process reused by Tune sets it again per trial.
+    torch.set_num_threads(spec.train.worker_threads(config.get("cpus_per_worker") or spec.train.worker_cpus()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if spec.train.gpus_per_worker and spec.train.gpus_per_worker < 1:
@@ -363,9 +366,12 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         progress.put_nowait(None)
 
 
-def loop_config(spec: Spec, run: RunInfo, progress: Any = None) -> dict[str, Any]:
-    """The config :func:`worker_loop` takes (plain data that Ray can ship)."""
-    return {"spec": spec.to_dict(), "source": spec.source, "run": asdict(run), "progress": progress}
+def loop_config(spec: Spec, run: RunInfo, progress: Any = None, cpus_per_worker: float | None = None) -> dict[str, Any]:
+    """The config :func:`worker_loop` takes (plain data that Ray can ship). ``cpus_per_worker``:
+    the CPUs each worker holds when they are not ``spec.train.worker_cpus()`` (``raysearch
+    train`` resolves a null ``train.cpus_per_worker`` to the free CPUs); sets its threads."""
+    return {"spec": spec.to_dict(), "source": spec.source, "run": asdict(run), "progress": progress,
+            "cpus_per_worker": cpus_per_worker}
 
 
 def make_trainer(
@@ -376,11 +382,13 @@ def make_trainer(
     callbacks: list | None = None,
     max_failures: int | None = None,
     storage_path: str | None = None,
+    cpus_per_worker: float | None = None,
 ):
     """A TorchTrainer that runs ``spec`` as one run named ``run.trial_id``.
 
     Ray keeps one resumable checkpoint (the latest evaluation) per run; the best and
-    last model of every class are written by :func:`worker_loop` itself.
+    last model of every class are written by :func:`worker_loop` itself. Each worker
+    holds ``cpus_per_worker`` CPUs (default ``spec.train.worker_cpus()``).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -389,13 +397,14 @@ def make_trainer(
     storage = storage_path or results.join(run.storage, "ray")
     path, filesystem = results.ray_storage(storage)
     use_gpu = t.gpus_per_worker > 0
-    resources = {"CPU": t.cpus_per_worker}
+    cpus = cpus_per_worker or t.worker_cpus()
+    resources = {"CPU": cpus}
     if use_gpu:
         resources["GPU"] = t.gpus_per_worker
     return TorchTrainer(
         worker_loop,
         # The run's folder: rank 0's per-epoch TensorBoard files go there (see _epochs_dir).
-        train_loop_config=dict(loop_config(spec, run, progress), run_dir=results.join(storage, run.trial_id)),
+        train_loop_config=dict(loop_config(spec, run, progress, cpus), run_dir=results.join(storage, run.trial_id)),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

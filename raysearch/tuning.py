@@ -101,7 +101,8 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
                      f"time one class run with `raysearch train` and multiply by {runs * gpus:g} "
                      f"for an upper bound in GPU hours\n")
     else:
-        stream.write(f"resources: {t.workers} worker(s) x {t.cpus_per_worker} CPU per trial (no GPU)\n")
+        stream.write(f"resources: {t.workers} worker(s) x {t.worker_cpus():g} CPU per trial (no GPU), "
+                     f"{t.worker_threads(t.worker_cpus())} torch thread(s) each\n")
     return search
 
 

@@ -71,8 +71,8 @@ def _selected_epoch(monkeypatch, values, **selection) -> int:
     seq = iter(values)
     real = loop._evaluate_split
 
-    def fake(method, model, split, prefix, batch_size, keep=None):
-        out = real(method, model, split, prefix, batch_size, keep)
+    def fake(method, model, split, prefix, batch_size, keep=None, **options):
+        out = real(method, model, split, prefix, batch_size, keep, **options)
         if prefix == "val_":
             v = next(seq, float("nan"))
             out.update(val_image_auroc=v, val_image_auroc_blur=1 - v if math.isfinite(v) else v)

@@ -2,31 +2,10 @@
 
 import io
 import os
-import socket
 
 import pytest
 
 from raysearch.lock import ExperimentLock
-
-T0 = 1_800_000_000.0  # a fixed wall clock: 2027-01-15T08:00:00+00:00
-HOST = socket.gethostname()
-
-# A command in its own process: says "ready", waits for a line, tries the lock, says
-# "won" (then holds it until the next line) or "locked <message>" (exit 3).
-CHILD = """
-import sys
-from raysearch.lock import ExperimentLock, LockedError
-print("ready", flush=True)
-sys.stdin.readline()
-try:
-    lock = ExperimentLock(sys.argv[1], "tune").acquire()
-except LockedError as err:
-    print("locked", err, flush=True)
-    sys.exit(3)
-print("won", flush=True)
-sys.stdin.readline()
-lock.release()
-"""
 
 
 @pytest.mark.parametrize("command", ["train", "tune", "ablate"])

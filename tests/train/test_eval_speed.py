@@ -10,9 +10,9 @@ not score the validation split twice. ``train.cpus_per_worker`` null holds 1 CPU
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
+from helpers.specs import demo_spec
 from helpers.tiny import SMALL
 
 from raysearch import registry
@@ -20,8 +20,7 @@ from raysearch.data import load_task
 from raysearch.loop import aupro_each_evaluation, train_class
 from raysearch.spec import SpecError, TrainSpec, load_spec
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLFLOW = os.path.join(REPO, "search_spaces", "demo", "clflow.yaml")
+CLFLOW = demo_spec("clflow")
 # A few dozen 32 px toy-mvtec images, a narrow CNN and a 2-step flow: seconds per run.
 TOY = [*SMALL, "data.classes=[stripes]", "params.backbone.width=8", "params.flow.steps=2",
        "data.max_train=32", "data.max_test=16"]

@@ -93,19 +93,6 @@ def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path, where, capsys):
     assert code == 2 and "--output" in err and str(tmp_path / "f") in err, err
 
 
-@pytest.mark.parametrize("command", [["report", "{exp}", "--to"], ["export", "{exp}", "--to"],
-                                     ["compare", "{exp}", "{exp}", "--out"]])
-@pytest.mark.parametrize("where", ["file", "below a file"])
-def test_a_destination_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path, command, where, capsys):
-    _store(tmp_path / "exp")
-    (tmp_path / "f").write_text("")
-    dest = tmp_path / "f" if where == "file" else tmp_path / "f" / "sub"
-    code = main([c.format(exp=tmp_path / "exp") for c in command] + [str(dest)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith(f"raysearch: error: {command[-1]}:") and str(tmp_path / "f") in err, err
-    assert "\n" not in err and "Traceback" not in err
-
-
 def test_resume_needs_only_the_folder_and_its_hint_can_be_pasted(tmp_path, capsys):
     from raysearch.experiment import resume_hint
 

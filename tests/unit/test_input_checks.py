@@ -93,3 +93,14 @@ def test_concatenation_keeps_a_common_schema(tmp_path):
     assert table.schema.field("val_image_auroc").type == pa.float64() and table.num_rows == 2
 
 
+@pytest.mark.parametrize("command", [["report", "{exp}", "--to"], ["export", "{exp}", "--to"],
+                                     ["compare", "{exp}", "{exp}", "--out"]])
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_a_destination_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path, command, where, capsys):
+    _store(tmp_path / "exp")
+    (tmp_path / "f").write_text("")
+    dest = tmp_path / "f" if where == "file" else tmp_path / "f" / "sub"
+    code = main([c.format(exp=tmp_path / "exp") for c in command] + [str(dest)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"raysearch: error: {command[-1]}:") and str(tmp_path / "f") in err, err
+    assert "\n" not in err and "Traceback" not in err

@@ -11,7 +11,7 @@ metrics stay exact (scikit-learn on a few hundred scores costs milliseconds) and
 when asked for, is the exact :func:`raysearch.metrics.aupro`.
 
 Tolerance (proved in the docstring of :func:`binned_pixel_auroc`, checked in
-tests/test_fast_metrics.py): ``|binned - exact| <= bound <= tol`` with ``tol`` = 1e-4 by
+tests/train/test_fast_metrics.py): ``|binned - exact| <= bound <= tol`` with ``tol`` = 1e-4 by
 default. The bound is computed from the histograms; where it exceeds ``tol`` (a few
 outliers squeezing every other score into a handful of bins) the function computes the
 exact value on the device instead. Ties and constant maps are exact.

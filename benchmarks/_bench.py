@@ -34,18 +34,24 @@ if REPO not in sys.path:  # run from anywhere without installing
     sys.path.insert(0, REPO)
 
 
+def generated(root: str, options: dict[str, Any], write: Any) -> str:
+    """``root``, written by ``write(root)`` once and reused while ``options`` are unchanged
+    (they are kept in ``root/options.json``)."""
+    marker = os.path.join(root, "options.json")
+    wanted = json.dumps(options, sort_keys=True, default=list)
+    if not (os.path.exists(marker) and open(marker).read() == wanted):
+        write(root)
+        with open(marker, "w") as f:
+            f.write(wanted)
+    return root
+
+
 def hard_toy_root() -> str:
     """The :data:`HARD_TOY` dataset in the MVTec layout, generated once into the temp folder."""
     from raysearch.data.toy import make_toy_mvtec
 
-    root = os.path.join(tempfile.gettempdir(), "raysearch-bench-toy-hard")
-    marker = os.path.join(root, "options.json")
-    wanted = json.dumps(HARD_TOY, sort_keys=True, default=list)
-    if not (os.path.exists(marker) and open(marker).read() == wanted):
-        make_toy_mvtec(root, seed=7, **HARD_TOY)
-        with open(marker, "w") as f:
-            f.write(wanted)
-    return root
+    return generated(os.path.join(tempfile.gettempdir(), "raysearch-bench-toy-hard"), HARD_TOY,
+                     lambda root: make_toy_mvtec(root, seed=7, **HARD_TOY))
 
 
 def source_hash() -> str:

@@ -64,19 +64,12 @@ PEER = [
 
 def peer_root() -> str:
     """The peer setting's toy textures in the MVTec layout, generated once into the temp folder."""
-    import json
     import tempfile
 
     from raysearch.data.toy import make_toy_mvtec
 
-    root = os.path.join(tempfile.gettempdir(), "raysearch-bench-toy-peer")
-    marker = os.path.join(root, "options.json")
-    wanted = json.dumps(PEER_TOY, sort_keys=True, default=list)
-    if not (os.path.exists(marker) and open(marker).read() == wanted):
-        make_toy_mvtec(root, seed=11, **PEER_TOY)
-        with open(marker, "w") as f:
-            f.write(wanted)
-    return root
+    return _bench.generated(os.path.join(tempfile.gettempdir(), "raysearch-bench-toy-peer"), PEER_TOY,
+                            lambda root: make_toy_mvtec(root, seed=11, **PEER_TOY))
 
 
 def setting(name: str, epochs: int, extra: tuple[str, ...] = ()):

@@ -29,7 +29,6 @@ Run alone to write the tasks and print what they hold:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -122,16 +121,19 @@ def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
+def _save_all(images: np.ndarray, folder: Path) -> None:
+    for i, image in enumerate(images):
+        _save(image, folder / f"{i:03d}.png")
+
+
 def write_defect_task(root: Path, name: str, seed: int = 0) -> Path:
     normal_name, sources = DEFECT_TASKS[name]
     o = OPTIONS
     rng = np.random.default_rng([seed, sum(map(ord, name))])
     normal = photo(normal_name)
     base = root / name
-    for i, image in enumerate(crops(normal, o["n_train"], o["crop"], o["size"], rng)):
-        _save(image, base / "train" / "good" / f"{i:03d}.png")
-    for i, image in enumerate(crops(normal, o["n_test_good"], o["crop"], o["size"], rng)):
-        _save(image, base / "test" / "good" / f"{i:03d}.png")
+    _save_all(crops(normal, o["n_train"], o["crop"], o["size"], rng), base / "train" / "good")
+    _save_all(crops(normal, o["n_test_good"], o["crop"], o["size"], rng), base / "test" / "good")
     source_crops = np.concatenate([crops(photo(s), o["n_test_defect"], o["crop"], o["size"], rng) for s in sources])
     for kind in ("blend", "patch"):
         clean = crops(normal, o["n_test_defect"], o["crop"], o["size"], rng)
@@ -150,13 +152,10 @@ def write_semantic_task(root: Path, seed: int = 0) -> Path:
     for category in SEMANTIC_TASK["categories"]:
         image = photo(category)
         base = root / category
-        for i, crop in enumerate(crops(image, o["n_train"], o["crop"], o["size"], rng)):
-            _save(crop, base / "train" / "good" / f"{i:03d}.png")
-        for i, crop in enumerate(crops(image, o["n_test_good"], o["crop"], o["size"], rng)):
-            _save(crop, base / "test" / "good" / f"{i:03d}.png")
+        _save_all(crops(image, o["n_train"], o["crop"], o["size"], rng), base / "train" / "good")
+        _save_all(crops(image, o["n_test_good"], o["crop"], o["size"], rng), base / "test" / "good")
         pick = rng.choice(len(outsiders), size=o["semantic_n_test_anomalous"], replace=False)
-        for i, j in enumerate(np.sort(pick)):
-            _save(outsiders[j], base / "test" / "other_image" / f"{i:03d}.png")
+        _save_all(outsiders[np.sort(pick)], base / "test" / "other_image")
     return root
 
 
@@ -164,15 +163,15 @@ def tasks_root(root: str | None = None) -> Path:
     """Every task, written once into ``root`` (default: the temp folder) and reused while
     :data:`OPTIONS` are unchanged. Defect tasks are ``<root>/defects/<name>``, the
     semantic task ``<root>/semantic``."""
-    base = Path(root or os.path.join(tempfile.gettempdir(), "raysearch-bench-real"))
-    marker = base / "options.json"
-    wanted = json.dumps({"options": OPTIONS, "defects": DEFECT_TASKS, "semantic": SEMANTIC_TASK}, sort_keys=True)
-    if not (marker.exists() and marker.read_text() == wanted):
+    from _bench import generated
+
+    def write(base: str) -> None:
         for name in DEFECT_TASKS:
-            write_defect_task(base / "defects", name)
-        write_semantic_task(base / "semantic")
-        marker.write_text(wanted)
-    return base
+            write_defect_task(Path(base) / "defects", name)
+        write_semantic_task(Path(base) / "semantic")
+
+    options = {"options": OPTIONS, "defects": DEFECT_TASKS, "semantic": SEMANTIC_TASK}
+    return Path(generated(root or os.path.join(tempfile.gettempdir(), "raysearch-bench-real"), options, write))
 
 
 def main() -> None:

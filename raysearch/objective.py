@@ -45,6 +45,7 @@ REPORT_PREFIX = "mean_"
 
 
 def _as_tuple(value: Any) -> tuple:
+    """One value or a list of them, as a tuple (search metrics, modes, `when` values)."""
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 

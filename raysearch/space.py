@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from raysearch.objective import objective
+from raysearch.objective import _as_tuple, objective
 from raysearch.schema import SpecError, build
 
 __all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "REPEAT_ATTR", "is_repeat"]
@@ -97,10 +97,6 @@ class SearchSpec:
     @property
     def uses_asha(self) -> bool:
         return self.scheduler.kind == "asha" and not self.multi_objective
-
-
-def _as_tuple(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def _choice_value(value: Any) -> Any:

@@ -291,8 +291,9 @@ def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: floa
         s.text(line)
     verdict = sweep_confidence(df, metric, mode)
     if verdict.can_rank is not None:
-        s.text(("" if verdict.can_rank and not verdict.all_at_chance else "**Warning**: ") + verdict.line()
-               + ". (Label-free: the noise is the Hanley-McNeil standard error of each trial's objective "
+        warn = not verdict.can_rank or verdict.all_at_chance
+        s.text(("**Warning**: " if warn else "Selection confidence (label-free): ") + verdict.line()
+               + ". (The noise is the Hanley-McNeil standard error of each trial's objective "
                "from its validation sizes; the spread is the range of the objective across complete "
                "configurations; see README, \"Validation protocol\".)")
     incomplete = int((~ranking["complete"].astype(bool)).sum())

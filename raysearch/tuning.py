@@ -19,6 +19,7 @@ optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -170,8 +171,9 @@ def run_tune(
         if not quiet:
             stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> "
                          f"{results.redact(output)}\n")
-            stream.write(f"  optuna study: optuna-dashboard {study_url(output)}\n")
-            stream.write(f"                optuna trials --study-name {spec.name} --storage {study_url(output)}\n")
+            url = shlex.quote(study_url(output))  # commands to paste: a folder may hold spaces
+            stream.write(f"  optuna study: optuna-dashboard {url}\n")
+            stream.write(f"                optuna trials --study-name {spec.name} --storage {url}\n")
         searcher = PruningOptunaSearch(
             n_classes=n_classes,
             objective_keys=metric_keys,
@@ -250,7 +252,8 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5, n_classes: int 
     fidelity = (metric, mode) if metric.startswith("val_") else ("val_image_auroc", "max")
     lines.append(_fidelity_line(df, *fidelity))
     lines.append(f"results: {results.redact(results.results_dir(output))}")
-    lines.append(f"next: raysearch report {results.redact(output)}    raysearch export {results.redact(output)} --top 3")
+    folder = shlex.quote(results.redact(output))
+    lines.append(f"next: raysearch report {folder}    raysearch export {folder} --top 3")
     return "\n".join(lines)
 
 

@@ -13,10 +13,10 @@ AT_CHANCE = {"a": (0.50, 0.51), "b": (0.52, 0.49), "c": (0.48, 0.50), "d": (0.51
 LINE = "validation cannot rank these 4 configurations: spread 0.030, noise +-0.133"
 
 
-def _sweep(tmp_path):
+def _sweep(tmp_path, folder="exp"):
     spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3]", "selection.anomalies=synthetic",
                                                           "selection.synthesis=[blur, noise]"])
-    out = str(tmp_path / "exp")
+    out = str(tmp_path / folder)
     results.write_resolved_spec(spec, out)
     for n, (tid, (blur, noise)) in enumerate(AT_CHANCE.items()):
         run = RunInfo(experiment=spec.name, kind="tune", trial_id=tid, storage=out, optuna_trial=n)
@@ -48,3 +48,15 @@ def test_the_summary_report_and_export_say_validation_cannot_rank(tmp_path):
 
     report = (write_report(out, out=str(tmp_path / "report")) / "report.md").read_text()
     assert f"**Warning**: {line}." in report
+
+
+def test_the_next_commands_can_be_pasted_for_a_folder_with_a_space(tmp_path):
+    import shlex
+
+    from raysearch.tuning import sweep_summary
+
+    spec, out = _sweep(tmp_path, "my sweep")
+    [line] = [ln for ln in sweep_summary(out, parse_search(spec), n_classes=1).splitlines() if ln.startswith("next:")]
+    report, export = line.removeprefix("next: ").split("    ")
+    assert shlex.split(report) == ["raysearch", "report", out]
+    assert shlex.split(export) == ["raysearch", "export", out, "--top", "3"]

@@ -163,7 +163,7 @@ def run_ablate(
     variants = ablation.variants()
     total = len(variants) * len(ablation.seeds)
 
-    def start() -> list[int]:
+    def start(on_ray_lost) -> list[int]:
         if not quiet:
             stream.write(f"raysearch ablate: {spec.name}: {len(variants)} variants ({', '.join(variants)}) x "
                          f"{len(ablation.seeds)} seeds x {len(full_spec.classes())} classes -> "
@@ -175,7 +175,7 @@ def run_ablate(
         metrics, modes = objective(full_spec.to_dict())  # the progress line's "best" is the table's metric
         return run_experiment(full_spec, plan, tune_config=tune_config, param_space=param_space, total=total,
                               objective=report_key(metrics[0]), mode=modes[0], resume=resume, quiet=quiet,
-                              stream=stream, log=log)
+                              stream=stream, log=log, on_ray_lost=on_ray_lost)
 
     job = Job(command="ablate", noun="ablation", runs="runs", kept="finished runs and classes are kept",
               spec=full_spec, output=output, total=total, summary=lambda: ablation_summary(output), start=start)

@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        return _exit_code(COMMANDS[args.command](args))
     except SpecError as err:
         print(f"raysearch: error: {err}", file=sys.stderr)
         return 2
@@ -373,6 +373,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raysearch: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_code(code: int) -> int:
+    """``code``, or the end of the process with it when a signal to the whole process
+    group also ended the local Ray: Ray's shutdown at exit would wait a minute for it."""
+    if code in (130, 143) and "ray" in sys.modules:
+        from raysearch.ray_setup import ray_reachable
+
+        if sys.modules["ray"].is_initialized() and not ray_reachable():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -227,8 +227,15 @@ def finished_runs(output: str, kind: str, n_classes: int) -> int:
     return sum(len(c) >= n_classes for c in classes.values())
 
 
+# After a signal, how often the driver checks that its Ray still answers, and how many
+# failed checks in a row mean that Ray died with the signal (sent to the whole group).
+RAY_CHECK_S = 0.5
+RAY_LOST_AFTER = 3
+
+
 @contextlib.contextmanager
-def graceful_stop(on_signal: Callable[[], None] | None = None):
+def graceful_stop(on_signal: Callable[[], None] | None = None,
+                  on_ray_lost: Callable[[list[int]], None] | None = None):
     """Ctrl-C (SIGINT) and SIGTERM ask a run to stop instead of killing it; yields the list
     of signals received. A second signal aborts at once (KeyboardInterrupt).
 
@@ -237,16 +244,27 @@ def graceful_stop(on_signal: Callable[[], None] | None = None):
     recorded here, and the stop is Tune's SIGUSR1 handler, which it installs during
     ``fit`` whatever that variable says. ``on_signal`` replaces that stop (``raysearch
     train`` sets an event its driver loop watches).
+
+    A signal sent to the whole process group (Slurm, systemd, ``kill -- -PGID``) also
+    ends a local Ray's GCS and raylet, and then no stop can finish: Ray would end the
+    driver with exit code 1 a minute later. After a signal a watcher thread checks that
+    Ray still answers (:func:`raysearch.ray_setup.ray_reachable`); when it does not,
+    ``on_ray_lost(received)`` runs in that thread. It must not return (it ends the
+    process with ``os._exit`` after keeping what it can).
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received  # signals reach the main thread only
         return
+    done = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         if received:
             raise KeyboardInterrupt
         received.append(signum)
+        if on_ray_lost is not None:
+            threading.Thread(target=_watch_ray, args=(done, received, on_ray_lost), name="raysearch-ray-watch",
+                             daemon=True).start()
         if on_signal is None:
             os.kill(os.getpid(), signal.SIGUSR1)
         else:
@@ -260,12 +278,25 @@ def graceful_stop(on_signal: Callable[[], None] | None = None):
     try:
         yield received
     finally:
+        done.set()
         for s, h in previous.items():
             signal.signal(s, h)
         if env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+def _watch_ray(done: threading.Event, received: list[int], on_ray_lost: Callable[[list[int]], None]) -> None:
+    """Until ``done``: call ``on_ray_lost`` once Ray has failed :data:`RAY_LOST_AFTER` checks in a row."""
+    from raysearch.ray_setup import ray_reachable
+
+    misses = 0
+    while not done.wait(RAY_CHECK_S):
+        misses = 0 if ray_reachable() else misses + 1
+        if misses >= RAY_LOST_AFTER:
+            on_ray_lost(received)
+            return
 
 
 def interrupted_exit(received: list[int], what: str, kept: str, next_step: str, stream: TextIO) -> int:
@@ -295,7 +326,9 @@ class Job:
     output: str
     total: int
     summary: Callable[[], str]
-    start: Callable[[], list[int]]  # announce and run (Ray is up, spec.yaml written); the signals received
+    # Announce and run (Ray is up, spec.yaml written), passing the given ``on_ray_lost`` to
+    # run_experiment; returns the signals received.
+    start: Callable[[Callable[[list[int]], None]], list[int]]
     finish: Callable[[], None] = lambda: None  # after a run to its end (tune: close the study)
     interrupted: Callable[[], None] = lambda: None  # after a signal (tune: push the study)
 
@@ -322,10 +355,24 @@ def run_job(job: Job, *, resume: bool, address: str | None, num_cpus: int | None
             return 0
     init_ray(address=address, num_cpus=num_cpus)
     results.write_resolved_spec(job.spec, job.output)
-    received = job.start()
-    if received:
+
+    def stopped(received: list[int]) -> int:
         job.interrupted()
         return interrupted_exit(received, job.command, job.kept, resume_hint(job.command, job.output), sys.stderr)
+
+    def ray_lost(received: list[int]) -> None:
+        # Ray died with the signal, so Tune cannot stop: what is finished is in the store
+        # already (rows, the study, Tune's last snapshot), and --resume takes it from there.
+        from raysearch.lock import release_held
+
+        code = stopped(received)
+        release_held()
+        logging.shutdown()
+        os._exit(code)
+
+    received = job.start(ray_lost)
+    if received:
+        return stopped(received)
     job.finish()
     results.compact_quietly(job.output, stream)
     if not quiet:
@@ -347,6 +394,7 @@ def run_experiment(
     stream: TextIO,
     study_sync: StudySync | None = None,
     log: Sequence[str] = (),
+    on_ray_lost: Callable[[list[int]], None] | None = None,
 ) -> list[int]:
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs; returns the
     signals that stopped it (empty when it ran to its end).
@@ -394,7 +442,7 @@ def run_experiment(
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     # Tune's "Resume experiment with: Tuner.restore(...)" is not how raysearch resumes.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-    with graceful_stop() as received:
+    with graceful_stop(on_ray_lost=on_ray_lost) as received:
         tuner.fit()
     return received
 

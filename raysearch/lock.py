@@ -74,6 +74,7 @@ __all__ = [
     "Owner",
     "read_owner",
     "exclusive",
+    "release_held",
     "OWNER_FILE",
     "COMMANDS",
     "HEARTBEAT_S",
@@ -91,9 +92,9 @@ HEARTBEAT_S = 30.0
 # busy machine or a slow object store does not lose its lock to a late heartbeat.
 STALE_AFTER_S = 120.0
 
-# Tokens of the locks this process holds now: an owner file with this process's pid
+# The locks this process holds now, by token: an owner file with this process's pid
 # (same host) but an unknown token was left by an earlier process that had the same pid.
-_HELD: set[str] = set()
+_HELD: dict[str, ExperimentLock] = {}
 _HELD_GUARD = threading.Lock()
 
 
@@ -233,7 +234,7 @@ class ExperimentLock:
         else:
             self._acquire_remote(owner)
         with _HELD_GUARD:
-            _HELD.add(owner.token)
+            _HELD[owner.token] = self
         self.owner = owner
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name="raysearch-owner-heartbeat", daemon=True)
@@ -251,7 +252,7 @@ class ExperimentLock:
         self._thread = None
         self.owner = None
         with _HELD_GUARD:
-            _HELD.discard(owner.token)
+            _HELD.pop(owner.token, None)
         try:
             if self._local:
                 with self._mutex():
@@ -478,6 +479,16 @@ def _duration(seconds: float) -> str:
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.0f} h"
+
+
+def release_held() -> None:
+    """Release every lock this process holds: for a process about to end with
+    ``os._exit`` (the driver whose Ray died with it, :func:`raysearch.experiment.graceful_stop`),
+    so that the next command finds the experiment free instead of taking it over."""
+    with _HELD_GUARD:
+        held = list(_HELD.values())
+    for lock in held:
+        lock.release()
 
 
 def exclusive(command: str) -> Callable:

@@ -32,9 +32,10 @@ changes.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
-__all__ = ["init_ray", "setup_worker"]
+__all__ = ["init_ray", "setup_worker", "ray_reachable"]
 
 # Train's controller polls workers this often; every report waits for a poll (2 s by
 # default), which dominates short epochs. Measured in benchmarks/.
@@ -131,3 +132,24 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             **kwargs,
         )
 
+
+
+def ray_reachable(timeout_s: float = 1.0) -> bool:
+    """Whether this driver's Ray still answers: its GCS accepts a connection.
+
+    A signal sent to a whole process group (Slurm's ``scancel``, systemd, ``kill --
+    -PGID``) reaches a local Ray's GCS and raylet with the driver; Ray's client then
+    waits ``gcs_rpc_server_reconnect_timeout_s`` (60 s) and ends the process with exit
+    code 1. The driver uses this check to exit on its own terms instead (see
+    :func:`raysearch.experiment.graceful_stop`). False when Ray is not initialised.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True

@@ -23,7 +23,7 @@ from raysearch.schema import SpecError
 from raysearch.space import REPEAT_ATTR, SearchSpec, grid_space, suggest
 
 __all__ = ["PruningOptunaSearch", "SpaceFunction", "StudySync", "make_sampler", "tell_if_repeat", "study_path", "study_url",
-           "close_running", "OPTUNA_KEY"]
+           "close_running", "pause_running", "resume_interrupted", "OPTUNA_KEY"]
 
 OPTUNA_KEY = "__optuna_trial"  # the Optuna trial number, carried in each Tune config
 
@@ -188,9 +188,21 @@ class PruningOptunaSearch(OptunaSearch):
         self._ot_study = optuna.load_study(study_name=saved.study_name, storage=self._storage, sampler=saved.sampler)
         for ot_trial in self._ot_trials.values():
             ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
+        resume_interrupted(self._storage, saved.study_name)
         # The steps the study holds, including those told after Tune's last snapshot.
         self.reported = {t.number: set(t.intermediate_values) for t in self._ot_study.get_trials(deepcopy=False)}
+        self._skip_told_trials()
         self._adopt_unrecorded_trials()
+
+    def _skip_told_trials(self) -> None:
+        """Trials Tune resumes that the study had already closed (told PRUNED, COMPLETE or
+        FAIL after Tune's last snapshot of a killed driver) are not told again: Optuna
+        refuses to tell a finished trial, and the study keeps what it was told first."""
+        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, ot_trial in self._ot_trials.items():
+            told = by_number.get(ot_trial.number)
+            if told is not None and told.state.is_finished():
+                self._completed_trials.add(trial_id)
 
     def _adopt_unrecorded_trials(self) -> None:
         """Count trials that ran after Tune's last snapshot of a killed driver.
@@ -288,6 +300,50 @@ class PruningOptunaSearch(OptunaSearch):
             if any(v is None or not math.isfinite(v) for v in vals):
                 error, result = True, None  # no usable objective: a failed trial, never a fake score
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+INTERRUPTED_ATTR = "interrupted"  # user attribute of a trial paused by a stopped sweep
+
+
+def _set_state(storage, study_name: str, old, new, marked: bool) -> int:
+    """Move the study's trials in state ``old`` (those carrying :data:`INTERRUPTED_ATTR`
+    only, if ``marked``) to ``new`` through Optuna's storage API; returns how many."""
+    import optuna
+
+    study_id = storage.get_study_id_from_name(study_name)
+    moved = 0
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(old,)):
+        if marked and not t.user_attrs.get(INTERRUPTED_ATTR):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, new == optuna.trial.TrialState.WAITING)
+        storage.set_trial_state_values(trial_id, new)
+        moved += 1
+    return moved
+
+
+def pause_running(storage, study_name: str) -> int:
+    """Mark the trials of an interrupted sweep WAITING (with the user attribute
+    :data:`INTERRUPTED_ATTR`) instead of leaving them RUNNING; returns how many.
+
+    A sweep stopped by a signal is not running: the study shows its unfinished trials
+    as waiting for ``--resume``, which turns them RUNNING again (:func:`resume_interrupted`)
+    before Tune continues them. Optuna's ``set_trial_state_values`` allows RUNNING ->
+    WAITING -> RUNNING.
+    """
+    import optuna
+
+    State = optuna.trial.TrialState
+    return _set_state(storage, study_name, State.RUNNING, State.WAITING, marked=False)
+
+
+def resume_interrupted(storage, study_name: str) -> int:
+    """Turn the trials :func:`pause_running` marked back to RUNNING; returns how many.
+    It runs before the resumed sweep asks for a trial: ``ask`` takes WAITING trials first."""
+    import optuna
+
+    State = optuna.trial.TrialState
+    return _set_state(storage, study_name, State.WAITING, State.RUNNING, marked=True)
 
 
 def close_running(storage, study_name: str) -> int:

@@ -35,6 +35,7 @@ from raysearch.searcher import (
     StudySync,
     close_running,
     make_sampler,
+    pause_running,
     study_url,
 )
 from raysearch.selection import selection_summary
@@ -162,7 +163,7 @@ def run_tune(
     sync = StudySync(output)
     storage = None
 
-    def start() -> list[int]:
+    def start(on_ray_lost) -> list[int]:
         nonlocal storage
         if resume:
             sync.fetch()
@@ -196,16 +197,21 @@ def run_tune(
         )
         return run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                               total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
-                              quiet=quiet, stream=stream, study_sync=sync, log=log)
+                              quiet=quiet, stream=stream, study_sync=sync, log=log, on_ray_lost=on_ray_lost)
 
     def finish() -> None:
         close_running(storage, spec.name)
         sync.push()
 
+    def interrupted() -> None:
+        if storage is not None:
+            pause_running(storage, spec.name)  # --resume turns them RUNNING again
+        sync.push()
+
     job = Job(command="tune", noun="sweep", runs="trials", kept="finished trials and classes are kept",
               spec=spec, output=output, total=search.trials,
               summary=lambda: sweep_summary(output, search, n_classes=n_classes), start=start, finish=finish,
-              interrupted=sync.push)  # interrupted trials stay RUNNING in the study: --resume finishes them
+              interrupted=interrupted)
     return run_job(job, resume=resume, address=address, num_cpus=num_cpus, quiet=quiet, stream=stream)
 
 

@@ -178,19 +178,24 @@ def test_killed_driver_resumes_to_full_count_without_duplicates(where, kills, re
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) >= 4
 
 
-@pytest.mark.parametrize("signum, code, sets, held_at", [
-    (signal.SIGINT, 130, [], (0, 1)),  # mid-class: after epoch 1 of 2
-    (signal.SIGTERM, 143, ["train.eval_every=2"], (0, 2)),  # after the class's row, at its closing report
-])
-def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, sets, held_at, demo_spec_path,
+@pytest.mark.parametrize("signum, code, sets, held_at, group", [
+    # Ctrl-C in a terminal: SIGINT to the whole foreground process group, mid-class (after epoch 1 of 2)
+    (signal.SIGINT, 130, [], (0, 1), True),
+    # SIGTERM to the driver alone, after the class's row, at its closing report
+    (signal.SIGTERM, 143, ["train.eval_every=2"], (0, 2), False),
+    # SIGTERM to the whole group (Slurm's scancel, systemd, kill -- -PGID): the local Ray's
+    # GCS and raylet end with the driver, and the driver must not wait for them
+    (signal.SIGTERM, 143, [], (0, 1), True),
+], ids=["sigint-group", "sigterm-driver", "sigterm-group"])
+def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, sets, held_at, group, demo_spec_path,
                                                                  tmp_path):
-    """Ctrl-C (SIGINT) or SIGTERM to the driver while the first trial waits after a
-    checkpoint (mid-class, or right after it stored its class's row): the driver stops the
-    way Tune stops (the waiting trial's process included), exits 130 / 143 with one line
-    that gives the command that continues it, and leaves the interrupted trial resumable
-    (RUNNING, never FAIL, in the study); the printed command, pasted as it is (the folder's
-    name has a space), finishes the sweep with four trials, one row per trial and class,
-    and keeps the rows stored before the signal."""
+    """Ctrl-C (SIGINT) or SIGTERM, to the driver or to its whole process group, while the
+    first trial waits after a checkpoint (mid-class, or right after it stored its class's
+    row): the driver exits 130 / 143 with one line that gives the command that continues
+    it (within seconds where Ray died with the signal), and leaves the interrupted trial
+    resumable (WAITING, never RUNNING or FAIL, in the study); the printed command, pasted
+    as it is (the folder's name has a space), finishes the sweep with four trials, one row
+    per trial and class, and keeps the rows stored before the signal."""
     out = str(tmp_path / "my sweep")
     events, env = _events_env(tmp_path)
     log = tmp_path / "driver.log"
@@ -199,7 +204,10 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
                                 stdout=f, stderr=subprocess.STDOUT)
         try:
             marked = wait_for_event(events, lambda: proc.poll() is None, log=log)
-            proc.send_signal(signum)
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             # The trial still waits: Tune has to stop its process for the driver to exit, and
             # nothing of the run may go on (check_run_ended) before the wait is lifted.
             assert proc.wait(timeout=240) == code, log.read_text()[-3000:]
@@ -213,7 +221,8 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     assert len(hints) == 1 and hints[0].startswith(f"raysearch: tune interrupted ({name})"), text[-3000:]
     assert "Tuner.restore" not in text
     states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
-    assert optuna.trial.TrialState.FAIL not in states and optuna.trial.TrialState.RUNNING in states, states
+    assert optuna.trial.TrialState.WAITING in states, states
+    assert not {optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING} & set(states), states
     before = _stored_rows(out)
     assert len(before) == (1 if held_at[1] == 2 else 0)  # the held trial's row, once its class has ended
 

@@ -203,3 +203,72 @@ def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_traine
     assert counts == {"completed": 1 + 1, "pruned": 1, "failed": 0, "unfinished": 0, "repeats": len(repeats)}
     assert len(completed_trials(study)) == 2
     assert len(history_table(study, "val_image_auroc", "max")) == 3
+
+
+def _searcher(out, spec, budget=4):
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction, study_url
+    from raysearch.space import parse_search
+
+    return PruningOptunaSearch(
+        space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
+        n_classes=2, objective_keys=["mean_val_image_auroc"], output=out, budget=budget,
+        storage=optuna.storages.RDBStorage(study_url(out)), study_name="s",
+        sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def _lr_spec():
+    from raysearch.spec import spec_from_dict
+
+    return spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
+
+
+def test_a_trial_pruned_after_tunes_last_snapshot_stays_pruned_when_tune_resumes_it(tmp_path):
+    """The driver is killed after the searcher told a trial PRUNED but before Tune saved
+    that: the resumed Tune runs the trial on and ends it. The restored searcher tells the
+    study nothing more about it (Optuna refuses to tell a finished trial), so it stays
+    PRUNED with its intermediate value, and the other trial completes normally."""
+    spec, out = _lr_spec(), str(tmp_path)
+    first = _searcher(out, spec)
+    first.suggest("a")
+    first.suggest("b")
+    first.on_trial_result("a", {"progress": 1, "mean_val_image_auroc": 0.6})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: both trials running
+    first.on_trial_complete("a", {"progress": 1, "mean_val_image_auroc": 0.6})  # ASHA stops it: PRUNED
+
+    restored = _searcher(out, spec)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("a", {"progress": 1.5, "mean_val_image_auroc": 0.7})  # Tune runs it on
+    restored.on_trial_complete("a", {"progress": 2, "mean_val_image_auroc": 0.8})
+    restored.on_trial_complete("b", {"progress": 2, "mean_val_image_auroc": 0.9})
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["PRUNED", "COMPLETE"]
+    assert trials[0].intermediate_values == {1000: 0.6} and trials[1].value == 0.9
+
+
+def test_an_interrupted_sweeps_trials_wait_in_the_study_and_run_again_on_resume(tmp_path):
+    """A stopped sweep leaves no trial RUNNING: its running trials wait (marked interrupted),
+    the restored searcher turns them RUNNING before it asks for any new trial, and they are
+    then told as usual; a trial that was WAITING for another reason stays so."""
+    from raysearch.searcher import INTERRUPTED_ATTR, pause_running, resume_interrupted
+
+    spec, out = _lr_spec(), str(tmp_path)
+    first = _searcher(out, spec)
+    first.suggest("a")
+    first.suggest("b")
+    first.on_trial_complete("a", {"progress": 2, "mean_val_image_auroc": 0.8})
+    first._ot_study.enqueue_trial({"train.lr": 1e-3})  # waiting, but not by an interruption
+    first.save(str(tmp_path / "searcher.pkl"))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert pause_running(storage, "s") == 1
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "WAITING", "WAITING"]
+    assert study.trials[1].user_attrs[INTERRUPTED_ATTR] is True and INTERRUPTED_ATTR not in study.trials[2].user_attrs
+
+    restored = _searcher(out, spec)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING", "WAITING"]
+    assert study.trials[1].user_attrs[INTERRUPTED_ATTR] is False
+    restored.on_trial_complete("b", {"progress": 2, "mean_val_image_auroc": 0.9})
+    assert study.trials[1].state.name == "COMPLETE" and study.trials[1].value == 0.9
+    assert resume_interrupted(storage, "s") == 0  # nothing marked is left

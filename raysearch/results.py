@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -193,9 +194,14 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-        with fs.open_output_stream(tmp) as out:
-            out.write(data)
-        fs.move(tmp, path)
+        try:
+            with fs.open_output_stream(tmp) as out:
+                out.write(data)
+            fs.move(tmp, path)
+        except BaseException:  # a full disk, a signal: leave no half-written temporary file
+            with contextlib.suppress(OSError):
+                fs.delete_file(tmp)
+            raise
     else:  # object stores: a single PUT is atomic already
         with fs.open_output_stream(path) as out:
             out.write(data)

@@ -47,6 +47,7 @@ import os
 import struct
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -150,7 +151,11 @@ def inspect_image(path: Path) -> ImageCheck:
     """
     from PIL import Image
 
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, warnings.catch_warnings():
+        # A large photograph is an input like any other (it is resized when read);
+        # Pillow's warning past 89 Mpixels would only interleave with raysearch's lines.
+        # Past twice that, Pillow refuses it: that error is this image's own.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         size = None
         try:
             with Image.open(f) as img:

@@ -19,6 +19,7 @@ from raysearch.data.checks import (
     cache_dir,
     data_fingerprint,
     fingerprint_changes,
+    ImageCheck,
     format_problems,
     inspect_image,
 )
@@ -294,3 +295,19 @@ def test_fingerprint_of_builtin_and_pickled_datasets(tmp_path):
     assert fingerprint_changes(before, data_fingerprint(data, ["2"])) == [
         f"class 2: {before['classes']['2']['bytes'] + 10} bytes (was {before['classes']['2']['bytes']})"
     ]
+
+
+def test_a_large_image_is_checked_without_pillows_bomb_warning_and_a_huge_one_is_named(tmp_path, monkeypatch):
+    """Past Image.MAX_IMAGE_PIXELS Pillow warns (the image is read and resized like any
+    other: no warning reaches the console); past twice that it refuses, and the check
+    names the image. The limit is lowered here so that the images stay small."""
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    large, huge = tmp_path / "large.png", tmp_path / "huge.png"
+    Image.new("RGB", (12, 12)).save(large)  # 144 pixels: Pillow's warning zone (100..200)
+    Image.new("RGB", (15, 15)).save(huge)  # 225 pixels: over twice the limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert inspect_image(large) == ImageCheck((12, 12))
+        assert inspect_image(huge).error.startswith("too many pixels for Pillow")

@@ -370,9 +370,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
+    except OSError as err:  # a full disk, a read-only or vanished folder: one line, no traceback
+        print(f"raysearch: error: {_os_error(err)}; what was stored before is kept: free the space (or fix "
+              "the folder) and run the command again (a sweep or an ablation with --resume --output DIR)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("raysearch: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error(err: OSError) -> str:
+    """``PATH: No space left on device (ENOSPC)``: the path and the errno of a failed
+    file operation (pyarrow's errors carry them in their text only)."""
+    import errno
+
+    name = errno.errorcode.get(err.errno) if err.errno else None
+    text = err.strerror if err.strerror else str(err).splitlines()[0]
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{text}" + (f" ({name})" if name else "")
 
 
 def _exit_code(code: int) -> int:

@@ -41,9 +41,10 @@ from raysearch.trackers import tracker_callbacks
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
            "graceful_stop", "interrupted_exit", "resume_hint", "Job", "run_job", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
-           "VARIANT_KEY"]
+           "VARIANT_KEY", "ROWS_OF_KEY", "heal_rows", "train_lost_classes"]
 
 VARIANT_KEY = "__variant"  # the ablation variant of a trial ("full" or a factor name)
+ROWS_OF_KEY = "__rows_of"  # the trial whose lost rows a repair trial writes again
 EXPERIMENT = "tune"  # Ray's experiment folder under DIR/ray/
 
 
@@ -81,8 +82,11 @@ class TrialPlan:
         return resource_dict_to_pg_factory({"cpu": 0, "memory": 1})
 
     def run_info(self, trial_id: str, config: dict[str, Any]):
-        return results.RunInfo(experiment=self.name, kind=self.kind, trial_id=trial_id, storage=self.output,
-                       optuna_trial=config.get(OPTUNA_KEY), variant=config.get(VARIANT_KEY))
+        """The identity of a trial's rows: Tune's trial id, or, for a trial that trains a
+        finished trial's lost classes again (:func:`train_lost_classes`), that trial's."""
+        return results.RunInfo(experiment=self.name, kind=self.kind, trial_id=config.get(ROWS_OF_KEY, trial_id),
+                               storage=self.output, optuna_trial=config.get(OPTUNA_KEY),
+                               variant=config.get(VARIANT_KEY))
 
 
 def in_trial_process(train) -> bool:
@@ -442,9 +446,89 @@ def run_experiment(
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     # Tune's "Resume experiment with: Tuner.restore(...)" is not how raysearch resumes.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, TrialFailureFilter) for f in controller.filters):
+        controller.addFilter(TrialFailureFilter())
     with graceful_stop(on_ray_lost=on_ray_lost) as received:
-        tuner.fit()
+        grid = tuner.fit()
+    if not received:
+        lost = heal_rows(plan, grid, len(spec.classes()))
+        if lost:
+            received = train_lost_classes(plan, lost, trainable, ray_dir, stream, on_ray_lost)
     return received
+
+
+def pruned_reason(progress: float, n_classes: int) -> str:
+    """The reason of the rows of a trial that ASHA stopped early."""
+    return f"stopped early by ASHA at progress {float(progress):.2f}/{n_classes} classes"
+
+
+def heal_rows(plan: TrialPlan, grid, n_classes: int) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """Heal the rows of a Tune run's trials that the store lacks or cannot read (a file
+    truncated or deleted while the experiment was stopped): a failed or pruned trial's
+    rows are written again from what Tune recorded; the finished trials that lack a
+    completed row are returned, (trial id, config, classes), to train those classes again."""
+    lost = []
+    for result in grid:
+        trial_id, config = (result.metrics or {}).get("trial_id"), result.config
+        if trial_id is None:  # it never reported; Tune keeps no id of it here
+            continue
+        run = plan.run_info(trial_id, config)
+        spec = plan.trial_spec(config)
+        stored = {ci: results.read_row_file(results.results_dir(run.storage), results.row_name(run, ci, c))
+                  for ci, c in enumerate(spec.classes())}
+        if result.error is not None:
+            if not all(stored.values()):
+                results.write_unfinished_rows(spec, run, results.failure_reason(result.error))
+        elif not finished(result.metrics, n_classes):
+            if not all(stored.values()):
+                results.write_unfinished_rows(spec, run, pruned_reason(result.metrics.get("progress", 0), n_classes),
+                                              "pruned")
+        else:
+            missing = [spec.classes()[ci] for ci, rows in stored.items() if not rows or rows[0]["status"] != "completed"]
+            if missing:
+                lost.append((trial_id, config, missing))
+    return lost
+
+
+def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], list[str]]], trainable: Any,
+                        ray_dir: str, stream: TextIO, on_ray_lost: Callable[[list[int]], None] | None) -> list[int]:
+    """Train the classes of finished trials whose rows are lost, as new Tune trials that
+    write under the finished trials' ids (:data:`ROWS_OF_KEY`): a trial skips every class
+    whose row is stored, so only the lost ones train. The study is not told again (the
+    trials were told from their reports). Returns the signals that stopped it."""
+    import time
+
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    stream.write(f"raysearch: the store lacks readable rows of {len(lost)} finished trial(s) ("
+                 + "; ".join(f"{t}: class {', '.join(c)}" for t, _, c in lost) + "); training those classes again\n")
+    configs = [{**config, ROWS_OF_KEY: trial_id} for trial_id, config, _ in lost]
+    storage_path, filesystem = results.ray_storage(ray_dir)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+                                    num_samples=len(configs), max_concurrent_trials=1),
+        run_config=tune.RunConfig(name=f"repair-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+                                  storage_filesystem=filesystem, verbose=0),
+    )
+    with graceful_stop(on_ray_lost=on_ray_lost) as received:
+        grid = tuner.fit()
+    for result in grid:
+        if result.error is not None:
+            config = result.config
+            results.write_unfinished_rows(plan.trial_spec(config), plan.run_info("", config),
+                                          results.failure_reason(result.error))
+    return received
+
+
+class TrialFailureFilter(logging.Filter):
+    """Drops Tune's record of a failed trial, a whole traceback on the console: the trial's
+    error file keeps it, and :class:`SweepRows` says the reason in one line with its path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trial task failed for trial")
 
 
 class SweepRows(Callback):
@@ -491,11 +575,15 @@ class SweepRows(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         if not finished(last, self.full):
-            self._finish_rows(trial, "pruned", f"stopped early by ASHA at progress {float(last.get('progress', 0)):.2f}/{self.full} classes")
+            self._finish_rows(trial, "pruned", pruned_reason(last.get("progress", 0), self.full))
         self._push_study()
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish_rows(trial, "failed", results.failure_reason(_error_text(trial)))
+        reason = results.failure_reason(_error_text(trial))
+        self._finish_rows(trial, "failed", reason)
+        if self.line is not None:  # one line; Tune's own record of the traceback is filtered out
+            where = trial.error_file or trial.path
+            self.line.say(f"trial {trial.trial_id} failed: {reason} (traceback: {where})")
         self._push_study()
 
     def _push_study(self) -> None:

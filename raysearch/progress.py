@@ -129,6 +129,12 @@ class SweepLine:
         self.stream.write(("\r" + text) if self.tty else (text + "\n"))
         self.stream.flush()
 
+    def say(self, text: str) -> None:
+        """A line of its own (a failed trial), above the live line on a terminal."""
+        self.stream.write(("\r\033[K" + text + "\n") if self.tty else (text + "\n"))
+        self.stream.flush()
+        self.last = 0.0  # the live line comes back at the next update
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")

@@ -163,18 +163,7 @@ def run_tune(
     sync = StudySync(output)
     storage = None
 
-    def start(on_ray_lost) -> list[int]:
-        nonlocal storage
-        if resume:
-            sync.fetch()
-        os.makedirs(os.path.dirname(sync.local), exist_ok=True)
-        storage = optuna.storages.RDBStorage(study_url(output))
-        if not quiet:
-            stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> "
-                         f"{results.redact(output)}\n")
-            url = shlex.quote(study_url(output))  # commands to paste: a folder may hold spaces
-            stream.write(f"  optuna study: optuna-dashboard {url}\n")
-            stream.write(f"                optuna trials --study-name {spec.name} --storage {url}\n")
+    def tune_config_of():
         searcher = PruningOptunaSearch(
             n_classes=n_classes,
             objective_keys=metric_keys,
@@ -188,13 +177,30 @@ def run_tune(
             storage=storage,
             points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
         )
-        tune_config = tune.TuneConfig(
+        return tune.TuneConfig(
             search_alg=searcher,
             scheduler=asha_scheduler(spec, search) if search.uses_asha else FIFOScheduler(),
             num_samples=search.trials,
             max_concurrent_trials=search.concurrent,
             reuse_actors=reuse_processes(spec.train),
         )
+
+    def start(on_ray_lost) -> list[int]:
+        nonlocal storage
+        if resume:
+            sync.fetch()
+        os.makedirs(os.path.dirname(sync.local), exist_ok=True)
+        storage = optuna.storages.RDBStorage(study_url(output))
+        if not quiet:
+            stream.write(f"raysearch tune: {spec.name}: {search.trials} trials, {search.concurrent} at a time -> "
+                         f"{results.redact(output)}\n")
+            url = shlex.quote(study_url(output))  # commands to paste: a folder may hold spaces
+            stream.write(f"  optuna study: optuna-dashboard {url}\n")
+            stream.write(f"                optuna trials --study-name {spec.name} --storage {url}\n")
+        # A resumed sweep's searcher is the one Tune saved (restored with the experiment);
+        # building another would touch the study (Ray's OptunaSearch enqueues the spec's
+        # default point as a WAITING trial that the finished budget never runs).
+        tune_config = None if resume else tune_config_of()
         return run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                               total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,
                               quiet=quiet, stream=stream, study_sync=sync, log=log, on_ray_lost=on_ray_lost)

@@ -87,7 +87,13 @@ def test_sweep_rows_study_states_and_no_leaked_placement_groups(ray_session, dem
     check_placement_groups_released(ray_train=False, before=groups)
 
 
-def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_path, tmp_path):
+def test_nan_trial_is_one_line_and_a_resume_heals_rows_lost_from_the_store(ray_session, demo_spec_path, tmp_path,
+                                                                          capfd):
+    """A trial whose loss becomes NaN: a failed row, a FAIL in the study, one line on the
+    console naming its reason and its error file (no traceback), and the sweep goes on.
+    Then the store loses its rows (the compacted part truncated, an empty stray file
+    added): --resume writes the failed trial's row again from Tune's record and trains
+    the completed trial's class again, to the same row; the study is untouched."""
     spec = load_spec(demo_spec_path, TINY + [
         "train.epochs=1", "train.optimizer=sgd", "train.momentum=0.0",
         "search.sampler=grid", "search.trials=2", "search.concurrent=1", "search.scheduler={kind: none}",
@@ -95,7 +101,8 @@ def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_p
     ])
     out = str(tmp_path / "nan")
     groups = live_placement_groups()
-    assert run_tune(spec, out, quiet=True) == 0
+    assert run_tune(spec, out, stream=sys.stderr) == 0
+    console = capfd.readouterr().err
     rows = {r["train.lr"]: r for r in rows_of(out)}
     assert len(rows) == 2
     assert rows[1e30]["status"] == "failed" and "loss became" in rows[1e30]["error"]
@@ -103,6 +110,24 @@ def test_nan_trial_becomes_failed_row_and_sweep_goes_on(ray_session, demo_spec_p
     states = sorted(t.state.name for t in study_of(out, spec.name).trials)
     assert states == ["COMPLETE", "FAIL"]
     check_placement_groups_released(ray_train=False, before=groups)  # the failed trial's too
+    failed = [line for line in console.splitlines() if " failed: " in line and line.startswith("trial ")]
+    assert len(failed) == 1 and "loss became" in failed[0] and "traceback: " in failed[0], console[-3000:]
+    assert os.path.exists(failed[0].rsplit("traceback: ", 1)[1].rstrip(")"))
+    assert "Traceback" not in console, console[-3000:]
+
+    parts = [p for p in os.listdir(os.path.join(out, "results")) if p.endswith(".parquet")]
+    for part in parts:  # every row lost: the run compacted them into its parts
+        with open(os.path.join(out, "results", part), "r+b") as f:
+            f.truncate(200)
+    open(os.path.join(out, "results", "zz--000-0.parquet"), "wb").close()
+    with pytest.warns(results.UnreadableResultWarning):
+        assert run_tune(spec, out, resume=True, stream=sys.stderr) == 0
+    assert "training those classes again" in capfd.readouterr().err
+    healed = {r["train.lr"]: r for r in rows_of(out)}
+    assert healed[1e30]["status"] == "failed" and healed[1e30]["trial_id"] == rows[1e30]["trial_id"]
+    assert healed[0.002]["status"] == "completed" and healed[0.002]["trial_id"] == rows[0.002]["trial_id"]
+    assert healed[0.002]["val_image_auroc"] == rows[0.002]["val_image_auroc"]
+    assert sorted(t.state.name for t in study_of(out, spec.name).trials) == states
 
 
 def _tune_cmd(spec_path, out, *extra, sets=()):

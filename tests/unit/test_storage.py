@@ -1,6 +1,13 @@
 """The storage layer: local folders and URIs (with their query options and keys) alike."""
 
+import contextlib
+import errno
+import os
+import resource
+import signal
+
 import pyarrow.fs as pafs
+import pytest
 
 from raysearch import results
 
@@ -44,3 +51,36 @@ def test_failure_reason_is_the_innermost_exception_line():
     assert _reason(None) == _reason("") == "the run failed (no error text)"
 
 
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """Writes past ``limit`` bytes fail with EFBIG (an OSError, as a full disk's ENOSPC is)."""
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_write_that_fails_raises_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"old")
+    with _file_size_limit(1000), pytest.raises(OSError):
+        results.write_bytes(str(tmp_path / "a.bin"), b"x" * 5000)
+    assert sorted(os.listdir(tmp_path)) == ["a.bin"] and (tmp_path / "a.bin").read_bytes() == b"old"
+
+
+def test_the_cli_says_a_failed_write_in_one_line_with_the_path_and_errno(monkeypatch, capsys):
+    from raysearch import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/exp/results/t--000-0.parquet")
+
+    monkeypatch.setitem(cli.COMMANDS, "compact", full)
+    assert cli.main(["compact", "/data/exp"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("raysearch: error: /data/exp/results/t--000-0.parquet: No space left on device (ENOSPC)")

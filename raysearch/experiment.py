@@ -500,26 +500,24 @@ def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], li
     import time
 
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     stream.write(f"raysearch: the store lacks readable rows of {len(lost)} finished trial(s) ("
                  + "; ".join(f"{t}: class {', '.join(c)}" for t, _, c in lost) + "); training those classes again\n")
-    configs = [{**config, ROWS_OF_KEY: trial_id} for trial_id, config, _ in lost]
     storage_path, filesystem = results.ray_storage(ray_dir)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(points_to_evaluate=configs),
-                                    num_samples=len(configs), max_concurrent_trials=1),
-        run_config=tune.RunConfig(name=f"repair-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
-                                  storage_filesystem=filesystem, verbose=0),
-    )
-    with graceful_stop(on_ray_lost=on_ray_lost) as received:
-        grid = tuner.fit()
-    for result in grid:
-        if result.error is not None:
-            config = result.config
-            results.write_unfinished_rows(plan.trial_spec(config), plan.run_info("", config),
-                                          results.failure_reason(result.error))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    received: list[int] = []
+    for i, (trial_id, config, _) in enumerate(lost):  # one small run each: its config is a constant space
+        tuner = tune.Tuner(trainable, param_space={**config, ROWS_OF_KEY: trial_id},
+                           run_config=tune.RunConfig(name=f"repair-{stamp}-{i}", storage_path=storage_path,
+                                                     storage_filesystem=filesystem, verbose=0))
+        with graceful_stop(on_ray_lost=on_ray_lost) as received:
+            grid = tuner.fit()
+        for result in grid:
+            if result.error is not None:
+                results.write_unfinished_rows(plan.trial_spec(result.config), plan.run_info(trial_id, result.config),
+                                              results.failure_reason(result.error))
+        if received:
+            break
     return received
 
 

@@ -279,9 +279,14 @@ def _read_file(fs: pafs.FileSystem, path: str) -> pa.Table | None:
         with fs.open_input_file(path) as f:
             return pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as err:
-        warnings.warn(f"{path}: unreadable result file skipped ({str(err).splitlines()[0]})",
-                      UnreadableResultWarning, stacklevel=3)
+        if path not in _WARNED:  # once per file and process: every reader of the store meets it
+            _WARNED.add(path)
+            reason = str(err).splitlines()[0].replace("Could not open Parquet input source '<Buffer>': ", "")
+            warnings.warn(f"{path}: unreadable result file skipped ({reason})", UnreadableResultWarning, stacklevel=3)
         return None
+
+
+_WARNED: set[str] = set()  # the unreadable files this process has named
 
 
 def read_row_file(results_dir: str, name: str) -> list[dict[str, Any]]:

@@ -63,10 +63,9 @@ def test_an_unreadable_result_file_is_skipped_with_a_warning(tmp_path, damage):
     with pytest.warns(results.UnreadableResultWarning, match="t1--000-a.parquet: unreadable result file skipped"):
         table = results.read_results(str(tmp_path))
     assert sorted(table.column("trial_id").to_pylist()) == ["t0", "t2"]
-    with pytest.warns(results.UnreadableResultWarning):
-        assert results.read_row_file(out, "t1--000-a") == []  # a resumed run trains that class again
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # a file is named once per process, however often it is read
+        assert results.read_row_file(out, "t1--000-a") == []  # a resumed run trains that class again
         assert results.read_row_file(out, "t0--000-a")[0]["trial_id"] == "t0"
 
 

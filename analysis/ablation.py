@@ -47,6 +47,7 @@ import pandas as pd
 
 from analysis.load import prepare
 from analysis.rank import metric_range, t_interval
+from raysearch.objective import DECIMALS
 
 __all__ = [
     "ablation_table",
@@ -245,7 +246,7 @@ def ablation_paper_table(df: pd.DataFrame, metric: str = "val_image_auroc", conf
     return table
 
 
-def format_interval(mean: float, low: float | None, high: float | None, digits: int = 3, *,
+def format_interval(mean: float, low: float | None, high: float | None, digits: int = DECIMALS, *,
                     signed: bool = False, latex: bool = False) -> str:
     """``mean ± half-width`` (``0.912 ± 0.013``), ``mean +a/-b`` where the interval is
     asymmetric at ``digits`` places (clipped to the metric's range), the mean alone without
@@ -288,7 +289,7 @@ def _meta(table: pd.DataFrame, metric: str | None, confidence: float | None) -> 
     return metric, confidence or table.attrs.get("confidence", 0.95), table.attrs.get("alpha", ALPHA)
 
 
-def format_ablation_table(table: pd.DataFrame, metric: str | None = None, digits: int = 3,
+def format_ablation_table(table: pd.DataFrame, metric: str | None = None, digits: int = DECIMALS,
                           confidence: float | None = None) -> pd.DataFrame:
     """:func:`ablation_paper_table`'s output as five text columns, for Markdown and the console:
     ``variant``, ``<metric> (mean ± 95% CI)``, ``Δ vs full (± 95% CI)``, ``p_holm``, ``sig``
@@ -386,7 +387,7 @@ def _pretty_metric(metric: str) -> str:
     return latex_escape(" ".join(_PRETTY.get(w, w) for w in words).replace("F1 max", "F1-max"))
 
 
-def ablation_latex(table: pd.DataFrame, metric: str | None = None, digits: int = 3,
+def ablation_latex(table: pd.DataFrame, metric: str | None = None, digits: int = DECIMALS,
                    confidence: float | None = None) -> str:
     """:func:`ablation_paper_table`'s output as a five-column booktabs ``tabular`` that fits one
     column of a two-column paper: Variant | mean ± CI | Δ vs full | p (Holm) | ``*``, the

@@ -53,6 +53,7 @@ import pandas as pd
 from analysis.ablation import REFERENCE, booktabs, format_interval, latex_escape
 from analysis.load import load_results, load_spec, objective
 from analysis.rank import metric_range, t_interval, trial_table
+from raysearch.objective import DECIMALS
 
 __all__ = ["Selection", "Comparison", "select_configuration", "compare_experiments", "plot_comparison",
            "write_comparison", "SELECTION_KEYS", "DEFAULT_METRIC"]
@@ -61,7 +62,7 @@ DEFAULT_METRIC = "test_image_auroc"  # compared by default: the official test sp
 # Keys of a spec's `selection` block that decide which images the validation split holds.
 SELECTION_KEYS = ("split", "anomalies", "synthesis", "holdout", "seed", "min_normals", "min_anomalies")
 KINDS = (("tune", "sweep"), ("ablate", "ablation"), ("train", "train"))  # row kind -> experiment, in priority
-DIGITS = 3  # decimals of a metric in the tables
+DIGITS = DECIMALS  # decimals of a metric in the tables: as everywhere
 # Metrics where lower is better (anything else is compared as higher = better).
 LOWER_IS_BETTER = ("latency_ms", "num_params", "train_time_s", "wall_time_s", "host_peak_rss_mb", "device_peak_mb")
 FILES = ("compare.md", "compare.html", "compare.csv", "compare.tex", "compare.png")

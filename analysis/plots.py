@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.rank import history_table
+from raysearch.objective import format_metric
 
 __all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto", "plot_fidelity",
            "plot_ranking", "ranking_label"]
@@ -220,7 +221,7 @@ def plot_per_class(table: pd.DataFrame, path: str | Path, metric: str = "val_ima
         middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, format_metric(v), ha="center", va="center", fontsize=8,
                         color="black" if v > middle else "white")
     more = f" (best {n_rows} of {len(table)})" if len(table) > n_rows else ""
     ax.set_title(f"{metric} per class{more}")
@@ -296,7 +297,7 @@ def plot_fidelity(df_or_result: Any, path: str | Path, objective: str = "val_ima
     ci = (f" [{stats['spearman_ci_low']:.2f}, {stats['spearman_ci_high']:.2f}]"
           if np.isfinite(stats["spearman_ci_low"]) else "")
     ax.set_title(f"Selection fidelity (diagnostic): Spearman {stats['spearman']:.2f}{ci}, "
-                 f"regret {stats['regret']:.4f}", fontsize=10)
+                 f"regret {format_metric(stats['regret'])}", fontsize=10)
     ax.margins(x=0.08, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9)

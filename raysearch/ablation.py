@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from raysearch import results
 from raysearch.lock import exclusive
+from raysearch.objective import format_metric
 from raysearch.schema import SpecError
 from raysearch.spec import Spec, load_spec
 
@@ -235,7 +236,7 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
         where = f"the config file {origin['config']}"
     elif "trial_id" in origin:
         where = (f"trial {origin['trial_id']} of {origin['experiment']} (best {origin['metric']} "
-                 f"{origin['value']:.4f})")
+                 f"{format_metric(origin['value'])})")
     else:
         where = "the spec's own values"
     stream.write(f"ablation {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")

@@ -102,7 +102,7 @@ def test_raw_p_below_005_is_not_starred_after_holm(tmp_path):
     assert by.loc["no_gmm", "delta_ci_low"] == pytest.approx(-0.0525 - t5 * d.std(ddof=1) / np.sqrt(6))
     assert np.isnan(by.loc["full", "delta"]) and np.isnan(by.loc["full", "p_holm"])
     assert text.iloc[0, 2:].tolist() == ["", "", ""]  # the full model's delta, p and star cells are empty
-    assert text.iloc[1, 2] == f"-0.053 ± {t5 * d.std(ddof=1) / np.sqrt(6):.3f}"
+    assert text.iloc[1, 2] == f"-0.0525 ± {t5 * d.std(ddof=1) / np.sqrt(6):.4f}"
 
 
 def test_star_only_where_the_corrected_p_is_below_005(tmp_path):
@@ -137,7 +137,7 @@ def test_intervals_stay_inside_the_metrics_range(tmp_path):
     assert by.loc["broken", "delta"] == pytest.approx(-0.95)
     assert by.loc["broken", "delta_ci_low"] == -1.0 and by.loc["broken", "ci_low"] == 0.0  # a delta ends at -1
     cell = format_ablation_table(table).set_index("variant").iloc[:, 0]["near_one"]
-    assert cell == f"0.985 +{1 - 0.985:.3f}/-{half:.3f}"  # clipped, so shown as asymmetric
+    assert cell == f"0.9850 +{1 - 0.985:.4f}/-{half:.4f}"  # clipped, so shown as asymmetric
     long = ablation_table(load_results(tmp_path), ["val_image_auroc"]).set_index("variant")
     assert long.loc["broken", "val_image_auroc_ci_low"] == -1.0
 
@@ -160,8 +160,8 @@ def test_latex_has_booktabs_rules_and_five_columns(tmp_path):
         r"\toprule", r"\midrule", r"\midrule", r"\bottomrule"]  # header | full model | factors
     body = [ln for ln in lines if ln.endswith(r"\\")]
     assert len(body) == 1 + 4 and all(len(re.findall(r"(?<!\\)&", ln)) == 4 for ln in body)
-    assert body[1].startswith("full & 0.815 $\\pm$ 0.") and body[1].endswith("&  &  &  \\\\")
-    assert body[2].startswith(r"no\_gmm & ") and re.search(r"\$-\$0\.053 \$\\pm\$ 0\.\d{3}", body[2])
+    assert body[1].startswith("full & 0.8150 $\\pm$ 0.") and body[1].endswith("&  &  &  \\\\")
+    assert body[2].startswith(r"no\_gmm & ") and re.search(r"\$-\$0\.0525 \$\\pm\$ 0\.\d{4}", body[2])
     assert r"$p_{\mathrm{Holm}}$" in body[0] and "AUROC" in body[0]
 
 

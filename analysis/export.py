@@ -61,7 +61,8 @@ def _best_of(df, metric: str, mode: str, n_classes: int | None) -> list[dict[str
     ranked = []
     for trial in table[table["complete"]].itertuples():
         rows = results_of(df, trial.trial_id)
-        ranked.append({"trial_id": trial.trial_id, "value": float(trial.mean), "rows": rows})
+        ranked.append({"trial_id": trial.trial_id, "config_hash": trial.config_hash, "value": float(trial.mean),
+                       "rows": rows})
     return ranked
 
 
@@ -141,6 +142,7 @@ def export_best(experiment: str, top: int = 1, to: str = "best", notes: list[str
                 "name": spec["name"],
                 "trial_id": trial["trial_id"],
                 "optuna_trial": first.get("optuna_trial"),
+                "config_hash": trial["config_hash"],
                 "variant": first.get("variant"),
                 "rank": rank,
                 "metric": metric,

@@ -382,10 +382,22 @@ def compare_experiments(experiments: Sequence[str | Path], metric: str = DEFAULT
                       cells=cells, table=table, best=best, notes=notes)
 
 
+def comparison_legend(comparison: Comparison, label: str) -> str:
+    """An experiment's entry in the comparison plot's legend: its label and mean rank, the
+    rank only where it has one (a lone category is not ranked).
+
+    Example:
+        >>> comparison_legend(c, "sweep")      # doctest: +SKIP
+        'sweep (mean rank 1.50)'
+    """
+    rank = comparison.table.at[label, "mean_rank"]
+    return f"{label} (mean rank {rank:.2f})" if np.isfinite(rank) else f"{label} (not ranked: no shared category)"
+
+
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     """One point per experiment and category (the mean over seeds, with its interval), the
     experiments side by side within each category."""
-    from analysis.plots import _figure, _save
+    from analysis.plots import _figure, _legend_below, _save
 
     c = comparison
     labels = [s.label for s in c.selections]
@@ -399,15 +411,14 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         rows = cells.loc[label].reindex(c.categories)
         mean = rows["mean"].to_numpy(float)
         err = np.vstack([mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean])
-        rank = c.table.at[label, "mean_rank"]
         ax.errorbar(x + (i - (k - 1) / 2) * width, mean, yerr=np.nan_to_num(err), fmt="o", capsize=3,
-                    label=f"{label} (mean rank {rank:.2f})")
+                    label=comparison_legend(c, label))
     ax.set_xticks(x, c.categories, rotation=45 if len(c.categories) > 8 else 0)
     ax.set_xlabel("category")
     ax.set_ylabel(f"{c.metric} ({'lower' if c.mode == 'min' else 'higher'} is better)")
     ax.set_title(f"{c.metric} per category of each experiment's selected configuration", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    _legend_below(fig, [ax])
     return _save(fig, path)
 
 

@@ -198,18 +198,21 @@ def plot_ranking(table: pd.DataFrame, path: str | Path, metric: str = "val_image
     return _save(fig, path)
 
 
-def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
+def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None,
+                  labels: dict[str, str] | None = None) -> Path:
     """Each factor's effect (variant - full) with its confidence interval, one panel per metric.
 
     ``table`` is :func:`analysis.ablation.ablation_table`'s output; ``metrics`` default to
-    every metric it holds. Each bar is labelled with its number of pairs and p-value
-    (Holm-corrected over the factors where the table has it, ``p_holm``).
+    every metric it holds; ``labels`` name the variants (default: the identifier with
+    underscores as spaces). The factors keep the table's order, the first at the top. Each
+    bar is labelled with its number of pairs and p-value (Holm-corrected over the factors
+    where the table has it, ``p_holm``).
     """
     if metrics is None:
         metrics = [c[: -len("_effect")] for c in table.columns if c.endswith("_effect")]
     if table.empty or not metrics:
         raise ValueError("no ablation effects to plot (the table is empty)")
-    variants = list(table["variant"])[::-1]  # largest effect at the top
+    variants = list(table["variant"])[::-1]  # the first factor at the top
     rows = table.set_index("variant").loc[variants]
     fig = _figure(4.8 * len(metrics), 1.8 + 0.6 * len(variants))
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
@@ -226,7 +229,7 @@ def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] 
             if np.isfinite(e):
                 ax.annotate(f"n={n}, {p_name}={p:.2g}", (e, yi), xytext=(0, 7), textcoords="offset points",
                             ha="center", fontsize=8)
-        ax.set_yticks(y, variants)
+        ax.set_yticks(y, [(labels or {}).get(v) or str(v).replace("_", " ") for v in variants])
         ax.set_xlabel(f"Δ {m} (variant − full)")
         ax.set_title(m)
         ax.grid(axis="x", alpha=0.3)

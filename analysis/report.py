@@ -37,6 +37,7 @@ from analysis.ablation import (
     ablation_paper_table,
     ablation_table,
     booktabs,
+    factor_labels,
     format_ablation_table,
     latex_escape,
 )
@@ -513,29 +514,32 @@ def _study_sections(experiment_dir: str, metrics: list[str], out: Path, study,
     return [s, p]
 
 
-def _ablation_section(df: pd.DataFrame, metric: str, confidence: float, out: Path) -> _Section:
+def _ablation_section(df: pd.DataFrame, metric: str, confidence: float, out: Path, spec: dict) -> _Section:
+    """The ablation: one paper table per metric (the objective, then its test counterpart),
+    the factors in the spec's order in each, and the forest plot of the effects."""
     s = _Section("Ablation")
     metrics = [metric]
     if metric.startswith("val_") and ("test_" + metric[4:]) in df.columns:
         metrics.append("test_" + metric[4:])
+    labels = factor_labels(spec)
+    order = [v for v in labels if v != "full"]
     try:
-        table = ablation_table(df, metrics, confidence)
-        papers = [ablation_paper_table(df, m, confidence) for m in metrics]
+        table = ablation_table(df, metrics, confidence, order)
+        papers = [ablation_paper_table(df, m, confidence, order=order, labels=labels) for m in metrics]
     except ValueError as err:
         s.text(f"Not computed: {err}.")
         return s
     for m, paper in zip(metrics, papers, strict=True):
         name = "ablation_paper" if m == metric else f"ablation_paper_{m}"
-        s.table(name, format_ablation_table(paper), ablation_caption(paper), tex=ablation_latex(paper))
-    # The effects of every metric side by side; the old copies of two columns are left out.
+        s.table(name, format_ablation_table(paper), ablation_caption(paper), tex=ablation_latex(paper), csv=paper)
     legacy = [f"{m}_{old}" for m in metrics for new, old in (("p_raw", "p"), ("pair_test", "test"))
               if f"{m}_{new}" in table.columns and f"{m}_{old}" in table.columns]
-    s.table("ablation", table.drop(columns=legacy), f"Every factor's paired effect (variant − full) on "
-            f"{', '.join(metrics)}, sorted by the size of the effect on {metric}: the two means over the "
-            "paired cells, the effect with its interval, the paired test (*_pair_test) and its p-value, raw "
-            "and Holm-corrected over the factors, and the number of pairs.")
+    table.drop(columns=legacy).to_csv(out / "ablation.csv", index=False)
+    s.text(f"ablation.csv holds every factor's paired effect (variant − full) on {', '.join(metrics)}: the two "
+           "means over the paired cells, the effect with its interval, the paired test (*_pair_test), its "
+           "p-value raw and Holm-corrected over the factors, and the number of pairs.")
     if len(table):
-        plots.plot_ablation(table, out / "ablation.png", metrics)
+        plots.plot_ablation(table, out / "ablation.png", metrics, labels)
         s.image("ablation.png", "Ablation effects with confidence intervals")
     return s
 
@@ -669,20 +673,20 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
     if df.empty:
         sections[0].text("This folder has no result rows yet.")
     else:
-        # A sweep or a train run is ranked by configuration; an ablation folder alone
-        # ranks its variants (each one configuration over seeds and classes).
+        # A sweep or a train run is ranked by configuration; an ablation is no search, so its
+        # variants are not ranked: its report leads with the ablation table.
         searched = df[df["kind"] != "ablate"]
-        if searched.empty:
-            searched = df
+        if (df["kind"] == "ablate").any():
+            sections.insert(0, _ablation_section(df, metric, confidence, out, spec))
         if len(searched):
             sections += _ranking_sections(searched, metric, mode, confidence, out)
             fidelity = _fidelity_section(searched, metric, mode, out)
             sections += [fidelity] if fidelity else []
             history = _history_section(searched, metric, mode, out, study)
             sections += [history] if history else []
-        if (df["kind"] == "ablate").any():
-            sections.append(_ablation_section(df, metric, confidence, out))
-        if "://" in experiment_dir:
+        if not ((df["kind"] == "tune").any() or study is not None or study_error):
+            pass  # no search and no study: no importance section
+        elif "://" in experiment_dir:
             sections.append(_Section("Hyperparameter importance", [(
                 "text", "Not computed: the Optuna study is read from a local copy of the folder only.")]))
         else:
@@ -690,6 +694,7 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
         failures = _failures_section(df)
         sections += [failures] if failures else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections[0].blocks.insert(0, ("text", f"Folder `{experiment_dir}`; report written {stamp}."))
+    overview = next(s for s in sections if s.title == "Overview")
+    overview.blocks.insert(0, ("text", f"Folder `{experiment_dir}`; report written {stamp}."))
     _render(f"Report: {name}", sections, out)
     return out

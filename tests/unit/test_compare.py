@@ -135,7 +135,7 @@ def test_cli_writes_every_format_and_prints_the_table(experiments, tmp_path, cap
     assert printed.startswith("| experiment | selected | a | b | c | mean rank |")
     assert "| train | train run r2 (latest of 2 complete runs) | **0.9000** |  | **0.6500** | 1.00 |" in printed
     assert {p.name for p in out.iterdir()} == {"compare.md", "compare.html", "compare.csv", "compare.tex",
-                                              "compare.png"}
+                                              "compare_params.csv", "compare.png"}
     page = (out / "compare.html").read_text()
     parser = _Refs()
     parser.feed(page)
@@ -168,3 +168,45 @@ def test_cli_errors_are_one_line_and_exit_2(experiments, tmp_path, capsys):
     assert main(["compare", experiments["sweep"], "--metric", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "metric 'nope' is not a result column" in err
+
+
+def test_experiments_on_different_datasets_are_refused_unless_asked(experiments, tmp_path, capsys):
+    other = tmp_path / "cifar"
+    other.mkdir()
+    rows = [dict(run("train", "r1", c, 0.9, 0.8), dataset="cifar10") for c in CLASSES]
+    write_experiment(other, rows, name="cifar")
+    assert main(["compare", experiments["sweep"], str(other), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "different datasets (sweep: digits; cifar: cifar10)" in err
+    assert "--allow-different-data" in err and not (tmp_path / "x").exists()
+    assert main(["compare", experiments["sweep"], str(other), "--out", str(tmp_path / "x"),
+                 "--allow-different-data"]) == 0
+    assert "**The experiments use different datasets**" in capsys.readouterr().out
+
+
+def test_rows_are_named_one_way_and_the_differing_parameters_are_shown(experiments, tmp_path):
+    again = tmp_path / "again"
+    again.mkdir()
+    write_experiment(again, [run("tune", "t1", c, 0.9, 0.8, optuna_trial=0) for c in CLASSES], name="sweep")
+    c = compare_experiments([experiments["sweep"], again, experiments["train"]])
+    assert [s.label for s in c.selections] == ["sweep (1)", "sweep (2)", "train"]  # names, numbered when shared
+    assert f"sweep (2): {again}" in c.notes[-1] and c.notes[-1].startswith("Folders: ")
+    # the selected configurations differ in their config's "trial" key: t1, t1, r2
+    assert c.params["trial"].to_dict() == {"sweep (1)": "t1", "sweep (2)": "t1", "train": "r2"}
+    assert "train.seed" not in c.params.columns
+
+
+def test_user_strings_are_escaped_in_markdown_and_latex(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = ("a|b", "<i>c</i>")
+    rows = [run("train", "r1", cls, 0.9, 0.8, classes=odd) for cls in odd]
+    write_experiment(folder, rows, name="x*y_&")
+    c = compare_experiments([str(folder)])
+    md = c.markdown()
+    assert r"| a\|b | \<i\>c\</i\> |" in md and r"| x\*y_& |" in md
+    tex = c.latex()
+    assert r"x*y\_\&" in tex and r"\textless{}i\textgreater{}c\textless{}/i\textgreater{}" in tex
+    assert r"a\textbar{}b" in tex
+    page = c.html()
+    assert "&lt;i&gt;c&lt;/i&gt;" in page and "<i>c</i>" not in page

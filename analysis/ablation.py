@@ -62,6 +62,7 @@ __all__ = [
     "holm",
     "format_interval",
     "latex_escape",
+    "markdown_escape",
     "booktabs",
     "REFERENCE",
     "MIN_WILCOXON_PAIRS",
@@ -371,7 +372,8 @@ def ablation_caption(table: pd.DataFrame, metric: str | None = None, confidence:
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
 def latex_escape(text: object) -> str:
@@ -382,6 +384,20 @@ def latex_escape(text: object) -> str:
         'no\\\\_gmm \\\\& 5\\\\%'
     """
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+_MARKDOWN_SPECIAL = set("\\|<>*`[]")
+
+
+def markdown_escape(text: object) -> str:
+    """``text`` with the characters that Markdown (and HTML inside it) would read as markup
+    escaped by a backslash: ``\\ | < > * ` [ ]``.
+
+    Example:
+        >>> print(markdown_escape("a|b <i>*x*</i>"))
+        a\\|b \\<i\\>\\*x\\*\\</i\\>
+    """
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in str(text))
 
 
 def booktabs(header: Sequence[str], rows: Sequence[Sequence[str]], align: str,

@@ -40,6 +40,7 @@ from analysis.ablation import (
     factor_labels,
     format_ablation_table,
     latex_escape,
+    markdown_escape,
 )
 from analysis.confidence import sweep_confidence
 from analysis.fidelity import MIN_CONFIGS, fidelity_line, selection_fidelity
@@ -148,17 +149,14 @@ def _display(df: pd.DataFrame, metric_values: bool = False) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame, metric_values: bool = False) -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (floats to 4 decimals, p-values to 3 digits)."""
+    """A GitHub-flavoured Markdown table of ``df`` (floats to 4 decimals, p-values to 3 digits;
+    every cell and header escaped with :func:`analysis.ablation.markdown_escape`)."""
     cells = _display(df, metric_values)
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = markdown_escape
     lines = ["| " + " | ".join(esc(c) for c in cells.columns) + " |",
              "|" + "|".join("---" for _ in cells.columns) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines)
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def latex_table(df: pd.DataFrame, metric_values: bool = False) -> str:
@@ -175,7 +173,7 @@ def latex_table(df: pd.DataFrame, metric_values: bool = False) -> str:
         \\end{tabular}
     """
     cells = _display(df, metric_values)
-    esc = lambda s: "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))  # noqa: E731
+    esc = latex_escape
     lines = [r"\begin{tabular}{" + "r" * len(cells.columns) + "}", r"\hline",
              " & ".join(esc(c) for c in cells.columns) + r" \\", r"\hline"]
     lines += [" & ".join(esc(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
@@ -191,8 +189,8 @@ def _html_table(df: pd.DataFrame, metric_values: bool = False) -> str:
 # -- sections ------------------------------------------------------------------------------
 def _overview(df: pd.DataFrame, spec: dict, metrics: list[str], modes: list[str], study) -> _Section:
     s = _Section("Overview")
-    first = lambda col: ", ".join(sorted(map(str, df[col].dropna().unique()))) or "n/a"  # noqa: E731
-    s.text(f"Method **{spec.get('method') or first('method')}** on **{first('dataset')}**; "
+    first = lambda col: markdown_escape(", ".join(sorted(map(str, df[col].dropna().unique()))) or "n/a")  # noqa: E731
+    s.text(f"Method **{markdown_escape(spec.get('method') or '') or first('method')}** on **{first('dataset')}**; "
            f"experiment kinds: {first('kind')}; classes: {first('normal_class')}; seeds: {first('seed')}.")
     s.text("Objective: " + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes, strict=True))
            + f"; selection split: {first('selection_split')}. Test metrics are shown for reading only, "
@@ -581,7 +579,7 @@ def _data_uri(path: Path) -> str:
 
 
 def _render(title: str, sections: list[_Section], out: Path) -> None:
-    md, body = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
+    md, body = [f"# {markdown_escape(title)}", ""], [f"<h1>{html.escape(title)}</h1>"]
     taken: set[str] = set()
     anchors = [_anchor(s.title, taken) for s in sections]
     body.append('<nav><p class="note">Contents: ' + " · ".join(
@@ -616,12 +614,23 @@ def _render(title: str, sections: list[_Section], out: Path) -> None:
     (out / "report.html").write_text(page)
 
 
+_MARKDOWN_ESCAPED = re.compile(r"\\([\\|<>*`\[\]])")  # what markdown_escape wrote
+
+
 def _inline_html(text: str) -> str:
-    """Escape ``text`` and turn the Markdown **bold**, *italic* and `code` used above into tags."""
-    out = html.escape(text)
+    """Escape ``text`` and turn the Markdown **bold**, *italic* and `code` used above into tags;
+    a character :func:`analysis.ablation.markdown_escape` escaped stays that character."""
+    held: list[str] = []
+
+    def hold(match: re.Match) -> str:
+        held.append(match.group(1))
+        return f"\0{len(held) - 1}\0"
+
+    out = html.escape(_MARKDOWN_ESCAPED.sub(hold, text))
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", out)
+    out = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", out)
+    return re.sub("\0(\\d+)\0", lambda m: html.escape(held[int(m.group(1))]), out)
 
 
 def _study(experiment_dir: str) -> tuple[object | None, str | None]:

@@ -75,6 +75,7 @@ MAX_REASON_CHARS = 160  # characters of a failure reason shown (the result rows 
 TRIAL_STATUSES = ("completed", "pruned", "failed", "unfinished")
 # Columns of rank_configs left out of the report's ranking table (ranking_all.csv has them).
 RANKING_HIDDEN = ("std", "ci_low", "ci_high", "max_classes", "n_trials", "trial_ids", "config_key")
+FIDELITY_SHOWN = ["test_metric", "spearman", "spearman_ci_low", "spearman_ci_high", "regret", "n"]  # result first
 LATEX_ROWS = 10  # configurations in ranking.tex: a table that fits a page
 TIE_RULE = (f"equal means (to {TIE_DECIMALS} decimals) are ordered by Optuna number, the configuration found first ranking "
             "higher, then by trial id; the console, export and compare use the same order.")
@@ -437,18 +438,14 @@ def _fidelity_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _S
            f"objective picked: the test points lost by trusting the objective. The {result.confidence:.0%} "
            "interval is a percentile bootstrap over configurations; with few configurations it is wide, "
            "so read it before the point value.")
-    s.table("fidelity", result.table, f"Objective {metric} ({mode}) against each test metric across "
-            "configurations; spearman_per_class_mean averages the correlation within each class.")
-    per_class = result.per_class.pivot(index="normal_class", columns="test_metric",
-                                       values=["spearman", "kendall", "regret"])
-    per_class.columns = [f"{m}_{stat}" for stat, m in per_class.columns]
-    per_class = per_class.reindex(index=list(dict.fromkeys(result.per_class["normal_class"])),
-                                  columns=[f"{m}_{stat}" for m in result.table["test_metric"]
-                                           for stat in ("spearman", "kendall", "regret")])
-    per_class.index.name = "normal_class"
-    s.table("fidelity_per_class", per_class, "Within each class: the correlations across configurations "
-            "and the regret of that class's own pick (n/a: fewer than 3 configurations with values, or "
-            "constant values).")
+    table = result.table[FIDELITY_SHOWN + [c for c in result.table.columns if c not in FIDELITY_SHOWN]]
+    s.table("fidelity", table, f"Objective {metric} ({mode}) against each test metric across configurations, "
+            "the result first (Spearman with its interval, the regret, n); spearman_per_class_mean averages the "
+            "correlation within each class.")
+    per_class = result.per_class[["normal_class", "test_metric", "spearman", "regret", "kendall", "n", "picked"]]
+    s.table("fidelity_per_class", per_class.reset_index(drop=True), "Within each class and test metric: the "
+            "correlations across configurations and the regret of that class's own pick (n/a: fewer than 3 "
+            "configurations with values, or constant values).")
     test_metric = result.table["test_metric"].iloc[0]
     plots.plot_fidelity(result, out / "fidelity.png", metric, test_metric)
     s.image("fidelity.png", f"{metric} vs {test_metric} per configuration, picked one highlighted")

@@ -474,7 +474,7 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     ax.set_ylabel(f"{c.metric} ({'lower' if c.mode == 'min' else 'higher'} is better)")
     ax.set_title(f"{c.metric} per category of each experiment's selected configuration", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    _legend_below(fig, [ax])
+    _legend_below(fig, [ax], ncols=1)  # long experiment names: one a row
     return _save(fig, path)
 
 

@@ -47,15 +47,16 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _legend_below(fig, axes: Sequence[Any], fontsize: int = 8) -> None:
-    """One legend for ``axes`` below the plots (each label once), so it covers no data."""
+def _legend_below(fig, axes: Sequence[Any], fontsize: int = 8, ncols: int = 4) -> None:
+    """One legend for ``axes`` below the plots (each label once, at most ``ncols`` a row), so
+    it covers no data."""
     entries: dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
     if entries:
         fig.legend(list(entries.values()), list(entries), loc="outside lower center",
-                   ncols=min(len(entries), 4), fontsize=fontsize)
+                   ncols=min(len(entries), ncols), fontsize=fontsize)
 
 
 def plot_history(source: Any, path: str | Path, metric: str = "val_image_auroc", mode: str = "max") -> Path:

@@ -40,13 +40,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from analysis.load import prepare
 from analysis.rank import metric_range, t_interval
+from raysearch.objective import DECIMALS
 
 __all__ = [
     "ablation_table",
@@ -55,10 +57,12 @@ __all__ = [
     "ablation_latex",
     "ablation_caption",
     "variant_labels",
+    "factor_labels",
     "paired_test",
     "holm",
     "format_interval",
     "latex_escape",
+    "markdown_escape",
     "booktabs",
     "REFERENCE",
     "MIN_WILCOXON_PAIRS",
@@ -126,8 +130,28 @@ def paired_test(diffs: np.ndarray) -> tuple[float, str]:
         return float(stats.ttest_1samp(diffs, 0.0).pvalue), "ttest_rel"
 
 
-def _ablation_rows(df: pd.DataFrame, metrics: Sequence[str], confidence: float) -> tuple[pd.DataFrame, list[str]]:
-    """The completed ablation rows and their variants (``full`` first), checked."""
+def factor_labels(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The factors of a spec's ``ablations`` block in the spec's order, each with its name in
+    reports: the factor's ``label`` where it gives one, else its name with underscores as
+    spaces; ``full`` first.
+
+    Example:
+        >>> factor_labels({"ablations": {"factors": {"paste_not_swap": {"params.x": 1},
+        ...                                          "no_gmm": {"label": "w/o GMM", "params.y": 0}}}})
+        {'full': 'full', 'paste_not_swap': 'paste not swap', 'no_gmm': 'w/o GMM'}
+    """
+    factors = ((spec or {}).get("ablations") or {}).get("factors") or {}
+    labels = {REFERENCE: REFERENCE}
+    for name, entry in factors.items():
+        label = entry.get("label") if isinstance(entry, Mapping) else None
+        labels[str(name)] = str(label) if label else str(name).replace("_", " ")
+    return labels
+
+
+def _ablation_rows(df: pd.DataFrame, metrics: Sequence[str], confidence: float,
+                   order: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """The completed ablation rows and their variants (``full`` first, then the factors in
+    ``order``, then any other in the order the rows name them), checked."""
     if not metrics:
         raise ValueError("metrics must name at least one metric column, but got an empty list.")
     if not 0 < confidence < 1:
@@ -142,11 +166,12 @@ def _ablation_rows(df: pd.DataFrame, metrics: Sequence[str], confidence: float) 
     variants = [str(v) for v in pd.unique(rows["variant"].dropna())]
     if REFERENCE not in variants:
         raise ValueError(f"no completed rows of the reference variant {REFERENCE!r}; variants: {variants}")
-    return rows, [REFERENCE] + [v for v in variants if v != REFERENCE]
+    known = [v for v in order if v in variants and v != REFERENCE]
+    return rows, [REFERENCE, *known, *[v for v in variants if v != REFERENCE and v not in known]]
 
 
 def ablation_table(df: pd.DataFrame, metrics: Sequence[str] = ("val_image_auroc", "test_image_auroc"),
-                   confidence: float = 0.95) -> pd.DataFrame:
+                   confidence: float = 0.95, order: Sequence[str] = ()) -> pd.DataFrame:
     """One row per ablated factor with its paired effect on each metric.
 
     For each metric ``m`` the columns are ``m_full`` and ``m_variant`` (the two means over
@@ -155,8 +180,9 @@ def ablation_table(df: pd.DataFrame, metrics: Sequence[str] = ("val_image_auroc"
     :func:`analysis.rank.metric_range`), ``m_p_raw`` and ``m_pair_test`` (the paired test's p-value and
     name, see :func:`paired_test`), ``m_p_holm`` (Holm-corrected over the factors, per
     metric, see :func:`holm`) and ``m_n`` (pairs). ``m_p`` and ``m_test`` are copies of
-    ``m_p_raw`` and ``m_pair_test`` under their old names. Rows are sorted by ``|effect|``
-    on the first metric, largest first; factors without pairs come last.
+    ``m_p_raw`` and ``m_pair_test`` under their old names. Rows come in ``order`` (the
+    spec's factor order, :func:`factor_labels`), the same for every metric; factors it does
+    not name follow in the order the rows name them.
 
     Raises ValueError when there are no completed ablation rows or no ``full`` rows.
 
@@ -164,7 +190,7 @@ def ablation_table(df: pd.DataFrame, metrics: Sequence[str] = ("val_image_auroc"
         >>> table = ablation_table(load_results("DIR"))            # doctest: +SKIP
         >>> table[["variant", "val_image_auroc_effect", "val_image_auroc_p_holm"]]  # doctest: +SKIP
     """
-    rows, variants = _ablation_rows(df, metrics, confidence)
+    rows, variants = _ablation_rows(df, metrics, confidence, order)
     out = pd.DataFrame({"variant": variants[1:]})
     for m in metrics:
         # (seed, class) x variant; duplicates of a cell (a rerun) are averaged.
@@ -192,13 +218,12 @@ def ablation_table(df: pd.DataFrame, metrics: Sequence[str] = ("val_image_auroc"
         block = pd.DataFrame(stats_rows, index=out.index, columns=names)
         block[f"{m}_p_holm"] = holm(block[f"{m}_p_raw"].to_numpy(float))
         out = pd.concat([out, block], axis=1)
-    size = out[f"{metrics[0]}_effect"].astype(float).abs()
-    out = out.loc[size.sort_values(ascending=False, na_position="last", kind="stable").index]
-    return out.reset_index(drop=True)
+    return out
 
 
 def ablation_paper_table(df: pd.DataFrame, metric: str = "val_image_auroc", confidence: float = 0.95,
-                         alpha: float = ALPHA) -> pd.DataFrame:
+                         alpha: float = ALPHA, order: Sequence[str] = (),
+                         labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The ablation table of a paper for one metric: the full model first, then each factor.
 
     Columns: ``variant``; ``n`` (the variant's (seed, class) runs), ``mean``,
@@ -207,9 +232,11 @@ def ablation_paper_table(df: pd.DataFrame, metric: str = "val_image_auroc", conf
     ``delta_ci_low``/``delta_ci_high`` and ``n_pairs`` (variant - full, paired over the
     (seed, class) cells both finished; see :func:`ablation_table`); ``p_raw`` and
     ``pair_test`` (the paired test), ``p_holm`` (Holm over the factors) and ``significant``
-    (``p_holm < alpha``). The full model's delta and p cells are NaN. Factors follow in
-    :func:`ablation_table`'s order (largest ``|delta|`` first). ``table.attrs`` keeps
-    ``metric``, ``confidence``, ``alpha`` and ``factors`` for the writers.
+    (``p_holm < alpha``); ``label``, the variant's name in reports (``labels``, else the
+    identifier with underscores as spaces). The full model's delta and p cells are NaN.
+    Factors follow in ``order`` (the spec's, see :func:`ablation_table`), so the tables of
+    every metric list them alike. ``table.attrs`` keeps ``metric``, ``confidence``,
+    ``alpha`` and ``factors`` for the writers.
 
     Example:
         >>> table = ablation_paper_table(load_results("DIR"), "test_image_auroc")  # doctest: +SKIP
@@ -217,8 +244,9 @@ def ablation_paper_table(df: pd.DataFrame, metric: str = "val_image_auroc", conf
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), but got {alpha=}.")
-    rows, variants = _ablation_rows(df, [metric], confidence)
-    effects = ablation_table(rows, [metric], confidence).set_index("variant")
+    rows, variants = _ablation_rows(df, [metric], confidence, order)
+    effects = ablation_table(rows, [metric], confidence, order).set_index("variant")
+    labels = labels or {}
     low, high = metric_range(metric)
     cells = rows.groupby(["variant", *CELLS])[metric].mean()  # a rerun of a cell counts once
     out = []
@@ -228,7 +256,7 @@ def ablation_paper_table(df: pd.DataFrame, metric: str = "val_image_auroc", conf
         mean = values.mean() if n else math.nan
         std = values.std(ddof=1) if n >= 2 else math.nan
         lo, hi = t_interval(np.array([mean]), np.array([std]), np.array([n]), confidence)
-        row = {"variant": v, "n": n, "mean": mean, "ci_low": float(np.clip(lo[0], low, high)),
+        row = {"variant": v, "label": labels.get(v) or v.replace("_", " "), "n": n, "mean": mean, "ci_low": float(np.clip(lo[0], low, high)),
                "ci_high": float(np.clip(hi[0], low, high)), "delta": math.nan, "delta_ci_low": math.nan,
                "delta_ci_high": math.nan, "n_pairs": 0, "p_raw": math.nan, "p_holm": math.nan,
                "pair_test": "", "significant": False}
@@ -245,7 +273,7 @@ def ablation_paper_table(df: pd.DataFrame, metric: str = "val_image_auroc", conf
     return table
 
 
-def format_interval(mean: float, low: float | None, high: float | None, digits: int = 3, *,
+def format_interval(mean: float, low: float | None, high: float | None, digits: int = DECIMALS, *,
                     signed: bool = False, latex: bool = False) -> str:
     """``mean ± half-width`` (``0.912 ± 0.013``), ``mean +a/-b`` where the interval is
     asymmetric at ``digits`` places (clipped to the metric's range), the mean alone without
@@ -288,11 +316,12 @@ def _meta(table: pd.DataFrame, metric: str | None, confidence: float | None) -> 
     return metric, confidence or table.attrs.get("confidence", 0.95), table.attrs.get("alpha", ALPHA)
 
 
-def format_ablation_table(table: pd.DataFrame, metric: str | None = None, digits: int = 3,
+def format_ablation_table(table: pd.DataFrame, metric: str | None = None, digits: int = DECIMALS,
                           confidence: float | None = None) -> pd.DataFrame:
-    """:func:`ablation_paper_table`'s output as five text columns, for Markdown and the console:
-    ``variant``, ``<metric> (mean ± 95% CI)``, ``Δ vs full (± 95% CI)``, ``p_holm``, ``sig``
-    (``*`` where ``p_holm`` < alpha). The full model's last three cells are empty.
+    """:func:`ablation_paper_table`'s output as six text columns, for Markdown and the console:
+    ``variant`` (its label), ``n`` (runs), ``<metric> (mean ± 95% CI)``, ``Δ vs full (± 95%
+    CI)``, ``p_holm``, ``p_holm < 0.05`` (``*`` where ``p_holm`` < alpha). The full model's
+    last three cells are empty.
 
     Example:
         >>> from analysis.report import markdown_table
@@ -303,12 +332,18 @@ def format_ablation_table(table: pd.DataFrame, metric: str | None = None, digits
     out = []
     for r in table.itertuples(index=False):
         full = r.variant == REFERENCE
-        out.append([str(r.variant), format_interval(r.mean, r.ci_low, r.ci_high, digits),
+        out.append([_label(r), str(int(r.n)), format_interval(r.mean, r.ci_low, r.ci_high, digits),
                     "" if full else format_interval(r.delta, r.delta_ci_low, r.delta_ci_high, digits, signed=True),
                     "" if full else _format_p(r.p_holm),
                     "*" if not full and np.isfinite(r.p_holm) and r.p_holm < alpha else ""])
-    return pd.DataFrame(out, columns=["variant", f"{metric} (mean ± {level})", f"Δ vs full (± {level})",
-                                      "p_holm", "sig"])
+    return pd.DataFrame(out, columns=["variant", "n", f"{metric} (mean ± {level})", f"Δ vs full (± {level})",
+                                      "p_holm", f"p_holm < {alpha:g}"])
+
+
+def _label(row: Any) -> str:
+    """A variant's name in a table: its ``label`` where the table has one, else its identifier."""
+    label = getattr(row, "label", None)
+    return str(label) if isinstance(label, str) and label else str(row.variant)
 
 
 def ablation_caption(table: pd.DataFrame, metric: str | None = None, confidence: float | None = None) -> str:
@@ -337,7 +372,8 @@ def ablation_caption(table: pd.DataFrame, metric: str | None = None, confidence:
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
 def latex_escape(text: object) -> str:
@@ -348,6 +384,20 @@ def latex_escape(text: object) -> str:
         'no\\\\_gmm \\\\& 5\\\\%'
     """
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+_MARKDOWN_SPECIAL = set("\\|<>*`[]")
+
+
+def markdown_escape(text: object) -> str:
+    """``text`` with the characters that Markdown (and HTML inside it) would read as markup
+    escaped by a backslash: ``\\ | < > * ` [ ]``.
+
+    Example:
+        >>> print(markdown_escape("a|b <i>*x*</i>"))
+        a\\|b \\<i\\>\\*x\\*\\</i\\>
+    """
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in str(text))
 
 
 def booktabs(header: Sequence[str], rows: Sequence[Sequence[str]], align: str,
@@ -386,10 +436,10 @@ def _pretty_metric(metric: str) -> str:
     return latex_escape(" ".join(_PRETTY.get(w, w) for w in words).replace("F1 max", "F1-max"))
 
 
-def ablation_latex(table: pd.DataFrame, metric: str | None = None, digits: int = 3,
+def ablation_latex(table: pd.DataFrame, metric: str | None = None, digits: int = DECIMALS,
                    confidence: float | None = None) -> str:
-    """:func:`ablation_paper_table`'s output as a five-column booktabs ``tabular`` that fits one
-    column of a two-column paper: Variant | mean ± CI | Δ vs full | p (Holm) | ``*``, the
+    """:func:`ablation_paper_table`'s output as a six-column booktabs ``tabular`` that fits one
+    column of a two-column paper: Variant | n | mean ± CI | Δ vs full | p (Holm) | ``*``, the
     full model first and ruled off, mean ± CI as ``0.912 $\\pm$ 0.013``. Needs
     ``\\usepackage{booktabs}``; the first line is a comment with :func:`ablation_caption`.
 
@@ -397,17 +447,19 @@ def ablation_latex(table: pd.DataFrame, metric: str | None = None, digits: int =
         >>> print(ablation_latex(table))                             # doctest: +SKIP
     """
     metric, confidence, alpha = _meta(table, metric, confidence)
-    header = ["Variant", _pretty_metric(metric), r"$\Delta$ vs full", r"$p_{\mathrm{Holm}}$", ""]
+    header = ["Variant", "$n$", _pretty_metric(metric), r"$\Delta$ vs full", r"$p_{\mathrm{Holm}}$",
+              rf"$p_{{\mathrm{{Holm}}}} < {alpha:g}$"]
     rows = []
     for r in table.itertuples(index=False):
         full = r.variant == REFERENCE
-        rows.append([latex_escape(r.variant), format_interval(r.mean, r.ci_low, r.ci_high, digits, latex=True),
+        rows.append([latex_escape(_label(r)), str(int(r.n)),
+                     format_interval(r.mean, r.ci_low, r.ci_high, digits, latex=True),
                      "" if full else format_interval(r.delta, r.delta_ci_low, r.delta_ci_high, digits,
                                                      signed=True, latex=True),
                      "" if full else _format_p(r.p_holm, latex=True),
                      "$^{*}$" if not full and np.isfinite(r.p_holm) and r.p_holm < alpha else ""])
     caption = ablation_caption(table, metric, confidence).replace("\n", " ")
-    return f"% {caption}\n" + booktabs(header, rows, "lcccc", rules_after=[0])
+    return f"% {caption}\n" + booktabs(header, rows, "lrcccc", rules_after=[0])
 
 
 def variant_labels(df: pd.DataFrame) -> dict[str, str]:

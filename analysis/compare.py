@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import json
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,9 +51,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.ablation import REFERENCE, booktabs, format_interval, latex_escape
+from analysis.ablation import REFERENCE, booktabs, format_interval, latex_escape, markdown_escape
 from analysis.load import load_results, load_spec, objective
 from analysis.rank import metric_range, t_interval, trial_table
+from raysearch.objective import DECIMALS
 
 __all__ = ["Selection", "Comparison", "select_configuration", "compare_experiments", "plot_comparison",
            "write_comparison", "SELECTION_KEYS", "DEFAULT_METRIC"]
@@ -61,10 +63,10 @@ DEFAULT_METRIC = "test_image_auroc"  # compared by default: the official test sp
 # Keys of a spec's `selection` block that decide which images the validation split holds.
 SELECTION_KEYS = ("split", "anomalies", "synthesis", "holdout", "seed", "min_normals", "min_anomalies")
 KINDS = (("tune", "sweep"), ("ablate", "ablation"), ("train", "train"))  # row kind -> experiment, in priority
-DIGITS = 3  # decimals of a metric in the tables
+DIGITS = DECIMALS  # decimals of a metric in the tables: as everywhere
 # Metrics where lower is better (anything else is compared as higher = better).
 LOWER_IS_BETTER = ("latency_ms", "num_params", "train_time_s", "wall_time_s", "host_peak_rss_mb", "device_peak_mb")
-FILES = ("compare.md", "compare.html", "compare.csv", "compare.tex", "compare.png")
+FILES = ("compare.md", "compare.html", "compare.csv", "compare.tex", "compare_params.csv", "compare.png")
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,9 @@ class Comparison:
     and ``n`` (seeds). ``table``: experiments (rows, by label) x categories of the means,
     then ``mean`` (only when every experiment has every category) and ``mean_rank``.
     ``best``: category (and ``mean``) -> labels holding the best value. ``notes``: lines
-    to print under the table, flags first.
+    to print under the table, flags first, then each label's folder. ``params``: the
+    config keys whose values differ between the selected configurations
+    (:func:`differing_params`).
     """
 
     metric: str
@@ -157,6 +161,7 @@ class Comparison:
     table: pd.DataFrame
     best: dict[str, set[str]]
     notes: list[str]
+    params: pd.DataFrame = field(default_factory=pd.DataFrame)  # experiments x config keys that differ
 
     # -- cells as text ---------------------------------------------------------------------
     def _cell(self, label: str, column: str, bold: tuple[str, str], latex: bool = False) -> str:
@@ -179,12 +184,20 @@ class Comparison:
     def markdown(self) -> str:
         """The table as GitHub Markdown (best per category in **bold**)."""
         header = ["experiment", "selected", *[c if c != "mean_rank" else "mean rank" for c in self._columns()]]
-        esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+        esc = markdown_escape
         lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for s in self.selections:
-            cells = [s.label, s.selected, *[self._cell(s.label, c, ("**", "**")) for c in self._columns()]]
-            lines.append("| " + " | ".join(esc(c) for c in cells) + " |")
+            cells = [esc(s.label), esc(s.selected), *[self._cell(s.label, c, ("**", "**")) for c in self._columns()]]
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+    def params_markdown(self) -> str:
+        """The parameters that differ between the selected configurations, as Markdown ("" when none)."""
+        if self.params.empty or not len(self.params.columns):
+            return ""
+        from analysis.report import markdown_table
+
+        return markdown_table(self.params)
 
     def latex(self) -> str:
         """The table as a booktabs ``tabular`` (best per category in ``\\textbf``); the
@@ -213,6 +226,11 @@ class Comparison:
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         title = f"Comparison: {self.metric}"
         notes = "".join(f'<p class="note">{_inline_html(n)}</p>' for n in self.notes)
+        if not self.params.empty and len(self.params.columns):
+            from analysis.report import _html_table
+
+            notes += ('<h2>Parameters that differ</h2><p class="note">The config keys whose values differ '
+                      "between the selected configurations.</p>" + _html_table(self.params))
         image = ("" if png is None else
                  f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{html.escape(title)}">')
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
@@ -246,12 +264,43 @@ def _inline_html(text: str) -> str:
 
 
 def _unique_labels(selections: list[Selection]) -> list[Selection]:
-    """Experiments of one name (a spec trained, then swept) are told apart by their folder's
-    name, or by their whole path where that is shared too."""
-    for relabel in (lambda s: _name(s.path), lambda s: s.path):
-        counts = pd.Series([s.label for s in selections]).value_counts()
-        selections = [s if counts[s.label] == 1 else dataclasses.replace(s, label=relabel(s)) for s in selections]
-    return selections
+    """Every row is labelled by its experiment's name; experiments of one name (a spec
+    trained, then swept) are numbered in the order given (``name (1)``, ``name (2)``). The
+    notes name each label's folder."""
+    counts = pd.Series([s.label for s in selections]).value_counts()
+    seen: dict[str, int] = {}
+    out = []
+    for s in selections:
+        if counts[s.label] > 1:
+            seen[s.label] = seen.get(s.label, 0) + 1
+            s = dataclasses.replace(s, label=f"{s.label} ({seen[s.label]})")
+        out.append(s)
+    return out
+
+
+def _datasets(selections: list[Selection]) -> dict[str, str]:
+    """Each experiment's dataset(s), from its selected rows."""
+    return {s.label: ", ".join(sorted(map(str, s.rows["dataset"].dropna().unique()))) or "unknown"
+            for s in selections}
+
+
+def differing_params(selections: list[Selection]) -> pd.DataFrame:
+    """Experiments (rows, by label) x the config keys whose values differ between the
+    configurations they selected (``params.`` left off the names; the seed and the class list
+    are left out). No columns where every configuration is the same."""
+    from analysis.load import IGNORED_CONFIG_KEYS
+
+    configs = {}
+    for s in selections:
+        first = s.rows.dropna(subset=["config_json"]).head(1)
+        configs[s.label] = json.loads(first["config_json"].iloc[0]) if len(first) else {}
+    table = pd.DataFrame.from_dict(configs, orient="index")
+    table = table.drop(columns=[c for c in IGNORED_CONFIG_KEYS if c in table.columns])
+    table = table.apply(lambda col: col.map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v))
+    varying = [c for c in table.columns if table[c].astype(str).nunique(dropna=False) > 1]
+    table = table[varying].rename(columns=lambda c: c.removeprefix("params."))
+    table.index.name = "experiment"
+    return table
 
 
 def _categories(selections: list[Selection]) -> list[str]:
@@ -296,11 +345,13 @@ def _short(value: Any) -> str:
 
 
 def compare_experiments(experiments: Sequence[str | Path], metric: str = DEFAULT_METRIC,
-                        confidence: float = 0.95) -> Comparison:
+                        confidence: float = 0.95, allow_different_data: bool = False) -> Comparison:
     """Compare the configurations that ``experiments`` selected on ``metric``, per category.
 
     Raises ValueError (one line) for an experiment without a complete configuration, a
-    metric that is not a result column, or a metric with no value in any experiment;
+    metric that is not a result column, a metric with no value in any experiment, or
+    experiments on different datasets unless ``allow_different_data`` (their categories
+    are other images, so a table of them invites a comparison that does not hold);
     FileNotFoundError for a folder without ``results/``.
 
     Example:
@@ -315,6 +366,11 @@ def compare_experiments(experiments: Sequence[str | Path], metric: str = DEFAULT
     if twice:
         raise ValueError(f"{', '.join(twice)}: named twice; name each experiment once")
     selections = _unique_labels([select_configuration(e) for e in experiments])
+    datasets = _datasets(selections)
+    if len(set(datasets.values())) > 1 and not allow_different_data:
+        raise ValueError("the experiments use different datasets (" + "; ".join(
+            f"{k}: {v}" for k, v in datasets.items()) + "); compare experiments on one dataset, or pass "
+            "--allow-different-data")
     for s in selections:
         if metric not in s.rows.columns:
             numeric = [c for c in s.rows.columns if pd.api.types.is_numeric_dtype(s.rows[c])]
@@ -373,18 +429,31 @@ def compare_experiments(experiments: Sequence[str | Path], metric: str = DEFAULT
                      "rank is over that experiment's own categories"
                      + (f" that another experiment has too ({', '.join(alone)}: one experiment only, not ranked)"
                         if alone else "") + ".")
-    datasets = {s.label: ", ".join(sorted(map(str, s.rows["dataset"].dropna().unique()))) for s in selections}
     if len(set(datasets.values())) > 1:
-        notes.append("The experiments use different datasets (" + "; ".join(f"{k}: {v or 'unknown'}"
-                                                                             for k, v in datasets.items()) + ").")
+        notes.append("**The experiments use different datasets** (" + "; ".join(f"{k}: {v}" for k, v in
+                                                                                 datasets.items())
+                     + "): each category is other images in each; compared as asked.")
+    notes.append("Folders: " + "; ".join(f"{s.label}: {s.path}" for s in selections) + ".")
     return Comparison(metric=metric, mode=mode, confidence=confidence, selections=selections, categories=categories,
-                      cells=cells, table=table, best=best, notes=notes)
+                      cells=cells, table=table, best=best, notes=notes, params=differing_params(selections))
+
+
+def comparison_legend(comparison: Comparison, label: str) -> str:
+    """An experiment's entry in the comparison plot's legend: its label and mean rank, the
+    rank only where it has one (a lone category is not ranked).
+
+    Example:
+        >>> comparison_legend(c, "sweep")      # doctest: +SKIP
+        'sweep (mean rank 1.50)'
+    """
+    rank = comparison.table.at[label, "mean_rank"]
+    return f"{label} (mean rank {rank:.2f})" if np.isfinite(rank) else f"{label} (not ranked: no shared category)"
 
 
 def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
     """One point per experiment and category (the mean over seeds, with its interval), the
     experiments side by side within each category."""
-    from analysis.plots import _figure, _save
+    from analysis.plots import _figure, _legend_below, _save
 
     c = comparison
     labels = [s.label for s in c.selections]
@@ -398,35 +467,39 @@ def plot_comparison(comparison: Comparison, path: str | Path) -> Path:
         rows = cells.loc[label].reindex(c.categories)
         mean = rows["mean"].to_numpy(float)
         err = np.vstack([mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean])
-        rank = c.table.at[label, "mean_rank"]
         ax.errorbar(x + (i - (k - 1) / 2) * width, mean, yerr=np.nan_to_num(err), fmt="o", capsize=3,
-                    label=f"{label} (mean rank {rank:.2f})")
+                    label=comparison_legend(c, label))
     ax.set_xticks(x, c.categories, rotation=45 if len(c.categories) > 8 else 0)
     ax.set_xlabel("category")
     ax.set_ylabel(f"{c.metric} ({'lower' if c.mode == 'min' else 'higher'} is better)")
     ax.set_title(f"{c.metric} per category of each experiment's selected configuration", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    _legend_below(fig, [ax], ncols=1)  # long experiment names: one a row
     return _save(fig, path)
 
 
 def write_comparison(experiments: Sequence[str | Path], out: str | Path = "compare",
-                     metric: str = DEFAULT_METRIC, confidence: float = 0.95) -> Comparison:
+                     metric: str = DEFAULT_METRIC, confidence: float = 0.95,
+                     allow_different_data: bool = False) -> Comparison:
     """Compare ``experiments`` (:func:`compare_experiments`) and write ``compare.md``,
-    ``compare.html`` (self-contained: the plot inlined), ``compare.csv``, ``compare.tex``
-    and ``compare.png`` into ``out``. Returns the comparison.
+    ``compare.html`` (self-contained: the plot inlined), ``compare.csv``, ``compare.tex``,
+    ``compare_params.csv`` (the parameters that differ) and ``compare.png`` into ``out``.
+    Returns the comparison.
 
     Example:
         >>> c = write_comparison(["runs/a", "runs/b"], out="compare")   # doctest: +SKIP
         >>> print(c.markdown())                                         # doctest: +SKIP
     """
-    c = compare_experiments(experiments, metric, confidence)
+    c = compare_experiments(experiments, metric, confidence, allow_different_data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_comparison(c, out / "compare.png").read_bytes()
     title = f"# Comparison: {metric}\n\n"
-    (out / "compare.md").write_text(title + c.markdown() + "\n\n" + "\n\n".join(c.notes)
+    params = c.params_markdown()
+    differ = f"\n\n## Parameters that differ\n\n{params}" if params else ""
+    (out / "compare.md").write_text(title + c.markdown() + "\n\n" + "\n\n".join(c.notes) + differ
                                     + "\n\n![comparison plot](compare.png)\n")
+    c.params.to_csv(out / "compare_params.csv")
     (out / "compare.html").write_text(c.html(png))
     c.csv_table().to_csv(out / "compare.csv", index=False)
     (out / "compare.tex").write_text(c.latex() + "\n")

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from raysearch.objective import format_metric
+
 __all__ = ["auroc_se", "SelectionConfidence", "selection_confidence", "sweep_confidence", "CHANCE_Z", "SATURATED"]
 
 CHANCE_Z = 1.96
@@ -85,7 +87,7 @@ class SelectionConfidence:
         if self.can_rank is None:
             return f"selection confidence: not assessed ({self.reason})"
         head = (f"validation {'can' if self.can_rank else 'cannot'} rank these {self.n_trials} configurations: "
-                f"spread {self.spread:.3f}, noise +-{self.noise:.3f}")
+                f"spread {format_metric(self.spread)}, noise +-{format_metric(self.noise)}")
         if self.can_rank and self.within_noise > 1:
             head += f"; {self.within_noise} are within the noise of the best"
         notes = []

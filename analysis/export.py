@@ -6,8 +6,11 @@ saying where it came from: the experiment folder, the trial id and Optuna trial 
 the metric that ranked it and its per-class values, the checkpoint of every class
 (relative to the experiment folder, so it stays valid when the folder is copied) and
 the keys the search tuned.
-Only trials that completed every class are exported, ranked by the class mean of the
-spec's search metric (validation unless the spec selects on test). The output has no
+Only trials that completed every class are exported, in the one ranking order
+(:func:`analysis.rank.trial_table`: the class mean of the spec's search metric, validation
+unless the spec selects on test, ties by :func:`analysis.rank.rank_order`); provenance
+values are rounded to :data:`raysearch.objective.DECIMALS` places, a built-in dataset's
+spec carries no ``data.root``, and :func:`rerun_command` is how to train one again. The output has no
 timestamps, so exporting twice writes the same bytes.
 
 Example:
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,9 @@ import yaml
 
 from analysis.load import objective
 from raysearch import results
+from raysearch.objective import round_metric
 
-__all__ = ["best_trials", "export_best"]
+__all__ = ["best_trials", "export_best", "rerun_command"]
 
 _SECTIONS = ("data", "selection", "train")
 
@@ -61,7 +66,8 @@ def _best_of(df, metric: str, mode: str, n_classes: int | None) -> list[dict[str
     ranked = []
     for trial in table[table["complete"]].itertuples():
         rows = results_of(df, trial.trial_id)
-        ranked.append({"trial_id": trial.trial_id, "value": float(trial.mean), "rows": rows})
+        ranked.append({"trial_id": trial.trial_id, "config_hash": trial.config_hash, "value": float(trial.mean),
+                       "rows": rows})
     return ranked
 
 
@@ -110,6 +116,27 @@ def _apply_flat(spec: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _drop_unused_root(spec: dict[str, Any]) -> None:
+    """Leave ``data.root`` out of a spec whose dataset is built in (it reads no files), so an
+    exported file does not name a folder that means nothing to it."""
+    from raysearch.data import DATASETS  # the registry imports no torch
+
+    data = spec.get("data") or {}
+    info = DATASETS.get(str(data.get("dataset")))
+    if info is not None and info.builtin:
+        data.pop("root", None)
+
+
+def rerun_command(path: str | os.PathLike) -> str:
+    """The command that trains an exported spec file again, shell-quoted.
+
+    Example:
+        >>> rerun_command("best/my sweep-1.yaml")
+        "raysearch train 'best/my sweep-1.yaml'"
+    """
+    return f"raysearch train {shlex.quote(str(path))}"
+
+
 def export_best(experiment: str, top: int = 1, to: str = "best", notes: list[str] | None = None) -> list[Path]:
     """Write the ``top`` best trials of ``experiment`` as spec files under ``to``.
 
@@ -133,6 +160,7 @@ def export_best(experiment: str, top: int = 1, to: str = "best", notes: list[str
         first = trial["rows"][0]
         out = _apply_flat(spec, json.loads(first["config_json"]))
         out["name"] = f"{spec['name']}-{rank}"
+        _drop_unused_root(out)
         kept = {k: v for k, v in (spec.get("provenance") or {}).items() if k != "data_fingerprint"}
         out["provenance"] = {
             **kept,
@@ -141,12 +169,13 @@ def export_best(experiment: str, top: int = 1, to: str = "best", notes: list[str
                 "name": spec["name"],
                 "trial_id": trial["trial_id"],
                 "optuna_trial": first.get("optuna_trial"),
+                "config_hash": trial["config_hash"],
                 "variant": first.get("variant"),
                 "rank": rank,
                 "metric": metric,
                 "mode": mode,
-                "value": trial["value"],
-                "per_class": {r["normal_class"]: {m: r.get(m) for m in (metric, "test_image_auroc")}
+                "value": round_metric(trial["value"]),
+                "per_class": {r["normal_class"]: {m: round_metric(r.get(m)) for m in (metric, "test_image_auroc")}
                               for r in trial["rows"]},
                 # Relative to the experiment folder: valid after the folder is copied.
                 "checkpoints": {r["normal_class"]: _relative(r.get("checkpoint"), trial["trial_id"]) for r in trial["rows"]},

@@ -45,6 +45,7 @@ import pandas as pd
 
 from analysis.load import prepare
 from raysearch import results
+from raysearch.objective import format_metric
 
 __all__ = ["FidelityResult", "selection_fidelity", "fidelity_line", "counterpart_metric", "MIN_CONFIGS"]
 
@@ -334,5 +335,6 @@ def fidelity_line(result: FidelityResult, test_metric: str | None = None) -> str
                 if np.isfinite(r["spearman_ci_low"]) else "")
     return (f"selection fidelity (diagnostic, {int(r['n'])} configs): "
             f"Spearman({result.objective}, {test_metric}) {_num(r['spearman'], 2)}{interval}, "
-            f"regret {_num(r['regret'], 3)} (picked {_num(r['picked_test'], 3)}, best {_num(r['best_test'], 3)})")
+            f"regret {format_metric(r['regret'])} (picked {format_metric(r['picked_test'])}, "
+            f"best {format_metric(r['best_test'])})")
 

@@ -53,9 +53,10 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 
     Missing columns are filled so that hand-built tables work: ``status`` as "completed"
     (a table without statuses is taken to hold finished rows), ``normal_class`` as "all",
-    ``seed`` from ``train.seed`` or 0, everything else as null. ``config_key`` comes from
-    ``config_json`` (see :func:`config_key`), else ``config_hash``, else ``trial_id``.
-    An existing ``config_key`` column is kept.
+    ``seed`` from ``train.seed`` or 0, everything else as null. A missing ``config_hash``
+    is computed from ``config_json`` as the run wrote it (:func:`raysearch.spec.config_hash`).
+    ``config_key`` comes from ``config_json`` (see :func:`config_key`), else
+    ``config_hash``, else ``trial_id``. An existing ``config_key`` column is kept.
     """
     df = df.copy()
     n = len(df)
@@ -71,6 +72,13 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         if name not in df.columns:
             df[name] = float("nan")
     df["normal_class"] = df["normal_class"].astype(str)
+    if df["config_hash"].isna().any():
+        from raysearch.spec import (
+            config_hash,  # the rows' own hash, so a table built by hand names configs alike
+        )
+
+        hashes = {c: config_hash(json.loads(c)) for c in pd.unique(df["config_json"].dropna())}
+        df["config_hash"] = df["config_hash"].fillna(df["config_json"].map(hashes))
     if "config_key" not in df.columns:
         # Hash each distinct config once: 100k rows hold a few thousand configs at most.
         keys = {c: config_key(c) for c in pd.unique(df["config_json"].dropna())}

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.rank import history_table
+from raysearch.objective import format_metric
 
 __all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto", "plot_fidelity",
-           "plot_ranking", "ranking_label"]
+           "plot_ranking", "ranking_label", "ranking_title"]
 
 DPI = 120  # dots per inch of the saved PNGs
 MAX_RANKING_ROWS = 20  # configurations drawn in the ranking plot (the table has all)
@@ -46,6 +47,18 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def _legend_below(fig, axes: Sequence[Any], fontsize: int = 8, ncols: int = 4) -> None:
+    """One legend for ``axes`` below the plots (each label once, at most ``ncols`` a row), so
+    it covers no data."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center",
+                   ncols=min(len(entries), ncols), fontsize=fontsize)
+
+
 def plot_history(source: Any, path: str | Path, metric: str = "val_image_auroc", mode: str = "max") -> Path:
     """Objective per completed trial in trial order, with the best-so-far line.
 
@@ -67,7 +80,7 @@ def plot_history(source: Any, path: str | Path, metric: str = "val_image_auroc",
     ax.set_ylabel(f"{metric} (mean over classes)")
     ax.set_title(f"Optimisation history: {metric} ({mode})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    _legend_below(fig, [ax], fontsize=9)
     return _save(fig, path)
 
 
@@ -96,7 +109,7 @@ def plot_importance(importance: pd.DataFrame, path: str | Path) -> Path:
     ax.set_xlabel("normalised importance (sums to 1 per evaluator)")
     ax.set_title("Hyperparameter importance")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    _legend_below(fig, [ax], fontsize=9)
     return _save(fig, path)
 
 
@@ -114,6 +127,35 @@ def ranking_label(row: Any) -> str:
     number = row["optuna_trial"]
     known = number is not None and not pd.isna(number)
     return f"{int(row['rank'])}. {row['trial_id']}" + (f" (#{int(number)})" if known else "")
+
+
+def _intervals(shown: pd.DataFrame, low: str, high: str) -> np.ndarray:
+    """Which rows of ``shown`` have an interval between columns ``low`` and ``high`` to draw."""
+    return np.isfinite(shown[low].to_numpy(float)) & np.isfinite(shown[high].to_numpy(float))
+
+
+def ranking_title(table: pd.DataFrame, metric: str = "val_image_auroc", confidence: float = 0.95,
+                  max_rows: int = MAX_RANKING_ROWS) -> str:
+    """The title of :func:`plot_ranking`'s figure: it names intervals only where the figure
+    draws some, and says why there are none otherwise.
+
+    Example:
+        >>> t = pd.DataFrame({"ci_low": [np.nan], "ci_high": [np.nan], "diff_ci_low": [np.nan],
+        ...                   "diff_ci_high": [np.nan]})
+        >>> ranking_title(t, "val_image_auroc")
+        'Ranking by val_image_auroc (no intervals: fewer than 5 cells per configuration)'
+    """
+    from analysis.rank import MIN_PAIRS
+
+    shown = table.iloc[:max_rows]
+    drawn = _intervals(shown, "ci_low", "ci_high") | _intervals(shown, "diff_ci_low", "diff_ci_high")
+    more = f"; best {len(shown)} of {len(table)}" if len(table) > len(shown) else ""
+    if drawn.all():
+        return f"Ranking by {metric} with {confidence:.0%} bootstrap intervals{more}"
+    if drawn.any():
+        return (f"Ranking by {metric} with {confidence:.0%} bootstrap intervals where a configuration has "
+                f"{MIN_PAIRS} or more cells{more}")
+    return f"Ranking by {metric} (no intervals: fewer than {MIN_PAIRS} cells per configuration){more}"
 
 
 def plot_ranking(table: pd.DataFrame, path: str | Path, metric: str = "val_image_auroc",
@@ -139,7 +181,7 @@ def plot_ranking(table: pd.DataFrame, path: str | Path, metric: str = "val_image
     for ax, (col, low, high, xlabel) in zip(axes, panels, strict=True):
         centre = shown[col].to_numpy(float)
         lo, hi = shown[low].to_numpy(float), shown[high].to_numpy(float)
-        has = np.isfinite(lo) & np.isfinite(hi)
+        has = _intervals(shown, low, high)
         for mask, colour, what in ((complete, "tab:blue", "complete"), (~complete, "tab:gray", "incomplete")):
             m = mask & has
             if m.any():
@@ -151,25 +193,27 @@ def plot_ranking(table: pd.DataFrame, path: str | Path, metric: str = "val_image
         ax.set_xlabel(xlabel, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[1].axvline(0.0, color="tab:red", ls="--", lw=1, label="rank 1")
-    axes[0].legend(loc="best", fontsize=7)
+    _legend_below(fig, axes)
     axes[0].set_yticks(y, labels, fontsize=8)
-    more = f"; best {len(shown)} of {len(table)}" if len(table) > len(shown) else ""
-    fig.suptitle(f"Ranking by {metric} with {confidence:.0%} bootstrap intervals{more}")
+    fig.suptitle(ranking_title(table, metric, confidence, max_rows))
     return _save(fig, path)
 
 
-def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
+def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] | None = None,
+                  labels: dict[str, str] | None = None) -> Path:
     """Each factor's effect (variant - full) with its confidence interval, one panel per metric.
 
     ``table`` is :func:`analysis.ablation.ablation_table`'s output; ``metrics`` default to
-    every metric it holds. Each bar is labelled with its number of pairs and p-value
-    (Holm-corrected over the factors where the table has it, ``p_holm``).
+    every metric it holds; ``labels`` name the variants (default: the identifier with
+    underscores as spaces). The factors keep the table's order, the first at the top. Each
+    bar is labelled with its number of pairs and p-value (Holm-corrected over the factors
+    where the table has it, ``p_holm``).
     """
     if metrics is None:
         metrics = [c[: -len("_effect")] for c in table.columns if c.endswith("_effect")]
     if table.empty or not metrics:
         raise ValueError("no ablation effects to plot (the table is empty)")
-    variants = list(table["variant"])[::-1]  # largest effect at the top
+    variants = list(table["variant"])[::-1]  # the first factor at the top
     rows = table.set_index("variant").loc[variants]
     fig = _figure(4.8 * len(metrics), 1.8 + 0.6 * len(variants))
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
@@ -186,7 +230,7 @@ def plot_ablation(table: pd.DataFrame, path: str | Path, metrics: Sequence[str] 
             if np.isfinite(e):
                 ax.annotate(f"n={n}, {p_name}={p:.2g}", (e, yi), xytext=(0, 7), textcoords="offset points",
                             ha="center", fontsize=8)
-        ax.set_yticks(y, variants)
+        ax.set_yticks(y, [(labels or {}).get(v) or str(v).replace("_", " ") for v in variants])
         ax.set_xlabel(f"Δ {m} (variant − full)")
         ax.set_title(m)
         ax.grid(axis="x", alpha=0.3)
@@ -200,7 +244,7 @@ def plot_per_class(table: pd.DataFrame, path: str | Path, metric: str = "val_ima
     """Heatmap of configurations x classes (:func:`analysis.rank.per_class_table`'s output).
 
     The first ``max_rows`` rows are drawn (the table is ordered best first); empty cells
-    (unfinished classes) are left blank.
+    (unfinished classes) are blank and marked n/a where the cells carry values.
     """
     if table.empty:
         raise ValueError("no per-class values to plot (the table is empty)")
@@ -220,8 +264,10 @@ def plot_per_class(table: pd.DataFrame, path: str | Path, metric: str = "val_ima
         middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, format_metric(v), ha="center", va="center", fontsize=8,
                         color="black" if v > middle else "white")
+            else:  # a class the configuration did not finish
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="tab:gray")
     more = f" (best {n_rows} of {len(table)})" if len(table) > n_rows else ""
     ax.set_title(f"{metric} per class{more}")
     return _save(fig, path)
@@ -249,7 +295,7 @@ def plot_pareto(study_or_source: Any, path: str | Path, metrics: Sequence[str] |
     extra = f"; {len(names) - 2} more objectives not shown" if len(names) > 2 else ""
     ax.set_title(f"Pareto front{extra}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    _legend_below(fig, [ax], fontsize=9)
     return _save(fig, path)
 
 
@@ -296,8 +342,8 @@ def plot_fidelity(df_or_result: Any, path: str | Path, objective: str = "val_ima
     ci = (f" [{stats['spearman_ci_low']:.2f}, {stats['spearman_ci_high']:.2f}]"
           if np.isfinite(stats["spearman_ci_low"]) else "")
     ax.set_title(f"Selection fidelity (diagnostic): Spearman {stats['spearman']:.2f}{ci}, "
-                 f"regret {stats['regret']:.4f}", fontsize=10)
+                 f"regret {format_metric(stats['regret'])}", fontsize=10)
     ax.margins(x=0.08, y=0.1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    _legend_below(fig, [ax], fontsize=9)
     return _save(fig, path)

@@ -32,13 +32,14 @@ import pandas as pd
 from analysis.load import IGNORED_CONFIG_KEYS, prepare
 from raysearch.space import is_repeat
 
-__all__ = ["trial_table", "rank_configs", "per_class_table", "history_table", "varying_params", "t_interval",
+__all__ = ["rank_order", "trial_table", "rank_configs", "per_class_table", "history_table", "varying_params", "t_interval",
            "percentile_interval", "paired_difference", "cell_table", "metric_range",
-           "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "MIN_PAIRS"]
+           "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "MIN_PAIRS", "TIE_DECIMALS"]
 
 MODES = ("max", "min")
 BOOTSTRAP_RESAMPLES = 2000  # resamples per interval: the 2.5 % quantile then rests on 50 resamples
 BOOTSTRAP_SEED = 0  # every interval of a report is drawn from this seed: the same rows give the same report
+TIE_DECIMALS = 9  # means equal to this many decimals tie: one value summed in another order differs in its last bits
 MIN_PAIRS = 5  # fewer values: no interval (4 values have only 35 distinct resamples; the tails are a few of them)
 _RESAMPLE_CHUNK = 2_000_000  # weights drawn per block (resamples x values): bounds the memory of a long column
 # Metrics bounded to [0, 1] by definition (areas under curves, F1); others are unbounded.
@@ -213,15 +214,46 @@ def _test_metrics(done: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _first_trials(done: pd.DataFrame) -> pd.DataFrame:
-    """Per config_key, its first trial (lowest Optuna number, then trial id): ``trial_id``, ``optuna_trial``."""
-    trials = done[["config_key", "trial_id", "optuna_trial"]].drop_duplicates(["config_key", "trial_id"])
+    """Per config_key, its first trial (lowest Optuna number, then trial id): ``trial_id``,
+    ``optuna_trial`` and that trial's ``config_hash``."""
+    trials = done[["config_key", "trial_id", "optuna_trial", "config_hash"]].drop_duplicates(["config_key", "trial_id"])
     trials = trials.assign(trial_id=trials["trial_id"].astype(str),
                            _order=pd.to_numeric(trials["optuna_trial"], errors="coerce"))
     trials = trials.sort_values(["config_key", "_order", "trial_id"], na_position="last", kind="stable")
-    return trials.drop_duplicates("config_key").set_index("config_key")[["trial_id", "optuna_trial"]]
+    return trials.drop_duplicates("config_key").set_index("config_key")[["trial_id", "optuna_trial", "config_hash"]]
 
 
 TRIAL_STATUSES = ("completed", "pruned", "failed", "unfinished")
+
+
+def rank_order(table: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """``table`` (columns ``complete``, ``mean``, ``optuna_trial``, ``trial_id``) in the one
+    ranking order of raysearch, used by the console summary, ``export``, ``compare``, an
+    ablation's ``--base`` (all through :func:`trial_table`) and the report
+    (:func:`rank_configs`):
+
+    1. complete before incomplete;
+    2. the objective's ``mean``, best first (``mode``); means equal to :data:`TIE_DECIMALS`
+       decimals tie, since one value summed in another order differs in its last bits;
+    3. the lower Optuna trial number: of two equal configurations, the one the search
+       found first (a row without a number comes after those with one);
+    4. the trial id.
+
+    No test metric enters the order. NaN means come last within their group.
+
+    Example:
+        >>> t = pd.DataFrame({"complete": [True, True, True], "mean": [0.9, 0.95, 0.95 + 1e-12],
+        ...                   "optuna_trial": [0, 7, 6], "trial_id": ["a", "b", "c"]})
+        >>> rank_order(t, "max")["trial_id"].tolist()
+        ['c', 'b', 'a']
+    """
+    value = pd.to_numeric(table["mean"], errors="coerce").astype(float).round(TIE_DECIMALS)
+    keys = pd.DataFrame({"incomplete": ~table["complete"].astype(bool),
+                         "value": -value if mode == "max" else value,
+                         "number": pd.to_numeric(table["optuna_trial"], errors="coerce").astype(float),
+                         "trial": table["trial_id"].astype(str)}, index=table.index)
+    order = keys.sort_values(["incomplete", "value", "number", "trial"], na_position="last", kind="stable").index
+    return table.loc[order]
 
 
 def trial_table(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "max",
@@ -234,10 +266,11 @@ def trial_table(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "
     stopped it, ``completed`` when it has a completed row with a finite ``metric`` for
     each of the ``n_classes`` classes (default: as many as the experiment's rows name), and
     ``unfinished`` otherwise (interrupted, or still running). Only completed trials are
-    complete and ranked (``rank`` 1 = best ``mean``, ties by trial id); the others follow
-    with no rank. Columns: ``rank``, ``trial_id``, ``kind``, ``optuna_trial``,
-    ``variant``, ``seed``, ``config_key``, ``status``, ``classes_done``, ``mean`` (over
-    the classes done), ``complete``.
+    complete and ranked (``rank`` 1 = best ``mean``, ties as :func:`rank_order` says); the
+    others follow with no rank. Columns: ``rank``, ``trial_id``, ``kind``,
+    ``optuna_trial``, ``variant``, ``seed``, ``config_hash`` (the rows' id of the trial's
+    configuration, the one Optuna's user attributes carry), ``config_key``, ``status``,
+    ``classes_done``, ``mean`` (over the classes done), ``complete``.
 
     Example:
         >>> rows = pd.DataFrame({"trial_id": ["a", "a", "b"], "class_index": [0, 1, 0],
@@ -247,7 +280,7 @@ def trial_table(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "
     """
     df = prepare(df)
     _check(df, metric, mode)
-    columns = ["rank", "trial_id", "kind", "optuna_trial", "variant", "seed", "config_key", "status",
+    columns = ["rank", "trial_id", "kind", "optuna_trial", "variant", "seed", "config_hash", "config_key", "status",
                "classes_done", "mean", "complete"]
     if df.empty:
         return pd.DataFrame(columns=columns)
@@ -273,12 +306,11 @@ def trial_table(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "
                       np.where(classes_done >= n_classes, "completed", "unfinished")))
     table = pd.DataFrame({"trial_id": [str(t) for t in ids], "kind": list(firsts["kind"]),
                           "optuna_trial": list(firsts["optuna_trial"]), "variant": list(firsts["variant"]),
-                          "seed": list(firsts["seed"]), "config_key": list(firsts["config_key"]),
+                          "seed": list(firsts["seed"]), "config_hash": list(firsts["config_hash"]),
+                          "config_key": list(firsts["config_key"]),
                           "status": status.tolist(), "classes_done": classes_done.tolist(),
                           "mean": means.tolist(), "complete": (status == "completed").tolist()})
-    table["_order"] = -table["mean"] if mode == "max" else table["mean"]
-    table = table.sort_values(["complete", "_order", "trial_id"], ascending=[False, True, True],
-                              na_position="last", kind="stable").drop(columns="_order")
+    table = rank_order(table, mode)
     ranks = np.arange(1, len(table) + 1, dtype=float)
     table.insert(0, "rank", np.where(table["complete"], ranks, np.nan))
     table["rank"] = table["rank"].astype("Int64")
@@ -314,7 +346,8 @@ def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = 
 
     - ``rank``; ``trial_id`` and ``optuna_trial``: the configuration's trial (its first
       one by Optuna number, then id, where several trials share it, e.g. one per seed);
-    - the config keys that vary between configurations (the searched parameters);
+    - the config keys that vary between configurations (the searched parameters; their
+      names are also in ``table.attrs["params"]``);
     - ``mean`` and ``n``: the objective over the configuration's runs ((seed, class) cells);
     - ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``n_pairs``: the paired difference to
       rank 1 (:func:`paired_difference`: per (class, seed) cell both finished, this config
@@ -330,11 +363,13 @@ def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = 
       has); ``complete`` (every trial of the configuration completed all ``n_classes``
       classes, see :func:`trial_table`); ``mean_rank`` (rank the configurations within each
       class by their seed-mean there, 1 = best, then average over the config's classes);
-      ``config_key``; ``n_trials`` and ``trial_ids``.
+      ``config_hash`` (the rows' id of the configuration's first trial: the id a person
+      reads, as in the rows, Optuna's user attributes and ``export``); ``config_key`` (the
+      grouping key, which leaves the seed out); ``n_trials`` and ``trial_ids``.
 
-    Complete configurations come first, ordered by ``mean`` (best first; ``mean_rank``
-    breaks ties); incomplete ones follow, ordered the same way, so a mean over an easy
-    subset of classes never outranks a full one. The intervals are reproducible: ``n_boot``
+    The order is :func:`rank_order`'s: complete configurations first, by ``mean`` (best
+    first; equal means by Optuna number, then trial id); incomplete ones follow, ordered
+    the same way, so a mean over an easy subset of classes never outranks a full one. The intervals are reproducible: ``n_boot``
     resamples from ``seed`` (see :func:`percentile_interval`). A config key named like one
     of the columns above is shown as ``<key> (config)``.
 
@@ -352,7 +387,7 @@ def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = 
     stats = ["mean", "n", "diff", "diff_ci_low", "diff_ci_high", "n_pairs"]
     stats += [f"{m}_mean" for m in test_metrics]
     stats += ["std", "seed_std", "ci_low", "ci_high", "n_seeds", "n_classes", "max_classes", "complete",
-              "mean_rank", "config_key", "n_trials", "trial_ids"]
+              "mean_rank", "config_hash", "config_key", "n_trials", "trial_ids"]
     if done.empty:
         return pd.DataFrame(columns=head + stats)
 
@@ -381,9 +416,9 @@ def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = 
     first = _first_trials(done)
     table["trial_id"] = first["trial_id"]
     table["optuna_trial"] = first["optuna_trial"]
+    table["config_hash"] = first["config_hash"]
 
-    table = table.sort_values(["mean", "mean_rank"], ascending=[mode == "min", True], kind="stable")
-    table = table.sort_values("complete", ascending=False, kind="stable")
+    table = rank_order(table, mode)
     table["rank"] = np.arange(1, len(table) + 1)
 
     cells = cell_table(done, metric).reindex(table.index)
@@ -398,7 +433,9 @@ def rank_configs(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = 
     params = varying_params(done)  # keys that vary among the ranked configurations
     params = params.rename(columns={c: f"{c} (config)" for c in params.columns if c in head + stats})
     params = params.reindex(table["config_key"]).reset_index(drop=True)
-    return pd.concat([table[head], params, table[stats]], axis=1)
+    ranked = pd.concat([table[head], params, table[stats]], axis=1)
+    ranked.attrs["params"] = list(params.columns)
+    return ranked
 
 
 def per_class_table(df: pd.DataFrame, metric: str = "val_image_auroc", mode: str = "max") -> pd.DataFrame:

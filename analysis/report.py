@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,8 +36,11 @@ from analysis.ablation import (
     ablation_latex,
     ablation_paper_table,
     ablation_table,
+    booktabs,
+    factor_labels,
     format_ablation_table,
-    variant_labels,
+    latex_escape,
+    markdown_escape,
 )
 from analysis.confidence import sweep_confidence
 from analysis.fidelity import MIN_CONFIGS, fidelity_line, selection_fidelity
@@ -56,10 +60,12 @@ from analysis.rank import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     MIN_PAIRS,
+    TIE_DECIMALS,
     per_class_table,
     rank_configs,
     trial_table,
 )
+from raysearch.objective import format_metric
 
 __all__ = ["write_report", "latex_table", "markdown_table"]
 
@@ -68,7 +74,11 @@ MAX_FAILURES = 20  # failed runs listed with their reason
 MAX_REASON_CHARS = 160  # characters of a failure reason shown (the result rows keep it whole)
 TRIAL_STATUSES = ("completed", "pruned", "failed", "unfinished")
 # Columns of rank_configs left out of the report's ranking table (ranking_all.csv has them).
-RANKING_HIDDEN = ("std", "ci_low", "ci_high", "max_classes", "n_trials", "trial_ids")
+RANKING_HIDDEN = ("std", "ci_low", "ci_high", "max_classes", "n_trials", "trial_ids", "config_key")
+FIDELITY_SHOWN = ["test_metric", "spearman", "spearman_ci_low", "spearman_ci_high", "regret", "n"]  # result first
+LATEX_ROWS = 10  # configurations in ranking.tex: a table that fits a page
+TIE_RULE = (f"equal means (to {TIE_DECIMALS} decimals) are ordered by Optuna number, the configuration found first ranking "
+            "higher, then by trial id; the console, export and compare use the same order.")
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em;
@@ -88,10 +98,11 @@ p.note { color: #555; font-size: 14px; }
 @dataclass
 class _Section:
     """A report section: blocks of ("text", str), ("table", name, DataFrame, caption,
-    metric_values, tex) or ("image", file name, alt text), rendered alike into Markdown and
+    metric_values, tex, csv) or ("image", file name, alt text), rendered alike into Markdown and
     HTML. A table's files hold every row; the page shows the first :data:`TOP_ROWS`.
     ``metric_values``: every number of the table is a metric value (4 decimals); ``tex``:
-    the ``.tex`` file's text where the table has its own (else a plain tabular)."""
+    the ``.tex`` file's text where the table has its own (else a plain tabular); ``csv``: the
+    ``.csv`` file's table where it differs from the one shown (numbers where the page shows text)."""
 
     title: str
     blocks: list[tuple] = field(default_factory=list)
@@ -100,10 +111,11 @@ class _Section:
         self.blocks.append(("text", s))
 
     def table(self, name: str, df: pd.DataFrame, caption: str = "", metric_values: bool = False,
-              tex: str | None = None) -> None:
+              tex: str | None = None, csv: pd.DataFrame | None = None) -> None:
+        """A table shown from ``df``; its files hold ``csv`` (default ``df``) and ``tex``."""
         if len(df) > TOP_ROWS:
             caption += f" Showing the first {TOP_ROWS} of {len(df)} rows; {name}.csv has all."
-        self.blocks.append(("table", name, df, caption.strip(), metric_values, tex))
+        self.blocks.append(("table", name, df, caption.strip(), metric_values, tex, csv))
 
     def image(self, file: str, alt: str) -> None:
         self.blocks.append(("image", file, alt))
@@ -138,17 +150,14 @@ def _display(df: pd.DataFrame, metric_values: bool = False) -> pd.DataFrame:
 
 
 def markdown_table(df: pd.DataFrame, metric_values: bool = False) -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (floats to 4 decimals, p-values to 3 digits)."""
+    """A GitHub-flavoured Markdown table of ``df`` (floats to 4 decimals, p-values to 3 digits;
+    every cell and header escaped with :func:`analysis.ablation.markdown_escape`)."""
     cells = _display(df, metric_values)
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = markdown_escape
     lines = ["| " + " | ".join(esc(c) for c in cells.columns) + " |",
              "|" + "|".join("---" for _ in cells.columns) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines)
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def latex_table(df: pd.DataFrame, metric_values: bool = False) -> str:
@@ -165,7 +174,7 @@ def latex_table(df: pd.DataFrame, metric_values: bool = False) -> str:
         \\end{tabular}
     """
     cells = _display(df, metric_values)
-    esc = lambda s: "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))  # noqa: E731
+    esc = latex_escape
     lines = [r"\begin{tabular}{" + "r" * len(cells.columns) + "}", r"\hline",
              " & ".join(esc(c) for c in cells.columns) + r" \\", r"\hline"]
     lines += [" & ".join(esc(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
@@ -181,8 +190,8 @@ def _html_table(df: pd.DataFrame, metric_values: bool = False) -> str:
 # -- sections ------------------------------------------------------------------------------
 def _overview(df: pd.DataFrame, spec: dict, metrics: list[str], modes: list[str], study) -> _Section:
     s = _Section("Overview")
-    first = lambda col: ", ".join(sorted(map(str, df[col].dropna().unique()))) or "n/a"  # noqa: E731
-    s.text(f"Method **{spec.get('method') or first('method')}** on **{first('dataset')}**; "
+    first = lambda col: markdown_escape(", ".join(sorted(map(str, df[col].dropna().unique()))) or "n/a")  # noqa: E731
+    s.text(f"Method **{markdown_escape(spec.get('method') or '') or first('method')}** on **{first('dataset')}**; "
            f"experiment kinds: {first('kind')}; classes: {first('normal_class')}; seeds: {first('seed')}.")
     s.text("Objective: " + ", ".join(f"{m} ({d})" for m, d in zip(metrics, modes, strict=True))
            + f"; selection split: {first('selection_split')}. Test metrics are shown for reading only, "
@@ -233,48 +242,122 @@ def _trial_counts(s: _Section, df: pd.DataFrame, metric: str, mode: str, study) 
             + (", and from the Optuna study." if study is not None else "."))
 
 
+def _trial_name(trial_id: Any, number: Any) -> str:
+    """A trial as every table names it: its id and, where known, its Optuna number (``#11``)."""
+    known = number is not None and not pd.isna(number)
+    return f"{trial_id} (#{int(number)})" if known else str(trial_id)
+
+
+def _difference(row: Any, latex: bool = False) -> str:
+    """The difference to rank 1 with its interval, or the reason there is none."""
+    if int(row["rank"]) == 1:
+        return "rank 1"
+    if not np.isfinite(row["diff"]):
+        return "n/a (no shared cell)"
+    diff = format_metric(row["diff"], signed=True)
+    if np.isfinite(row["diff_ci_low"]):
+        low, high = format_metric(row["diff_ci_low"], signed=True), format_metric(row["diff_ci_high"], signed=True)
+        text = f"{diff} [{low}, {high}]"
+    else:
+        pairs = int(row["n_pairs"])
+        text = f"{diff} (no interval: {pairs} pair{'' if pairs == 1 else 's'}, needs {MIN_PAIRS})"
+    return text.replace("-", "$-$").replace("+", "$+$") if latex else text
+
+
+def _test_column(ranking: pd.DataFrame, metric: str) -> str | None:
+    """The test metric shown beside the objective: its counterpart where it has values."""
+    found = [c for c in ranking.columns if c.startswith("test_") and c.endswith("_mean")]
+    return found[0] if found else None
+
+
+def ranking_results(ranking: pd.DataFrame, metric: str, confidence: float) -> pd.DataFrame:
+    """The report's ranking table: the result columns only, as text, in this order: rank,
+    trial (id and Optuna number), the objective's mean, the difference to rank 1 with its
+    interval (or why there is none), n, the test metric; then ``complete`` (where a
+    configuration is incomplete), ``seed_std`` (several seeds) and ``config_hash``. The
+    searched parameters are :func:`ranking_params`'s table."""
+    test = _test_column(ranking, metric)
+    out = pd.DataFrame({
+        "rank": ranking["rank"].astype(int).astype(str),
+        "trial": [_trial_name(t, n) for t, n in zip(ranking["trial_id"], ranking["optuna_trial"], strict=True)],
+        f"mean {metric}": ranking["mean"].map(format_metric),
+        f"Δ to rank 1 ({confidence:.0%} CI)": [_difference(r) for _, r in ranking.iterrows()],
+        "n": ranking["n"].astype(int).astype(str),
+    })
+    if test:
+        out[test[: -len("_mean")]] = ranking[test].map(format_metric)
+    if not ranking["complete"].astype(bool).all():
+        out["complete"] = ranking["complete"].map(lambda c: "yes" if c else "no")
+    if (ranking["n_seeds"] > 1).any():
+        out["seed_std"] = ranking["seed_std"].map(format_metric)
+    out["config_hash"] = ranking["config_hash"].fillna("n/a").astype(str)
+    return out
+
+
+def param_name(column: str) -> str:
+    """A config key as a parameter column names it: ``params.gmm.components`` -> ``gmm.components``."""
+    return column.removeprefix("params.")
+
+
+def ranking_params(ranking: pd.DataFrame) -> pd.DataFrame:
+    """The searched parameters of each ranked configuration (rank, trial, then the config keys
+    that vary between configurations, named without ``params.``); no columns when none vary."""
+    params = ranking.attrs.get("params", [])
+    out = pd.DataFrame({"rank": ranking["rank"].astype(int),
+                        "trial": [_trial_name(t, n) for t, n in zip(ranking["trial_id"], ranking["optuna_trial"],
+                                                                     strict=True)]})
+    for column in params:
+        out[param_name(column)] = ranking[column].to_numpy()
+    return out
+
+
+def ranking_latex(ranking: pd.DataFrame, metric: str, confidence: float, top: int = LATEX_ROWS) -> str:
+    """The first ``top`` configurations as a booktabs ``tabular`` that fits a page: rank, trial,
+    mean, difference to rank 1 with its interval, n and the test metric (user strings
+    escaped). Needs ``\\usepackage{booktabs}``; the first line is a comment saying what it holds."""
+    shown = ranking.head(top)
+    test = _test_column(ranking, metric)
+    header = ["Rank", "Trial", latex_escape(f"mean {metric}"), latex_escape(f"Δ to rank 1 ({confidence:.0%} CI)")
+              .replace("Δ", r"$\Delta$"), "$n$"]
+    header += [latex_escape(test[: -len("_mean")])] if test else []
+    rows = []
+    for _, r in shown.iterrows():
+        cells = [str(int(r["rank"])), latex_escape(_trial_name(r["trial_id"], r["optuna_trial"])),
+                 format_metric(r["mean"]), latex_escape(_difference(r)).replace("-", "$-$").replace("+", "$+$"),
+                 str(int(r["n"]))]
+        cells += [format_metric(r[test])] if test else []
+        rows.append(cells)
+    more = f"; the first {len(shown)} of {len(ranking)}, ranking.csv has all" if len(ranking) > len(shown) else ""
+    comment = (f"% Configurations ranked by mean {metric}{more}. Delta: paired difference to rank 1 over the "
+               f"(class, seed) cells both finished, {confidence:.0%} percentile bootstrap interval.")
+    return comment + "\n" + booktabs(header, rows, "rlrlr" + ("r" if test else ""))
+
+
 def _ranking_summary(ranking: pd.DataFrame, metric: str, confidence: float) -> list[str]:
     best = ranking.iloc[0]
-    number = best["optuna_trial"]
-    where = f" (Optuna trial #{int(number)})" if not pd.isna(number) else ""
     n_seeds, n_classes = int(best["n_seeds"]), int(best["n_classes"])
-    line = (f"Best configuration: trial `{best['trial_id']}`{where}, config `{best['config_key']}`: "
-            f"{metric} {best['mean']:.4f} over n = {int(best['n'])} runs ({n_classes} classes x "
-            f"{n_seeds} seed(s)).")
+    line = (f"Best configuration: trial `{_trial_name(best['trial_id'], best['optuna_trial'])}`, config "
+            f"`{best['config_hash']}`: {metric} {format_metric(best['mean'])} over n = {int(best['n'])} runs "
+            f"({n_classes} classes x {n_seeds} seed(s)).")
     if n_seeds > 1 and np.isfinite(best["seed_std"]):
-        line += f" Seed-to-seed std of its class mean: {best['seed_std']:.4f}."
-    test_col = [c for c in ranking.columns if c.startswith("test_") and c.endswith("_mean")]
-    if test_col and metric.startswith("val_"):
-        line += f" Its {test_col[0][:-5]} is {_cell(best[test_col[0]])} (reported, not selected on)."
+        line += f" Seed-to-seed std of its class mean: {format_metric(best['seed_std'])}."
+    test = _test_column(ranking, metric)
+    if test and metric.startswith("val_"):
+        line += f" Its {test[:-5]} is {format_metric(best[test])} (reported, not selected on)."
     if not best["complete"]:
         line += " Warning: no configuration finished every class; this one is incomplete."
     lines = [line]
     if len(ranking) > 1:
         second = ranking.iloc[1]
+        verdict = ""
         if np.isfinite(second["diff_ci_low"]):
-            ci = f"{confidence:.0%} CI [{second['diff_ci_low']:.4f}, {second['diff_ci_high']:.4f}]"
-            verdict = ("the interval excludes 0" if second["diff_ci_low"] > 0 or second["diff_ci_high"] < 0
-                       else "the interval includes 0: rank 1 and rank 2 are not separated")
-            lines.append(f"Rank 2 (trial `{second['trial_id']}`) differs from rank 1 by {second['diff']:+.4f} "
-                         f"({ci} over {int(second['n_pairs'])} paired cells; {verdict}).")
-        else:
-            diff = f"{second['diff']:+.4f}" if np.isfinite(second["diff"]) else "n/a (no shared cell)"
-            lines.append(f"Rank 2 (trial `{second['trial_id']}`) differs from rank 1 by {diff} "
-                         f"over {int(second['n_pairs'])} paired cell(s): too few for an interval "
-                         f"(needs {MIN_PAIRS}).")
-    if n_seeds == 1:
+            verdict = ("; the interval excludes 0" if second["diff_ci_low"] > 0 or second["diff_ci_high"] < 0
+                       else "; the interval includes 0: rank 1 and rank 2 are not separated")
+        lines.append(f"Rank 2 (trial `{_trial_name(second['trial_id'], second['optuna_trial'])}`) differs from "
+                     f"rank 1 by {_difference(second)} over {int(second['n_pairs'])} paired cell(s){verdict}.")
+    if n_seeds == 1 and np.isfinite(ranking["diff_ci_low"]).any():
         lines.append("Single seed: the intervals reflect class-to-class spread, not seed noise.")
     return lines
-
-
-def _ranking_columns(ranking: pd.DataFrame) -> list[str]:
-    """The ranking table's columns shown in the report (``ranking_all.csv`` has all)."""
-    hidden = set(RANKING_HIDDEN)
-    if (ranking["n_seeds"] <= 1).all():
-        hidden.add("seed_std")
-    if ranking["optuna_trial"].isna().all():
-        hidden.add("optuna_trial")
-    return [c for c in ranking.columns if c not in hidden]
 
 
 def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: float,
@@ -284,9 +367,6 @@ def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: floa
     if ranking.empty:
         s.text(f"No completed run has a value of {metric}; nothing to rank.")
         return [s]
-    if (df["kind"] == "ablate").any() and "variant" not in ranking.columns:  # name an ablation's variants
-        ranking.insert(ranking.columns.get_loc("trial_id") + 1, "variant",
-                       ranking["config_key"].map(variant_labels(df)))
     for line in _ranking_summary(ranking, metric, confidence):
         s.text(line)
     verdict = sweep_confidence(df, metric, mode)
@@ -300,22 +380,28 @@ def _ranking_sections(df: pd.DataFrame, metric: str, mode: str, confidence: floa
     if incomplete:
         s.text(f"{incomplete} configuration(s) did not finish every class (or every seed on every class); "
                "they are marked complete = no and ranked after the complete ones.")
-    s.text(f"How to read it: each row is one configuration, labelled by its trial (trial_id, optuna_trial) "
-           f"and followed by the searched parameters. *mean* is {metric} over its n runs (one per class and "
-           "seed). *diff* is the paired difference to rank 1: for every (class, seed) cell both finished, this "
-           "configuration minus rank 1, averaged over the n_pairs cells, so the difficulty of each class "
-           f"cancels out; [diff_ci_low, diff_ci_high] is a {confidence:.0%} percentile bootstrap interval "
-           f"over those cells (expanded for few cells, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}; "
-           f"it cannot leave the metric's range), n/a below {MIN_PAIRS} cells and for rank 1 itself. An "
-           "interval that holds 0 does not separate the configuration from "
-           "rank 1. Test metrics (test_*_mean) are for reading only; seed_std (several seeds) is the std of the "
-           "per-seed class means; mean_rank averages the configuration's rank within each class.")
-    shown = ranking[_ranking_columns(ranking)]
+    s.text(f"How to read it: each row is one configuration, named by its trial (id and Optuna number) and its "
+           f"config_hash (the id in the result rows, Optuna's user attributes and export). *mean* is {metric} "
+           "over its n runs (one per class and seed). *Δ to rank 1* is the paired difference to rank 1: for "
+           "every (class, seed) cell both finished, this configuration minus rank 1, averaged over the cells, so "
+           f"the difficulty of each class cancels out; the bracket is a {confidence:.0%} percentile bootstrap "
+           f"interval over those cells (expanded for few cells, {BOOTSTRAP_RESAMPLES} resamples, seed "
+           f"{BOOTSTRAP_SEED}; it cannot leave the metric's range), and there is none below {MIN_PAIRS} cells. "
+           f"An interval that holds 0 does not separate the configuration from rank 1. Ties: {TIE_RULE} The "
+           "test metric is for reading only; the searched parameters are in the next table.")
     ranking.to_csv(out / "ranking_all.csv", index=False)
-    s.table("ranking", shown, f"Configurations by mean {metric} over classes and seeds ({mode}); "
-            "ranking_all.csv adds std, the bootstrap interval of the mean (ci_low, ci_high) and the trial ids.")
+    columns = [c for c in ranking.columns if c not in RANKING_HIDDEN]
+    s.table("ranking", ranking_results(ranking, metric, confidence),
+            f"Configurations by mean {metric} over classes and seeds ({mode}). ranking.csv holds these columns "
+            "as numbers with the searched parameters; ranking_all.csv adds std, the bootstrap interval of the "
+            "mean (ci_low, ci_high) and the trial ids.",
+            csv=ranking[columns], tex=ranking_latex(ranking, metric, confidence))
+    params = ranking_params(ranking)
+    if len(params.columns) > 2:
+        s.table("ranking_params", params, "The searched parameters of each configuration (the config keys that "
+                "differ between the ranked configurations), in the ranking's order.")
     plots.plot_ranking(ranking, out / "ranking.png", metric, confidence)
-    s.image("ranking.png", f"Ranking by {metric} with bootstrap intervals")
+    s.image("ranking.png", plots.ranking_title(ranking, metric, confidence))
 
     per_class = per_class_table(df, metric, mode)
     labels = {r["config_key"]: plots.ranking_label(r) for _, r in ranking.iterrows()}
@@ -352,18 +438,14 @@ def _fidelity_section(df: pd.DataFrame, metric: str, mode: str, out: Path) -> _S
            f"objective picked: the test points lost by trusting the objective. The {result.confidence:.0%} "
            "interval is a percentile bootstrap over configurations; with few configurations it is wide, "
            "so read it before the point value.")
-    s.table("fidelity", result.table, f"Objective {metric} ({mode}) against each test metric across "
-            "configurations; spearman_per_class_mean averages the correlation within each class.")
-    per_class = result.per_class.pivot(index="normal_class", columns="test_metric",
-                                       values=["spearman", "kendall", "regret"])
-    per_class.columns = [f"{m}_{stat}" for stat, m in per_class.columns]
-    per_class = per_class.reindex(index=list(dict.fromkeys(result.per_class["normal_class"])),
-                                  columns=[f"{m}_{stat}" for m in result.table["test_metric"]
-                                           for stat in ("spearman", "kendall", "regret")])
-    per_class.index.name = "normal_class"
-    s.table("fidelity_per_class", per_class, "Within each class: the correlations across configurations "
-            "and the regret of that class's own pick (n/a: fewer than 3 configurations with values, or "
-            "constant values).")
+    table = result.table[FIDELITY_SHOWN + [c for c in result.table.columns if c not in FIDELITY_SHOWN]]
+    s.table("fidelity", table, f"Objective {metric} ({mode}) against each test metric across configurations, "
+            "the result first (Spearman with its interval, the regret, n); spearman_per_class_mean averages the "
+            "correlation within each class.")
+    per_class = result.per_class[["normal_class", "test_metric", "spearman", "regret", "kendall", "n", "picked"]]
+    s.table("fidelity_per_class", per_class.reset_index(drop=True), "Within each class and test metric: the "
+            "correlations across configurations and the regret of that class's own pick (n/a: fewer than 3 "
+            "configurations with values, or constant values).")
     test_metric = result.table["test_metric"].iloc[0]
     plots.plot_fidelity(result, out / "fidelity.png", metric, test_metric)
     s.image("fidelity.png", f"{metric} vs {test_metric} per configuration, picked one highlighted")
@@ -427,29 +509,32 @@ def _study_sections(experiment_dir: str, metrics: list[str], out: Path, study,
     return [s, p]
 
 
-def _ablation_section(df: pd.DataFrame, metric: str, confidence: float, out: Path) -> _Section:
+def _ablation_section(df: pd.DataFrame, metric: str, confidence: float, out: Path, spec: dict) -> _Section:
+    """The ablation: one paper table per metric (the objective, then its test counterpart),
+    the factors in the spec's order in each, and the forest plot of the effects."""
     s = _Section("Ablation")
     metrics = [metric]
     if metric.startswith("val_") and ("test_" + metric[4:]) in df.columns:
         metrics.append("test_" + metric[4:])
+    labels = factor_labels(spec)
+    order = [v for v in labels if v != "full"]
     try:
-        table = ablation_table(df, metrics, confidence)
-        papers = [ablation_paper_table(df, m, confidence) for m in metrics]
+        table = ablation_table(df, metrics, confidence, order)
+        papers = [ablation_paper_table(df, m, confidence, order=order, labels=labels) for m in metrics]
     except ValueError as err:
         s.text(f"Not computed: {err}.")
         return s
     for m, paper in zip(metrics, papers, strict=True):
         name = "ablation_paper" if m == metric else f"ablation_paper_{m}"
-        s.table(name, format_ablation_table(paper), ablation_caption(paper), tex=ablation_latex(paper))
-    # The effects of every metric side by side; the old copies of two columns are left out.
+        s.table(name, format_ablation_table(paper), ablation_caption(paper), tex=ablation_latex(paper), csv=paper)
     legacy = [f"{m}_{old}" for m in metrics for new, old in (("p_raw", "p"), ("pair_test", "test"))
               if f"{m}_{new}" in table.columns and f"{m}_{old}" in table.columns]
-    s.table("ablation", table.drop(columns=legacy), f"Every factor's paired effect (variant − full) on "
-            f"{', '.join(metrics)}, sorted by the size of the effect on {metric}: the two means over the "
-            "paired cells, the effect with its interval, the paired test (*_pair_test) and its p-value, raw "
-            "and Holm-corrected over the factors, and the number of pairs.")
+    table.drop(columns=legacy).to_csv(out / "ablation.csv", index=False)
+    s.text(f"ablation.csv holds every factor's paired effect (variant − full) on {', '.join(metrics)}: the two "
+           "means over the paired cells, the effect with its interval, the paired test (*_pair_test), its "
+           "p-value raw and Holm-corrected over the factors, and the number of pairs.")
     if len(table):
-        plots.plot_ablation(table, out / "ablation.png", metrics)
+        plots.plot_ablation(table, out / "ablation.png", metrics, labels)
         s.image("ablation.png", "Ablation effects with confidence intervals")
     return s
 
@@ -491,7 +576,7 @@ def _data_uri(path: Path) -> str:
 
 
 def _render(title: str, sections: list[_Section], out: Path) -> None:
-    md, body = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
+    md, body = [f"# {markdown_escape(title)}", ""], [f"<h1>{html.escape(title)}</h1>"]
     taken: set[str] = set()
     anchors = [_anchor(s.title, taken) for s in sections]
     body.append('<nav><p class="note">Contents: ' + " · ".join(
@@ -504,9 +589,10 @@ def _render(title: str, sections: list[_Section], out: Path) -> None:
                 md += [block[1], ""]
                 body.append(f"<p>{_inline_html(block[1])}</p>")
             elif block[0] == "table":
-                name, full, caption, metric_values, tex = block[1:6]
+                name, full, caption, metric_values, tex, csv = block[1:7]
                 shown = full.head(TOP_ROWS)
-                full.to_csv(out / f"{name}.csv", index=bool(full.index.name))
+                data = full if csv is None else csv
+                data.to_csv(out / f"{name}.csv", index=bool(data.index.name))
                 (out / f"{name}.tex").write_text((tex or latex_table(full, metric_values)) + "\n")
                 if caption:
                     md += [f"*{caption}*", ""]
@@ -525,12 +611,23 @@ def _render(title: str, sections: list[_Section], out: Path) -> None:
     (out / "report.html").write_text(page)
 
 
+_MARKDOWN_ESCAPED = re.compile(r"\\([\\|<>*`\[\]])")  # what markdown_escape wrote
+
+
 def _inline_html(text: str) -> str:
-    """Escape ``text`` and turn the Markdown **bold**, *italic* and `code` used above into tags."""
-    out = html.escape(text)
+    """Escape ``text`` and turn the Markdown **bold**, *italic* and `code` used above into tags;
+    a character :func:`analysis.ablation.markdown_escape` escaped stays that character."""
+    held: list[str] = []
+
+    def hold(match: re.Match) -> str:
+        held.append(match.group(1))
+        return f"\0{len(held) - 1}\0"
+
+    out = html.escape(_MARKDOWN_ESCAPED.sub(hold, text))
     out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
     out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", out)
+    out = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", out)
+    return re.sub("\0(\\d+)\0", lambda m: html.escape(held[int(m.group(1))]), out)
 
 
 def _study(experiment_dir: str) -> tuple[object | None, str | None]:
@@ -582,20 +679,20 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
     if df.empty:
         sections[0].text("This folder has no result rows yet.")
     else:
-        # A sweep or a train run is ranked by configuration; an ablation folder alone
-        # ranks its variants (each one configuration over seeds and classes).
+        # A sweep or a train run is ranked by configuration; an ablation is no search, so its
+        # variants are not ranked: its report leads with the ablation table.
         searched = df[df["kind"] != "ablate"]
-        if searched.empty:
-            searched = df
+        if (df["kind"] == "ablate").any():
+            sections.insert(0, _ablation_section(df, metric, confidence, out, spec))
         if len(searched):
             sections += _ranking_sections(searched, metric, mode, confidence, out)
             fidelity = _fidelity_section(searched, metric, mode, out)
             sections += [fidelity] if fidelity else []
             history = _history_section(searched, metric, mode, out, study)
             sections += [history] if history else []
-        if (df["kind"] == "ablate").any():
-            sections.append(_ablation_section(df, metric, confidence, out))
-        if "://" in experiment_dir:
+        if not ((df["kind"] == "tune").any() or study is not None or study_error):
+            pass  # no search and no study: no importance section
+        elif "://" in experiment_dir:
             sections.append(_Section("Hyperparameter importance", [(
                 "text", "Not computed: the Optuna study is read from a local copy of the folder only.")]))
         else:
@@ -603,6 +700,7 @@ def write_report(experiment_dir: str | Path, out: str | Path | None = None,
         failures = _failures_section(df)
         sections += [failures] if failures else []
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections[0].blocks.insert(0, ("text", f"Folder `{experiment_dir}`; report written {stamp}."))
+    overview = next(s for s in sections if s.title == "Overview")
+    overview.blocks.insert(0, ("text", f"Folder `{experiment_dir}`; report written {stamp}."))
     _render(f"Report: {name}", sections, out)
     return out

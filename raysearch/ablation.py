@@ -6,8 +6,11 @@ The spec's ``ablations`` block names factors as dotted overrides of a base confi
       seeds: [0, 1, 2]
       concurrent: 2               # trials at a time (default: search.concurrent or 1)
       factors:
-        no_gmm: {params.loss.gmm_weight: 0}
+        no_gmm: {label: "without the GMM loss", params.loss.gmm_weight: 0}
         single_rotation: {params.rotations: "0", params.loss.rotation_weight: 0}
+
+A factor's optional ``label`` is its name in reports (else the name with underscores as
+spaces); it changes nothing that runs.
 
 The base config is the spec's own values, an exported config (``--base FILE.yaml``) or
 the best trial of an experiment (``--base DIR``). Every variant ("full" and each
@@ -28,12 +31,14 @@ from typing import Any, TextIO
 
 from raysearch import results
 from raysearch.lock import exclusive
+from raysearch.objective import format_metric
 from raysearch.schema import SpecError
 from raysearch.spec import Spec, load_spec
 
 __all__ = ["AblationSpec", "parse_ablations", "resolve_base", "run_ablate", "dry_run", "ablation_summary", "FULL"]
 
 FULL = "full"  # the variant without any factor applied
+LABEL = "label"  # a factor's optional key: its name in reports (else the name, underscores as spaces)
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,16 @@ def parse_ablations(spec: Spec) -> AblationSpec:
     if not isinstance(factors, Mapping) or not factors:
         raise SpecError("expected a mapping of factor name -> {dotted key: value}", key="ablations.factors")
     checked: dict[str, dict[str, Any]] = {}
-    for name, overrides in factors.items():
+    for name, entry in factors.items():
         key = f"ablations.factors.{name}"
         if name == FULL:
             raise SpecError(f"'{FULL}' is the name of the unchanged model; choose another", key=key)
-        if not isinstance(overrides, Mapping) or not overrides:
+        if not isinstance(entry, Mapping):
+            raise SpecError("expected a non-empty mapping of dotted keys to values", key=key)
+        overrides = {k: v for k, v in entry.items() if k != LABEL}  # the label names the factor in reports
+        if LABEL in entry and not (isinstance(entry[LABEL], str) and entry[LABEL].strip()):
+            raise SpecError(f"expected a non-empty text, got {entry[LABEL]!r}", key=f"{key}.{LABEL}")
+        if not overrides:
             raise SpecError("expected a non-empty mapping of dotted keys to values", key=key)
         try:
             spec.with_overrides(overrides)
@@ -184,22 +194,30 @@ def run_ablate(
 
 def ablation_summary(output: str) -> str:
     """The ablation table of ``output`` for the console: for the objective (and its test
-    counterpart) the full model first, then each factor by name with its mean ± CI, its
-    paired difference to the full model ± CI and the Holm-corrected p-value
-    (:func:`analysis.ablation.ablation_paper_table`)."""
-    from analysis.ablation import ablation_caption, ablation_paper_table, format_ablation_table
+    counterpart) the full model first, then each factor in the spec's order by its label,
+    with its mean ± CI, its paired difference to the full model ± CI and the Holm-corrected
+    p-value (:func:`analysis.ablation.ablation_paper_table`)."""
+    from analysis.ablation import (
+        ablation_caption,
+        ablation_paper_table,
+        factor_labels,
+        format_ablation_table,
+    )
     from analysis.load import load_results, load_spec, objective
     from raysearch.progress import format_table
 
     df = load_results(output)
-    metric = objective(load_spec(output))[0][0]
+    spec = load_spec(output)
+    metric = objective(spec)[0][0]
+    labels = factor_labels(spec)
+    order = [v for v in labels if v != FULL]
     metrics = [metric]
     if metric.startswith("val_") and f"test_{metric[4:]}" in df.columns:
         metrics.append(f"test_{metric[4:]}")
     lines = []
     for m in metrics:
         try:
-            table = ablation_paper_table(df, m)
+            table = ablation_paper_table(df, m, order=order, labels=labels)
         except ValueError as err:  # no completed rows of the full model
             return f"no ablation table: {err}"
         text = format_ablation_table(table)
@@ -235,7 +253,7 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
         where = f"the config file {origin['config']}"
     elif "trial_id" in origin:
         where = (f"trial {origin['trial_id']} of {origin['experiment']} (best {origin['metric']} "
-                 f"{origin['value']:.4f})")
+                 f"{format_metric(origin['value'])})")
     else:
         where = "the spec's own values"
     stream.write(f"ablation {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")

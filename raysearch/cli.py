@@ -4,7 +4,7 @@
     raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
     raysearch ablate SPEC [--base FILE|DIR] [--resume] [--dry-run] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
-    raysearch compare DIR... [--metric M] [--out DIR]
+    raysearch compare DIR... [--metric M] [--out DIR] [--allow-different-data]
     raysearch compact DIR
     raysearch methods [NAME]
     raysearch datasets
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the metric compared (default: test_image_auroc); each experiment's configuration "
                         "is still selected by its own objective")
     p.add_argument("--out", default="compare", help="where to write the files (default: ./compare)")
+    p.add_argument("--allow-different-data", action="store_true",
+                   help="compare experiments on different datasets too (refused by default: their categories "
+                        "are other images)")
 
     p = sub.add_parser("compact", help="merge DIR's one-file-per-class result rows into a few large Parquet files "
                                        "(runs do it at their end; takes the experiment's lock)")
@@ -248,7 +251,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from analysis.export import export_best
+    from analysis.export import export_best, rerun_command
     from raysearch.results import check_output
     from raysearch.schema import SpecError
 
@@ -261,7 +264,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SpecError(str(err)) from None  # the message names the folder
     for p in paths:
-        print(p)
+        print(f"{p}    re-run: {rerun_command(p)}")
     for note in notes:
         print(note)
     return 0
@@ -275,14 +278,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     check_output(args.out, key="--out")
     folders = [_experiment_dir(path) for path in args.experiments]
     try:
-        comparison = write_comparison(folders, out=args.out, metric=args.metric)
+        comparison = write_comparison(folders, out=args.out, metric=args.metric,
+                                      allow_different_data=args.allow_different_data)
     except ValueError as err:
         raise SpecError(str(err)) from None  # the message names the folder or the metric
     print(comparison.markdown())
     for note in comparison.notes:
         print()
         print(note)
-    print(f"compare: {os.path.abspath(args.out)} (compare.md, .html, .csv, .tex, .png)", file=sys.stderr)
+    if comparison.params_markdown():
+        print("\nParameters that differ between the selected configurations:\n" + comparison.params_markdown())
+    print(f"compare: {os.path.abspath(args.out)} (compare.md, .html, .csv, .tex, .png, compare_params.csv)", file=sys.stderr)
     return 0
 
 

@@ -10,6 +10,9 @@ and the rule that turns per-class values into a trial's value. Torch-free, Ray-f
   apply this one rule, so Optuna is never told COMPLETE for a trial the ranking calls
   unfinished. Before the last class ends, :func:`running_means` is the mean over the
   classes so far (what ASHA compares between trials at the same progress).
+- :data:`DECIMALS`: every metric value, difference and interval bound is shown to this
+  many decimals, on the console, in the report, in ``compare`` and in ``export``'s
+  provenance (:func:`format_metric`, :func:`round_metric`).
 
 Example:
     >>> report_key("val_pixel_auroc"), metric_of("mean_val_pixel_auroc")
@@ -27,8 +30,8 @@ from typing import Any
 from raysearch.schema import SpecError
 from raysearch.selection import FAMILY_METRICS
 
-__all__ = ["METRICS", "REPORT_PREFIX", "objective", "report_key", "metric_of", "trial_value", "running_means",
-           "final_means"]
+__all__ = ["METRICS", "REPORT_PREFIX", "DECIMALS", "objective", "report_key", "metric_of", "trial_value",
+           "running_means", "final_means", "format_metric", "round_metric"]
 
 # Metrics a search may optimise (class means over the classes a trial finished).
 METRICS = {
@@ -42,6 +45,33 @@ METRICS = {
     "num_params": "min",
 }
 REPORT_PREFIX = "mean_"
+DECIMALS = 4  # decimals of a metric value wherever one is shown: AUROC differences of 1e-4 are visible
+
+
+def format_metric(value: Any, signed: bool = False, missing: str = "n/a") -> str:
+    """A metric value (or a difference of two) as shown everywhere: :data:`DECIMALS` places,
+    ``missing`` for None or NaN; ``signed`` puts a ``+`` before positive values.
+
+    Example:
+        >>> format_metric(0.99675), format_metric(0.00042, signed=True), format_metric(float("nan"))
+        ('0.9968', '+0.0004', 'n/a')
+    """
+    v = _finite(value)
+    if v is None:
+        return missing
+    return f"{v:{'+' if signed else ''}.{DECIMALS}f}"
+
+
+def round_metric(value: Any) -> float | None:
+    """A metric value rounded to :data:`DECIMALS` places for a file a person reads (None for
+    None or NaN), so ``0.9994999999999999`` is written ``0.9995``.
+
+    Example:
+        >>> round_metric(0.9994999999999999), round_metric(None)
+        (0.9995, None)
+    """
+    v = _finite(value)
+    return None if v is None else round(v, DECIMALS)
 
 
 def _as_tuple(value: Any) -> tuple:

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from raysearch.objective import DECIMALS
+
 __all__ = ["progress", "finished", "optuna_step", "OPTUNA_STEPS_PER_CLASS", "RunLine", "SweepLine", "fmt", "time_left", "format_table"]
 
 # Optuna's intermediate values need integer steps: progress in thousandths of a class.
@@ -43,8 +45,9 @@ def time_left(elapsed: float, done: float, total: float) -> float:
     return elapsed / done * (total - done) if done else math.nan
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A table or line cell: ``-`` for a missing value, floats to ``digits`` places."""
+def fmt(value: Any, digits: int = DECIMALS) -> str:
+    """A table or line cell: ``-`` for a missing value, floats to ``digits`` places (by default
+    :data:`raysearch.objective.DECIMALS`, as every metric is shown)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -124,7 +127,7 @@ class SweepLine:
         text = (
             f"trials {done}/{self.total} done ({counts['completed']:.0f} completed, "
             f"{counts['pruned']:.0f} pruned, {counts['failed']:.0f} failed), {counts['running']:.0f} running  "
-            f"best {self.metric} {fmt(best, 4)}  elapsed {elapsed:.0f}s  left ~{fmt(left, 0)}s"
+            f"best {self.metric} {fmt(best)}  elapsed {elapsed:.0f}s  left ~{fmt(left, 0)}s"
         )
         self.stream.write(("\r" + text) if self.tty else (text + "\n"))
         self.stream.flush()

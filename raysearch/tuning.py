@@ -231,8 +231,9 @@ def _fidelity_line(df, objective: str, mode: str) -> str:
 
 
 def sweep_summary(output: str, search: SearchSpec, top: int = 5, n_classes: int | None = None) -> str:
-    """The best configurations of a sweep by their class-mean objective
-    (:func:`analysis.rank.trial_table`, the ranking that export and the report use)."""
+    """The best configurations of a sweep by their class-mean objective, each named by its
+    trial, Optuna number and ``config_hash`` (:func:`analysis.rank.trial_table`: the order and
+    the id that export, compare and the report use)."""
     from analysis.confidence import sweep_confidence
     from analysis.load import load_results
     from analysis.rank import trial_table
@@ -253,9 +254,9 @@ def sweep_summary(output: str, search: SearchSpec, top: int = 5, n_classes: int 
         body = []
         for r in best.itertuples():
             number = None if r.optuna_trial is None or r.optuna_trial != r.optuna_trial else int(r.optuna_trial)
-            body.append([int(r.rank), r.trial_id, number, float(r.mean),
+            body.append([int(r.rank), r.trial_id, number, float(r.mean), r.config_hash,
                          *[_cell(first.at[r.trial_id, k]) for k in searched]])
-        lines.append(format_table(["rank", "trial", "optuna #", f"mean {metric}", *searched], body))
+        lines.append(format_table(["rank", "trial", "optuna #", f"mean {metric}", "config_hash", *searched], body))
     if counts.get("completed", 0) < 10:
         lines.append("note: fewer than 10 completed trials; rankings and importances are not yet reliable")
     confidence = sweep_confidence(df, metric, mode)  # label-free: before any test label is read

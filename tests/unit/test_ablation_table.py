@@ -77,8 +77,8 @@ def test_holm_by_hand():
 # -- the table ---------------------------------------------------------------------------
 def test_raw_p_below_005_is_not_starred_after_holm(tmp_path):
     df = load_results(write_experiment(tmp_path, six_pair_rows()))
-    table = ablation_paper_table(df, "val_image_auroc")
-    assert list(table["variant"]) == ["full", "no_gmm", "no_aug", "null"]  # full first, then by |delta|
+    table = ablation_paper_table(df, "val_image_auroc", order=["null", "no_gmm", "no_aug"])
+    assert list(table["variant"]) == ["full", "null", "no_gmm", "no_aug"]  # full first, then the spec's order
     by = table.set_index("variant")
     p_null = stats.wilcoxon(NULL).pvalue
     assert by.loc["no_gmm", "p_raw"] == pytest.approx(2 / 2**6) and by.loc["no_gmm", "pair_test"] == "wilcoxon"
@@ -90,7 +90,7 @@ def test_raw_p_below_005_is_not_starred_after_holm(tmp_path):
     assert by.loc["null", "p_holm"] == pytest.approx(max(p_null, 0.09375))
     assert not table["significant"].any()
     text = format_ablation_table(table)
-    assert list(text["sig"]) == ["", "", "", ""]  # raw p = 0.031 < 0.05 everywhere, yet no star
+    assert list(text["p_holm < 0.05"]) == ["", "", "", ""]  # raw p = 0.031 < 0.05 everywhere, yet no star
 
     # mean ± t-interval over the 6 runs; delta ± t-interval over the 6 pairs
     t5 = stats.t.ppf(0.975, 5)
@@ -101,8 +101,8 @@ def test_raw_p_below_005_is_not_starred_after_holm(tmp_path):
     assert by.loc["no_gmm", "delta"] == pytest.approx(-0.0525) and by.loc["no_gmm", "n_pairs"] == 6
     assert by.loc["no_gmm", "delta_ci_low"] == pytest.approx(-0.0525 - t5 * d.std(ddof=1) / np.sqrt(6))
     assert np.isnan(by.loc["full", "delta"]) and np.isnan(by.loc["full", "p_holm"])
-    assert text.iloc[0, 2:].tolist() == ["", "", ""]  # the full model's delta, p and star cells are empty
-    assert text.iloc[1, 2] == f"-0.053 ± {t5 * d.std(ddof=1) / np.sqrt(6):.3f}"
+    assert text.iloc[0, 3:].tolist() == ["", "", ""]  # the full model's delta, p and star cells are empty
+    assert text.set_index("variant").loc["no gmm"].iloc[2] == f"-0.0525 ± {t5 * d.std(ddof=1) / np.sqrt(6):.4f}"
 
 
 def test_star_only_where_the_corrected_p_is_below_005(tmp_path):
@@ -117,9 +117,10 @@ def test_star_only_where_the_corrected_p_is_below_005(tmp_path):
     assert by.loc["no_gmm", "p_raw"] == pytest.approx(2 / 2**12)
     assert by.loc["no_gmm", "p_holm"] == pytest.approx(2 * 2 / 2**12)  # 2 factors
     assert by.loc["null", "p_holm"] == pytest.approx(max(stats.wilcoxon(null).pvalue, 4 / 2**12))
-    text = format_ablation_table(table).set_index("variant")
-    assert text.loc["no_gmm", "sig"] == "*" and text.loc["null", "sig"] == "" and text.loc["full", "sig"] == ""
-    assert text.loc["no_gmm", "p_holm"] == "<0.001"
+    text = format_ablation_table(table).set_index("variant")  # labels: the identifiers with spaces
+    marks = text["p_holm < 0.05"]
+    assert marks["no gmm"] == "*" and marks["null"] == "" and marks["full"] == ""
+    assert text.loc["no gmm", "p_holm"] == "<0.001"
 
 
 def test_intervals_stay_inside_the_metrics_range(tmp_path):
@@ -136,8 +137,8 @@ def test_intervals_stay_inside_the_metrics_range(tmp_path):
     assert by.loc["near_one", "ci_low"] == pytest.approx(v.mean() - half)
     assert by.loc["broken", "delta"] == pytest.approx(-0.95)
     assert by.loc["broken", "delta_ci_low"] == -1.0 and by.loc["broken", "ci_low"] == 0.0  # a delta ends at -1
-    cell = format_ablation_table(table).set_index("variant").iloc[:, 0]["near_one"]
-    assert cell == f"0.985 +{1 - 0.985:.3f}/-{half:.3f}"  # clipped, so shown as asymmetric
+    cell = format_ablation_table(table).set_index("variant").iloc[:, 1]["near one"]
+    assert cell == f"0.9850 +{1 - 0.985:.4f}/-{half:.4f}"  # clipped, so shown as asymmetric
     long = ablation_table(load_results(tmp_path), ["val_image_auroc"]).set_index("variant")
     assert long.loc["broken", "val_image_auroc_ci_low"] == -1.0
 
@@ -150,18 +151,20 @@ def test_long_table_names_the_pair_test_apart_from_the_test_split(tmp_path):
     assert set(table["val_image_auroc_pair_test"]) == {"wilcoxon"}
 
 
-def test_latex_has_booktabs_rules_and_five_columns(tmp_path):
+def test_latex_has_booktabs_rules_and_six_columns(tmp_path):
     table = ablation_paper_table(load_results(write_experiment(tmp_path, six_pair_rows())), "test_image_auroc")
     tex = ablation_latex(table)
     lines = tex.splitlines()
     assert lines[0].startswith("% test_image_auroc of the full model")
-    assert r"\begin{tabular}{lcccc}" in lines
+    assert r"\begin{tabular}{lrcccc}" in lines
     assert [ln for ln in lines if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
         r"\toprule", r"\midrule", r"\midrule", r"\bottomrule"]  # header | full model | factors
     body = [ln for ln in lines if ln.endswith(r"\\")]
-    assert len(body) == 1 + 4 and all(len(re.findall(r"(?<!\\)&", ln)) == 4 for ln in body)
-    assert body[1].startswith("full & 0.815 $\\pm$ 0.") and body[1].endswith("&  &  &  \\\\")
-    assert body[2].startswith(r"no\_gmm & ") and re.search(r"\$-\$0\.053 \$\\pm\$ 0\.\d{3}", body[2])
+    assert len(body) == 1 + 4 and all(len(re.findall(r"(?<!\\)&", ln)) == 5 for ln in body)
+    assert body[1].startswith("full & 6 & 0.8150 $\\pm$ 0.") and body[1].endswith("&  &  &  \\\\")
+    assert body[0].endswith(r"$p_{\mathrm{Holm}} < 0.05$ \\")  # the marks column has a header
+    no_gmm = next(ln for ln in body if ln.startswith("no gmm & "))
+    assert no_gmm.startswith("no gmm & 6 & ") and re.search(r"\$-\$0\.0525 \$\\pm\$ 0\.\d{4}", no_gmm)
     assert r"$p_{\mathrm{Holm}}$" in body[0] and "AUROC" in body[0]
 
 
@@ -174,13 +177,17 @@ def test_variant_labels_replace_config_hashes(tmp_path):
 
 # -- console -----------------------------------------------------------------------------
 def test_console_summary_names_variants_full_first(tmp_path):
-    text = ablation_summary(write_experiment(tmp_path, six_pair_rows()))
+    folder = write_experiment(tmp_path, six_pair_rows())
+    with open(tmp_path / "spec.yaml", "a") as f:  # the spec's factor order and one label
+        f.write("ablations:\n  factors:\n    'null': {label: 'no change', params.x: 1}\n"
+                "    no_gmm: {params.x: 2}\n    no_aug: {params.x: 3}\n")
+    text = ablation_summary(folder)
     lines = text.splitlines()
     headers = [i for i, ln in enumerate(lines) if ln.startswith("variant")]
     assert len(headers) == 2  # val_image_auroc (the objective), then test_image_auroc
     for i in headers:
         assert "p_holm" in lines[i] and "Δ vs full" in lines[i]
-        assert lines[i + 2].startswith("full ") and lines[i + 3].startswith("no_gmm ")
+        assert [ln.split("  ")[0] for ln in lines[i + 2:i + 6]] == ["full", "no change", "no gmm", "no aug"]
     assert "val_image_auroc (mean ± 95% CI)" in lines[headers[0]]
     assert "test_image_auroc (mean ± 95% CI)" in lines[headers[1]]
     assert "Holm-corrected over the 3 factor(s)" in text

@@ -181,9 +181,12 @@ def test_report_of_an_ablation(tmp_path):
     ablate = tmp_path / "ablate"
     write_rows(ablate, ablation_rows(np.random.default_rng(5)))
     out = write_report(ablate, out=tmp_path / "ablate-report")
-    assert {"ablation.csv", "ablation.tex", "ablation.png", "report.md"} <= {p.name for p in out.iterdir()}
-    assert sorted(check_html(out)) == ["ablation.png", "per_class.png", "ranking.png"]  # the variants are ranked too
-    assert "No Optuna study" in (out / "report.md").read_text()
+    assert {"ablation.csv", "ablation_paper.tex", "ablation.png", "report.md"} <= {p.name for p in out.iterdir()}
+    assert sorted(check_html(out)) == ["ablation.png"]  # the variants are not ranked as a search's trials
+    md = (out / "report.md").read_text()
+    sections = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    assert sections[0] == "## Ablation" and "## Ranking" not in sections
+    assert "Hyperparameter importance" not in md and "Best configuration" not in md  # no empty or search sections
 
 
 def test_report_of_a_single_train_run(tmp_path):

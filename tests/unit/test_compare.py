@@ -82,16 +82,16 @@ def test_cells_bold_and_mean_ranks_are_the_known_ones(experiments):
 
     md = c.markdown().splitlines()
     assert md[0] == "| experiment | selected | a | b | c | mean rank |"
-    assert md[2] == "| sweep | sweep trial t1 (best val_image_auroc of 2 complete trials) | 0.800 | 0.700 |  | 2.50 |"
-    assert md[3] == (f"| ablation | ablation variant full (seeds 0, 1) | 0.860 ± {HALF:.3f} | **0.760 ± {HALF:.3f}** "
-                     f"| 0.610 ± {HALF:.3f} | 1.67 |")
-    assert md[4] == "| train | train run r2 (latest of 2 complete runs) | **0.900** |  | **0.650** | 1.00 |"
+    assert md[2] == "| sweep | sweep trial t1 (best val_image_auroc of 2 complete trials) | 0.8000 | 0.7000 |  | 2.50 |"
+    assert md[3] == (f"| ablation | ablation variant full (seeds 0, 1) | 0.8600 ± {HALF:.4f} | **0.7600 ± {HALF:.4f}** "
+                     f"| 0.6100 ± {HALF:.4f} | 1.67 |")
+    assert md[4] == "| train | train run r2 (latest of 2 complete runs) | **0.9000** |  | **0.6500** | 1.00 |"
     assert not any(n.startswith("**Not comparable") for n in c.notes)  # test metrics share the test split
     assert any("do not all have every category" in n for n in c.notes)
 
     tex = c.latex()
-    assert r"\textbf{0.900}" in tex and r"\textbf{0.760 $\pm$ " in tex and r"\toprule" in tex
-    assert r"\begin{tabular}{lcccc}" in tex and r"sweep & 0.800 & 0.700 &  & 2.50 \\" in tex
+    assert r"\textbf{0.9000}" in tex and r"\textbf{0.7600 $\pm$ " in tex and r"\toprule" in tex
+    assert r"\begin{tabular}{lcccc}" in tex and r"sweep & 0.8000 & 0.7000 &  & 2.50 \\" in tex
 
 
 def test_validation_numbers_of_different_validation_sets_are_flagged(experiments):
@@ -113,7 +113,7 @@ def test_ties_share_bold_and_rank_and_a_shared_category_set_has_a_mean(experimen
     assert c.table["mean"].tolist() == pytest.approx([0.75, 0.75])
     assert c.best == {"a": {"sweep", "again"}, "b": {"sweep", "again"}, "mean": {"sweep", "again"}}
     assert c.table["mean_rank"].tolist() == [1.5, 1.5]
-    assert c.markdown().splitlines()[3].endswith("| **0.800** | **0.700** | **0.750** | 1.50 |")
+    assert c.markdown().splitlines()[3].endswith("| **0.8000** | **0.7000** | **0.7500** | 1.50 |")
     with pytest.raises(ValueError, match="named twice"):
         compare_experiments([experiments["sweep"], experiments["sweep"]])
 
@@ -133,18 +133,18 @@ def test_cli_writes_every_format_and_prints_the_table(experiments, tmp_path, cap
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("| experiment | selected | a | b | c | mean rank |")
-    assert "| train | train run r2 (latest of 2 complete runs) | **0.900** |  | **0.650** | 1.00 |" in printed
+    assert "| train | train run r2 (latest of 2 complete runs) | **0.9000** |  | **0.6500** | 1.00 |" in printed
     assert {p.name for p in out.iterdir()} == {"compare.md", "compare.html", "compare.csv", "compare.tex",
-                                              "compare.png"}
+                                              "compare_params.csv", "compare.png"}
     page = (out / "compare.html").read_text()
     parser = _Refs()
     parser.feed(page)
     assert len(parser.refs) == 1 and parser.refs[0].startswith("data:image/png;base64,")  # self-contained
-    assert "<td><b>0.900</b></td>" in page
+    assert "<td><b>0.9000</b></td>" in page
     csv = pd.read_csv(out / "compare.csv").set_index("experiment")
     assert csv.loc["train", "a"] == pytest.approx(0.90) and np.isnan(csv.loc["train", "b"])
     assert csv.loc["ablation", "a_ci_high"] == pytest.approx(0.86 + HALF) and csv.loc["ablation", "a_n"] == 2
-    assert "**0.760 ± 0.127**" in (out / "compare.md").read_text()
+    assert f"**0.7600 ± {HALF:.4f}**" in (out / "compare.md").read_text()
 
     assert main(["compare", experiments["sweep"], experiments["train"], "--metric", "val_image_auroc",
                  "--out", str(out)]) == 0
@@ -168,3 +168,45 @@ def test_cli_errors_are_one_line_and_exit_2(experiments, tmp_path, capsys):
     assert main(["compare", experiments["sweep"], "--metric", "nope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "metric 'nope' is not a result column" in err
+
+
+def test_experiments_on_different_datasets_are_refused_unless_asked(experiments, tmp_path, capsys):
+    other = tmp_path / "cifar"
+    other.mkdir()
+    rows = [dict(run("train", "r1", c, 0.9, 0.8), dataset="cifar10") for c in CLASSES]
+    write_experiment(other, rows, name="cifar")
+    assert main(["compare", experiments["sweep"], str(other), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "different datasets (sweep: digits; cifar: cifar10)" in err
+    assert "--allow-different-data" in err and not (tmp_path / "x").exists()
+    assert main(["compare", experiments["sweep"], str(other), "--out", str(tmp_path / "x"),
+                 "--allow-different-data"]) == 0
+    assert "**The experiments use different datasets**" in capsys.readouterr().out
+
+
+def test_rows_are_named_one_way_and_the_differing_parameters_are_shown(experiments, tmp_path):
+    again = tmp_path / "again"
+    again.mkdir()
+    write_experiment(again, [run("tune", "t1", c, 0.9, 0.8, optuna_trial=0) for c in CLASSES], name="sweep")
+    c = compare_experiments([experiments["sweep"], again, experiments["train"]])
+    assert [s.label for s in c.selections] == ["sweep (1)", "sweep (2)", "train"]  # names, numbered when shared
+    assert f"sweep (2): {again}" in c.notes[-1] and c.notes[-1].startswith("Folders: ")
+    # the selected configurations differ in their config's "trial" key: t1, t1, r2
+    assert c.params["trial"].to_dict() == {"sweep (1)": "t1", "sweep (2)": "t1", "train": "r2"}
+    assert "train.seed" not in c.params.columns
+
+
+def test_user_strings_are_escaped_in_markdown_and_latex(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = ("a|b", "<i>c</i>")
+    rows = [run("train", "r1", cls, 0.9, 0.8, classes=odd) for cls in odd]
+    write_experiment(folder, rows, name="x*y_&")
+    c = compare_experiments([str(folder)])
+    md = c.markdown()
+    assert r"| a\|b | \<i\>c\</i\> |" in md and r"| x\*y_& |" in md
+    tex = c.latex()
+    assert r"x*y\_\&" in tex and r"\textless{}i\textgreater{}c\textless{}/i\textgreater{}" in tex
+    assert r"a\textbar{}b" in tex
+    page = c.html()
+    assert "&lt;i&gt;c&lt;/i&gt;" in page and "<i>c</i>" not in page

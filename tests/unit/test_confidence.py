@@ -43,8 +43,8 @@ def test_a_sweep_at_chance_cannot_rank_and_says_every_family_is_at_chance():
     assert verdict.noise == pytest.approx(1.96 * (ses[1] + ses[2]) / 2)
     assert verdict.spread == pytest.approx(max(objective) - min(objective))
     assert verdict.can_rank is False and verdict.all_at_chance
-    assert verdict.line() == (f"validation cannot rank these 4 configurations: spread {verdict.spread:.3f}, "
-                              f"noise +-{verdict.noise:.3f}; every family is at chance (semantic anomalies? "
+    assert verdict.line() == (f"validation cannot rank these 4 configurations: spread {verdict.spread:.4f}, "
+                              f"noise +-{verdict.noise:.4f}; every family is at chance (semantic anomalies? "
                               "validate on other classes: selection.anomalies: other_classes)")
 
 
@@ -58,7 +58,7 @@ def test_a_saturated_family_is_named_and_a_wide_spread_can_rank():
     ses = sorted(auroc_se(v, 200, 20) / math.sqrt(2) for v in objective)
     assert verdict.noise == pytest.approx(1.96 * (ses[1] + ses[2]) / 2)
     assert verdict.can_rank is True and verdict.saturated == ["cutpaste"] and verdict.at_chance == []
-    assert verdict.line().startswith("validation can rank these 4 configurations: spread 0.174, noise +-")
+    assert verdict.line().startswith("validation can rank these 4 configurations: spread 0.1745, noise +-")
     assert verdict.line().endswith("; saturated: cutpaste")
 
 

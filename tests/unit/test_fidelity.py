@@ -202,7 +202,7 @@ def test_bootstrap_interval_holds_the_estimate_and_is_reproducible():
 def test_fidelity_line_says_it_is_a_diagnostic():
     line = fidelity_line(selection_fidelity(table(ONE_SWAP)))
     assert line.startswith("selection fidelity (diagnostic, 4 configs): Spearman(val_image_auroc, test_image_auroc) 0.80 [")
-    assert line.endswith("regret 0.025 (picked 0.750, best 0.775)")
+    assert line.endswith("regret 0.0250 (picked 0.7500, best 0.7750)")
 
 
 def test_plot_fidelity_draws_a_png(tmp_path):

@@ -25,4 +25,4 @@ def test_the_time_left_is_estimated_from_the_first_evaluations():
 
 def test_tables_align_and_show_missing_values_as_dashes():
     assert format_table(["a", "bb"], [[1.23456, None], ["x", 2]]).splitlines() == [
-        "a      bb", "-----  --", "1.235  -", "x      2"]
+        "a       bb", "------  --", "1.2346  -", "x       2"]

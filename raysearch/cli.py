@@ -368,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    _own_warnings_in_one_line()
     try:
         return _exit_code(COMMANDS[args.command](args))
     except SpecError as err:
@@ -384,6 +385,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("raysearch: interrupted", file=sys.stderr)
         return 130
+
+
+def _own_warnings_in_one_line() -> None:
+    """raysearch's own warnings (an unreadable result file, ...) print as one line,
+    ``raysearch: warning: ...``, not with the file and source line that raised them."""
+    import warnings
+
+    shown = warnings.formatwarning
+    if getattr(shown, "_raysearch", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("raysearch"):
+            return f"raysearch: warning: {message}\n"
+        return shown(message, category, filename, lineno, line)
+
+    formatwarning._raysearch = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning
 
 
 def _os_error(err: OSError) -> str:

@@ -103,3 +103,14 @@ def test_a_destination_that_cannot_be_a_folder_is_refused_before_any_work(tmp_pa
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"raysearch: error: {command[-1]}:") and str(tmp_path / "f") in err, err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_the_cli_shows_its_own_warnings_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    _store(tmp_path)
+    main(["compact", str(tmp_path)])
+    ours = warnings.formatwarning("x.parquet: unreadable result file skipped", results.UnreadableResultWarning,
+                                  "elsewhere.py", 1)
+    assert ours == "raysearch: warning: x.parquet: unreadable result file skipped\n"
+    theirs = warnings.formatwarning("deprecated", DeprecationWarning, "elsewhere.py", 1)
+    assert "elsewhere.py:1: DeprecationWarning: deprecated" in theirs

@@ -505,7 +505,7 @@ def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], li
                  + "; ".join(f"{t}: class {', '.join(c)}" for t, _, c in lost) + "); training those classes again\n")
     storage_path, filesystem = results.ray_storage(ray_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    received: list[int] = []
+    stopped: list[int] = []
     for i, (trial_id, config, _) in enumerate(lost):  # one small run each: its config is a constant space
         tuner = tune.Tuner(trainable, param_space={**config, ROWS_OF_KEY: trial_id},
                            run_config=tune.RunConfig(name=f"repair-{stamp}-{i}", storage_path=storage_path,
@@ -517,8 +517,9 @@ def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], li
                 results.write_unfinished_rows(plan.trial_spec(result.config), plan.run_info(trial_id, result.config),
                                               results.failure_reason(result.error))
         if received:
+            stopped = received
             break
-    return received
+    return stopped
 
 
 class TrialFailureFilter(logging.Filter):

@@ -16,10 +16,10 @@ from PIL import Image
 from raysearch.cli import main
 from raysearch.data import DataNotFoundError, check_data
 from raysearch.data.checks import (
+    ImageCheck,
     cache_dir,
     data_fingerprint,
     fingerprint_changes,
-    ImageCheck,
     format_problems,
     inspect_image,
 )

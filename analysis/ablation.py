@@ -48,7 +48,7 @@ import pandas as pd
 
 from analysis.load import prepare
 from analysis.rank import metric_range, t_interval
-from raysearch.objective import DECIMALS
+from raysearch.config.objective import DECIMALS
 
 __all__ = [
     "ablation_table",

@@ -54,7 +54,7 @@ import pandas as pd
 from analysis.ablation import REFERENCE, booktabs, format_interval, latex_escape, markdown_escape
 from analysis.load import load_results, load_spec, objective
 from analysis.rank import metric_range, t_interval, trial_table
-from raysearch.objective import DECIMALS
+from raysearch.config.objective import DECIMALS
 
 __all__ = ["Selection", "Comparison", "select_configuration", "compare_experiments", "plot_comparison",
            "write_comparison", "SELECTION_KEYS", "DEFAULT_METRIC"]

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from raysearch.objective import format_metric
+from raysearch.config.objective import format_metric
 
 __all__ = ["auroc_se", "SelectionConfidence", "selection_confidence", "sweep_confidence", "CHANCE_Z", "SATURATED"]
 

@@ -9,7 +9,7 @@ the keys the search tuned.
 Only trials that completed every class are exported, in the one ranking order
 (:func:`analysis.rank.trial_table`: the class mean of the spec's search metric, validation
 unless the spec selects on test, ties by :func:`analysis.rank.rank_order`); provenance
-values are rounded to :data:`raysearch.objective.DECIMALS` places, a built-in dataset's
+values are rounded to :data:`raysearch.config.objective.DECIMALS` places, a built-in dataset's
 spec carries no ``data.root``, and :func:`rerun_command` is how to train one again. The output has no
 timestamps, so exporting twice writes the same bytes.
 
@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from analysis.load import objective
-from raysearch import results
-from raysearch.objective import round_metric
+from raysearch.config.objective import round_metric
+from raysearch.store import results
 
 __all__ = ["best_trials", "export_best", "rerun_command"]
 

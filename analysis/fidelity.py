@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import prepare
-from raysearch import results
-from raysearch.objective import format_metric
+from raysearch.config.objective import format_metric
+from raysearch.store import results
 
 __all__ = ["FidelityResult", "selection_fidelity", "fidelity_line", "counterpart_metric", "MIN_CONFIGS"]
 

@@ -77,7 +77,7 @@ def completed_trials(study) -> list:
     """The study's trials in state COMPLETE that were trained (not told a repeated config's value)."""
     import optuna
 
-    from raysearch.space import is_repeat
+    from raysearch.config.space import is_repeat
 
     return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if not is_repeat(t)]
 
@@ -87,7 +87,7 @@ def trained_only(study):
     (each config counts once in the importances)."""
     import optuna
 
-    from raysearch.space import is_repeat
+    from raysearch.config.space import is_repeat
 
     trials = study.get_trials(deepcopy=False)
     if not any(is_repeat(t) for t in trials):
@@ -189,7 +189,7 @@ def trial_counts(study) -> dict[str, int]:
         >>> trial_counts(load_study("/tmp/tdemo"))                  # doctest: +SKIP
         {'completed': 12, 'pruned': 3, 'failed': 1, 'unfinished': 0, 'repeats': 2}
     """
-    from raysearch.space import is_repeat
+    from raysearch.config.space import is_repeat
 
     counts = dict.fromkeys(("completed", "pruned", "failed", "unfinished", "repeats"), 0)
     for t in study.get_trials(deepcopy=False):

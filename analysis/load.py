@@ -1,7 +1,7 @@
 """Reading an experiment folder: the result rows, the resolved spec and the search objective.
 
 Everything here works on a copied folder with neither torch nor ray installed: the rows
-come from :func:`raysearch.results.read_results` (pyarrow) and the spec from
+come from :func:`raysearch.store.results.read_results` (pyarrow) and the spec from
 ``DIR/spec.yaml`` (pyyaml). Tables built by hand are accepted too: optional columns that
 are missing are added as nulls (see :func:`prepare`), so tests and notebooks need not
 write the full schema.
@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from raysearch import results
+from raysearch.store import results
 
 __all__ = ["load_results", "load_spec", "objective", "prepare", "config_key", "IGNORED_CONFIG_KEYS"]
 
@@ -54,7 +54,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     Missing columns are filled so that hand-built tables work: ``status`` as "completed"
     (a table without statuses is taken to hold finished rows), ``normal_class`` as "all",
     ``seed`` from ``train.seed`` or 0, everything else as null. A missing ``config_hash``
-    is computed from ``config_json`` as the run wrote it (:func:`raysearch.spec.config_hash`).
+    is computed from ``config_json`` as the run wrote it (:func:`raysearch.config.spec.config_hash`).
     ``config_key`` comes from ``config_json`` (see :func:`config_key`), else
     ``config_hash``, else ``trial_id``. An existing ``config_key`` column is kept.
     """
@@ -73,7 +73,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
             df[name] = float("nan")
     df["normal_class"] = df["normal_class"].astype(str)
     if df["config_hash"].isna().any():
-        from raysearch.spec import (
+        from raysearch.config.spec import (
             config_hash,  # the rows' own hash, so a table built by hand names configs alike
         )
 
@@ -114,14 +114,14 @@ def load_spec(experiment_dir: str | Path) -> dict[str, Any]:
 
 def objective(spec: dict[str, Any]) -> tuple[list[str], list[str]]:
     """The search metrics and their modes from a spec's ``search:`` block
-    (:func:`raysearch.objective.objective`). Without a search block: the spec's resolved
+    (:func:`raysearch.config.objective.objective`). Without a search block: the spec's resolved
     ``selection.metric`` (else val_image_auroc), max.
 
     Example:
         >>> objective({"search": {"metric": ["val_image_auroc", "latency_ms"]}})
         (['val_image_auroc', 'latency_ms'], ['max', 'min'])
     """
-    from raysearch.objective import objective as parse  # torch-free
+    from raysearch.config.objective import objective as parse  # torch-free
 
     search = spec.get("search") or {}
     # A spec without a search block (a `raysearch train` run) ranks by the metric that

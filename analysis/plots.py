@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.rank import history_table
-from raysearch.objective import format_metric
+from raysearch.config.objective import format_metric
 
 __all__ = ["plot_history", "plot_importance", "plot_ablation", "plot_per_class", "plot_pareto", "plot_fidelity",
            "plot_ranking", "ranking_label", "ranking_title"]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import IGNORED_CONFIG_KEYS, prepare
-from raysearch.space import is_repeat
+from raysearch.config.space import is_repeat
 
 __all__ = ["rank_order", "trial_table", "rank_configs", "per_class_table", "history_table", "varying_params", "t_interval",
            "percentile_interval", "paired_difference", "cell_table", "metric_range",

@@ -65,7 +65,7 @@ from analysis.rank import (
     rank_configs,
     trial_table,
 )
-from raysearch.objective import format_metric
+from raysearch.config.objective import format_metric
 
 __all__ = ["write_report", "latex_table", "markdown_table"]
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import ablation_table, rank_configs
-from raysearch.results import METRIC_COLUMNS, ROW_FIELDS
+from raysearch.store.results import METRIC_COLUMNS, ROW_FIELDS
 
 FIXED = {  # the non-searched part of a resolved config (values like the distcon demo)
     "method": "distcon", "data.dataset": "digits", "data.image_size": 32, "data.root": "~/data",

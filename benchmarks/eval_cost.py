@@ -45,13 +45,14 @@ import time
 import _bench
 import torch
 
-from raysearch import loop, registry
+from raysearch.config import registry
+from raysearch.config.spec import load_spec
 from raysearch.data import load_task
 from raysearch.fast_metrics import binned_pixel_auroc
-from raysearch.loop import _lr_factor, aupro_each_evaluation, seed_everything, train_class
 from raysearch.methods.base import DataInfo
 from raysearch.metrics import aupro, evaluate, family_aurocs, pixel_auroc
-from raysearch.spec import load_spec
+from raysearch.train import loop
+from raysearch.train.loop import _lr_factor, aupro_each_evaluation, seed_everything, train_class
 
 PEER_TOY = {"size": 128, "n_train": 110, "n_test_good": 12, "n_test_defect": 8, "categories": ("stripes",)}
 PEER = [

@@ -2,7 +2,7 @@
 
 Part ``sweep`` (one process):
 
-1. ``raysearch tune`` in-process (:func:`raysearch.tuning.run_tune`) on a local Ray with
+1. ``raysearch tune`` in-process (:func:`raysearch.run.tuning.run_tune`) on a local Ray with
    2 CPUs: N trials (default 4) of the digits demo spec shrunk like the end-to-end tests
    (one class, 2 epochs, 48 training images, a width-8 CNN), one trial at a time, no
    scheduler, three times: ``train.launcher=auto`` (trials train in Tune trial processes
@@ -10,7 +10,7 @@ Part ``sweep`` (one process):
    ``train`` (each trial runs a TorchTrainer). Ray's start-up is timed on its own
    (``init_ray``) before the sweeps.
 2. The same N configurations (read back from the result rows) trained one after another
-   in this plain Python process with ``load_task`` + :func:`raysearch.loop.train_class`,
+   in this plain Python process with ``load_task`` + :func:`raysearch.train.loop.train_class`,
    as a Train worker does, without Ray.
 
 Part ``breakdown`` (one process): where the per-trial start-up goes. Ray's start-up, a
@@ -19,7 +19,7 @@ group start and teardown), the imports a fresh worker process pays (torch, ray.t
 raysearch) and data loading, each timed on its own.
 
 Part ``health`` (two child processes, because the variable must be set before Ray
-starts): one :func:`raysearch.runner.run_train` of the tiny spec with 6 epochs and an
+starts): one :func:`raysearch.run.runner.run_train` of the tiny spec with 6 epochs and an
 evaluation (hence a ``ray.train.report``) every epoch, with
 ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` = 2.0 (Ray's default) and 0.2 (raysearch's).
 
@@ -53,7 +53,7 @@ TINY = [
 ]
 IMPORTS = (
     "import time, json; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "
-    "import ray.train.torch; t2 = time.perf_counter(); import raysearch.training, raysearch.loop, "
+    "import ray.train.torch; t2 = time.perf_counter(); import raysearch.train.worker, raysearch.train.loop, "
     "raysearch.methods.distcon; t3 = time.perf_counter(); "
     "print(json.dumps({'torch': t1 - t0, 'ray_train': t2 - t1, 'raysearch': t3 - t2}))"
 )
@@ -89,9 +89,9 @@ def breakdown_part(repeats: int) -> dict:
     from ray import tune
     from ray.train.torch import TorchTrainer
 
+    from raysearch.config.spec import load_spec
     from raysearch.data import load_task
-    from raysearch.spec import load_spec
-    from raysearch.ray_setup import init_ray
+    from raysearch.run.ray_setup import init_ray
 
     # Tune's own CSV/JSON/TensorBoard loggers off, as when the recorded figures were taken
     # (raysearch now leaves them on: about 0.1 s on a 4-trial sweep, within the noise).
@@ -133,13 +133,14 @@ LAUNCHERS = ("auto", "fresh", "train")
 def sweep_part(n_trials: int) -> dict:
     import ray
 
-    from raysearch import registry, results
+    from raysearch.config import registry
+    from raysearch.config.space import parse_search
+    from raysearch.config.spec import load_spec
     from raysearch.data import load_task
-    from raysearch.loop import train_class
-    from raysearch.space import parse_search
-    from raysearch.spec import load_spec
-    from raysearch.ray_setup import init_ray
-    from raysearch.tuning import run_tune
+    from raysearch.run.ray_setup import init_ray
+    from raysearch.run.tuning import run_tune
+    from raysearch.store import results
+    from raysearch.train.loop import train_class
 
     spec = load_spec(SPEC, TINY + [f"search.trials={n_trials}", "search.concurrent=1",
                                    "search.scheduler={kind: none}"])
@@ -197,9 +198,9 @@ def health_child(interval: str, epochs: int) -> None:
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = interval
     import ray
 
-    from raysearch.runner import run_train
-    from raysearch.spec import load_spec
-    from raysearch.ray_setup import init_ray
+    from raysearch.config.spec import load_spec
+    from raysearch.run.ray_setup import init_ray
+    from raysearch.run.runner import run_train
 
     spec = load_spec(SPEC, TINY + [f"train.epochs={epochs}", "train.eval_every=1"])
     out = tempfile.mkdtemp(prefix="raysearch-bench-health-")

@@ -147,7 +147,7 @@ def section_throughput(d: dict) -> list[str]:
         f"Goal: ratio >= 0.95 for every method — by CPU time {verdict(worst_cpu >= 0.95)} "
         f"(lowest {worst_cpu:.3f}); by the wall clock {verdict(worst >= 0.95)} (lowest {worst:.3f}).",
         "",
-        "Reading: the loop in `raysearch/loop.py` adds per step only a learning-rate assignment, a no-op "
+        "Reading: the loop in `raysearch/train/loop.py` adds per step only a learning-rate assignment, a no-op "
         "autocast context on CPU, an index slice and a few detached tensor additions for the logged loss "
         "terms, and it synchronises with the device once per epoch: microseconds against steps of "
         f"{min(step_ms):.0f}-{max(step_ms):.0f} ms. On this shared machine the wall-clock epoch times of one "

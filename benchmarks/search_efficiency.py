@@ -1,7 +1,7 @@
 """How much compute the search needs, replayed on learning curves trained once.
 
 Two tabular tasks, each a full grid over four parameters of one method, every config
-trained once with :func:`raysearch.loop.train_class` (one torch thread, CPU) and its
+trained once with :func:`raysearch.train.loop.train_class` (one torch thread, CPU) and its
 validation objective kept after every epoch in ``benchmarks/data/search_curves.json``:
 
 - ``distcon-digits``: distcon on digits, normal classes 3 and 8 (their mean is the
@@ -14,17 +14,17 @@ validation objective kept after every epoch in ``benchmarks/data/search_curves.j
 
 A class's values are what a sweep sees: the loop's report after each epoch but the
 last, then the class's closing value (the objective at the selected epoch). A trial
-reports, like :func:`raysearch.training.train_run`, the mean over its finished classes'
+reports, like :func:`raysearch.train.worker.train_run`, the mean over its finished classes'
 closing values and the current class's value, at progress ``classes done + epochs /
 epochs``.
 
 Replay: one trial at a time. Configs come from raysearch's own sampling
-(:func:`raysearch.space.suggest` on the task's search space, the sampler
-:func:`raysearch.searcher.make_sampler` builds, ask/tell on an in-memory study), and
-ASHA is the scheduler :func:`raysearch.tuning.asha_scheduler` builds, fed every report.
+(:func:`raysearch.config.space.suggest` on the task's search space, the sampler
+:func:`raysearch.run.searcher.make_sampler` builds, ask/tell on an in-memory study), and
+ASHA is the scheduler :func:`raysearch.run.tuning.asha_scheduler` builds, fed every report.
 A suggestion of a config already trained to the end is told its value and costs nothing
-(:func:`raysearch.searcher.tell_if_repeat`, as the sweep's searcher does). A stopped trial is told PRUNED with its intermediate values (steps
-:func:`raysearch.progress.optuna_step`), a finished one COMPLETE with its objective, as
+(:func:`raysearch.run.searcher.tell_if_repeat`, as the sweep's searcher does). A stopped trial is told PRUNED with its intermediate values (steps
+:func:`raysearch.train.progress.optuna_step`), a finished one COMPLETE with its objective, as
 in a sweep. Compute is counted in class-epochs. The figure: class-epochs until a
 finished trial comes within one point (0.01) of the grid's best objective, median over
 30 seeds (a search that never gets there within the budget counts as the budget).
@@ -87,7 +87,7 @@ ARMS = {"random": ("random", False), "tpe": ("tpe", False), "random+asha": ("ran
 # -- the tasks and their curves ---------------------------------------------------------
 def task_spec(name: str):
     """The task's spec; its search space is the grid (choice entries)."""
-    from raysearch.spec import load_spec
+    from raysearch.config.spec import load_spec
 
     task = TASKS[name]
     overrides = [*COMMON, *task["overrides"]]
@@ -111,10 +111,10 @@ def train_curve(job: tuple[str, dict]) -> dict:
     """Train one config of a task on every class (one torch thread); its per-epoch values."""
     import torch
 
-    from raysearch import registry
+    from raysearch.config import registry
+    from raysearch.config.selection import selection_metric
     from raysearch.data import load_task
-    from raysearch.loop import train_class
-    from raysearch.selection import selection_metric
+    from raysearch.train.loop import train_class
 
     torch.set_num_threads(1)
     name, config = job
@@ -211,10 +211,10 @@ class Table:
         import optuna
         from ray.tune.schedulers import TrialScheduler
 
-        from raysearch.progress import finished, optuna_step, progress
-        from raysearch.searcher import MAX_REPEATS, make_sampler, tell_if_repeat
-        from raysearch.space import SchedulerSpec, is_repeat, parse_search, suggest
-        from raysearch.tuning import asha_scheduler
+        from raysearch.config.space import SchedulerSpec, is_repeat, parse_search, suggest
+        from raysearch.run.searcher import MAX_REPEATS, make_sampler, tell_if_repeat
+        from raysearch.run.tuning import asha_scheduler
+        from raysearch.train.progress import finished, optuna_step, progress
 
         search = dataclasses.replace(
             parse_search(self.spec), sampler=setting.sampler, seed=seed, startup_trials=setting.startup,
@@ -317,7 +317,7 @@ def describe(table: Table) -> str:
 
 def raysearch_defaults() -> tuple[int, int, float]:
     """(TPE start-up trials, ASHA grace, reduction factor) that a spec gets when it sets none."""
-    from raysearch.space import SchedulerSpec, SearchSpec
+    from raysearch.config.space import SchedulerSpec, SearchSpec
 
     startup = next(f.default for f in dataclasses.fields(SearchSpec) if f.name == "startup_trials")
     return startup, SchedulerSpec().grace, SchedulerSpec().reduction_factor

@@ -2,7 +2,7 @@
 
 For each method and task, random configurations of a search space that also holds
 deliberately weak settings (a learning rate off by 10x, one or two epochs, shallow flows,
-narrow backbones) are trained once with :func:`raysearch.loop.train_class`. At every
+narrow backbones) are trained once with :func:`raysearch.train.loop.train_class`. At every
 evaluation the loop's ``observe`` hook hands over the image scores of a validation split
 holding every known family (``selection.allow_overlap``) and of the test split, and the
 anomaly maps of methods that make them. Kept in ``benchmarks/data/selection_traces.json.gz``
@@ -132,7 +132,7 @@ def task_overrides(task: str) -> list[str]:
 
 # -- training once, keeping every evaluation's scores ------------------------------------
 def base_spec(method: str, task: str):
-    from raysearch.spec import load_spec
+    from raysearch.config.spec import load_spec
 
     setting = SETTINGS[method]
     overrides = list(setting["overrides"]) + VALIDATION + task_overrides(task)
@@ -141,8 +141,8 @@ def base_spec(method: str, task: str):
 
 def held_out(method: str, task: str) -> tuple[str, ...]:
     """The synthetic families raysearch's default validates the method's space on."""
-    from raysearch.selection import default_families
-    from raysearch.spec import spec_from_dict
+    from raysearch.config.selection import default_families
+    from raysearch.config.spec import spec_from_dict
 
     raw = base_spec(method, task).to_dict()
     raw["search"] = dict(raw.get("search") or {}, space=SETTINGS[method]["space"])
@@ -195,9 +195,9 @@ def pooled_pixel(family: np.ndarray, names: tuple[str, ...], masks: np.ndarray, 
 def train_config(job: tuple[str, str, int, dict]) -> dict:
     import torch
 
-    from raysearch import registry
+    from raysearch.config import registry
     from raysearch.data import load_task
-    from raysearch.loop import train_class
+    from raysearch.train.loop import train_class
 
     torch.set_num_threads(1)
     method, task_name, index, config = job
@@ -334,7 +334,7 @@ def test_auroc(cls: dict, ev: dict, defect: str | None = None) -> float:
 def replay_rows(records: list[dict], objective: dict, defects: list[str]) -> list[dict]:
     """Result-store-shaped rows (one per config and class) of an objective's selections,
     with the per-family AUROCs and validation counts the confidence check reads."""
-    from raysearch.selection import family_metric
+    from raysearch.config.selection import family_metric
 
     rows = []
     for r in records:
@@ -360,10 +360,10 @@ def replay_rows(records: list[dict], objective: dict, defects: list[str]) -> lis
 
 def default_objective(method: str, task: str, objectives: dict[str, dict]) -> str:
     """The name of the objective raysearch uses by default for this method and task:
-    :data:`raysearch.selection.DEFAULT_OBJECTIVE` over the task's default validation
+    :data:`raysearch.config.selection.DEFAULT_OBJECTIVE` over the task's default validation
     anomalies (other classes for digits, a dataset of classes; else the held-out synthetic
     families)."""
-    from raysearch.selection import DEFAULT_OBJECTIVE
+    from raysearch.config.selection import DEFAULT_OBJECTIVE
 
     assert DEFAULT_OBJECTIVE == "val_image_auroc", "map the new default to its replayed objective here"
     if task == "digits":
@@ -372,7 +372,7 @@ def default_objective(method: str, task: str, objectives: dict[str, dict]) -> st
 
 
 def objectives_for(method: str, task: str, records: list[dict]) -> dict[str, dict]:
-    from raysearch.selection import OTHER_CLASSES
+    from raysearch.config.selection import OTHER_CLASSES
 
     first = next(iter(records[0]["classes"].values()))
     held = list(first["held_out"])

@@ -3,7 +3,7 @@
 For each method (distcon, cutswap, clflow) with its demo config (small_cnn; 32 px for
 distcon, 64 px for cutswap and clflow) and synthetic uint8 images on the CPU:
 
-* raysearch: :func:`raysearch.loop.train_class` on a synthetic ``OneClassTask``, the
+* raysearch: :func:`raysearch.train.loop.train_class` on a synthetic ``OneClassTask``, the
   exact loop every Ray Train worker runs (learning-rate schedule, autocast context,
   per-step index sharding, loss-term bookkeeping, one device sync per epoch);
 * bare: a hand-written ``for`` loop over the same model, batch size, optimizer and
@@ -60,11 +60,11 @@ import time
 import _bench
 import torch
 
-from raysearch import registry
+from raysearch.config import registry
+from raysearch.config.spec import load_spec
 from raysearch.data.base import OneClassTask, Split
-from raysearch.loop import seed_everything, train_class
 from raysearch.methods.base import DataInfo
-from raysearch.spec import load_spec
+from raysearch.train.loop import seed_everything, train_class
 
 METHODS = ("distcon", "cutswap", "clflow")
 LAYOUTS = {"nchw": False, "channels_last": True}  # --layouts: name -> train.channels_last

@@ -29,7 +29,7 @@ import _bench
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysearch import results
+from raysearch.store import results
 
 CLASSES = 10  # classes per trial
 CONFIG = {f"params.p{i}": float for i in range(8)} | {"train.lr": float, "train.epochs": int}

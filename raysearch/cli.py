@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _output_for(args: argparse.Namespace, name: str) -> str:
     """The experiment folder: ``--output``, or ``--storage``/name; a local path made absolute."""
-    from raysearch.results import check_output, join
+    from raysearch.store.results import check_output, join
 
     out = args.output or join(args.storage, name)
     out = out if "://" in out else os.path.abspath(os.path.expanduser(out))
@@ -143,9 +143,9 @@ def _output_for(args: argparse.Namespace, name: str) -> str:
 
 def _recorded_spec(args: argparse.Namespace):
     """The spec an experiment folder recorded (``--resume --output DIR`` without a SPEC)."""
-    from raysearch import results
-    from raysearch.schema import SpecError
-    from raysearch.spec import spec_from_text
+    from raysearch.config.schema import SpecError
+    from raysearch.config.spec import spec_from_text
+    from raysearch.store import results
 
     if not (getattr(args, "resume", False) and args.output):
         raise SpecError(f"a spec file is required unless --resume --output DIR continues the experiment in DIR "
@@ -161,9 +161,9 @@ def _recorded_spec(args: argparse.Namespace):
 
 def _checked_spec(args: argparse.Namespace):
     """Load the spec and check that its data is there, errors attributed to the spec file."""
+    from raysearch.config.schema import SpecError
+    from raysearch.config.spec import load_spec
     from raysearch.data import check_data, check_other_categories
-    from raysearch.schema import SpecError
-    from raysearch.spec import load_spec
 
     spec = load_spec(args.spec, args.overrides) if args.spec is not None else _recorded_spec(args)
     if getattr(args, "dry_run", False):
@@ -179,15 +179,15 @@ def _checked_spec(args: argparse.Namespace):
 
 def _print_notes(spec) -> None:
     """The method's warnings about this spec on this machine (stderr), before Ray starts."""
-    from raysearch import registry
-    from raysearch.space import categorical_choices
+    from raysearch.config import registry
+    from raysearch.config.space import categorical_choices
 
     for line in registry.method_class(spec.method).notes(spec.params, categorical_choices(spec.search)):
         print(line, file=sys.stderr)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from raysearch.runner import run_train
+    from raysearch.run.runner import run_train
 
     spec = _checked_spec(args)
     code, _ = run_train(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
@@ -196,7 +196,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from raysearch.tuning import dry_run, run_tune
+    from raysearch.run.tuning import dry_run, run_tune
 
     spec = _checked_spec(args)
     if args.dry_run:
@@ -208,7 +208,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from raysearch.ablation import dry_run, run_ablate
+    from raysearch.run.ablation import dry_run, run_ablate
 
     spec = _checked_spec(args)
     if args.dry_run:
@@ -221,7 +221,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
 def _trackers(args: argparse.Namespace, output: str) -> tuple[str, ...]:
     """The trackers of ``--log``, their packages checked before Ray starts (a missing one: exit 2)."""
-    from raysearch.trackers import check_trackers, parse_log
+    from raysearch.train.trackers import check_trackers, parse_log
 
     names = parse_log(args.log)
     if not args.resume:  # a resumed run keeps the trackers it started with
@@ -230,8 +230,8 @@ def _trackers(args: argparse.Namespace, output: str) -> tuple[str, ...]:
 
 
 def _experiment_dir(path: str) -> str:
-    from raysearch import results
-    from raysearch.schema import SpecError
+    from raysearch.config.schema import SpecError
+    from raysearch.store import results
 
     if not results.exists(results.join(path, "results")):
         raise SpecError("not an experiment folder: it has no results/ (run raysearch train, tune or ablate first)",
@@ -241,7 +241,7 @@ def _experiment_dir(path: str) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
-    from raysearch.results import check_output
+    from raysearch.store.results import check_output
 
     if args.to is not None:
         check_output(args.to, key="--to")
@@ -252,8 +252,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from analysis.export import export_best, rerun_command
-    from raysearch.results import check_output
-    from raysearch.schema import SpecError
+    from raysearch.config.schema import SpecError
+    from raysearch.store.results import check_output
 
     if args.top < 1:
         raise SpecError(f"expected --top >= 1, got {args.top}", source="--top")
@@ -272,8 +272,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from analysis.compare import write_comparison
-    from raysearch.results import check_output
-    from raysearch.schema import SpecError
+    from raysearch.config.schema import SpecError
+    from raysearch.store.results import check_output
 
     check_output(args.out, key="--out")
     folders = [_experiment_dir(path) for path in args.experiments]
@@ -293,8 +293,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from raysearch import results
-    from raysearch.lock import ExperimentLock
+    from raysearch.store import results
+    from raysearch.store.lock import ExperimentLock
 
     path = _experiment_dir(args.experiment)
     with ExperimentLock(path, "compact"):  # a held lock: LockedError names the owner, exit 2
@@ -304,8 +304,8 @@ def _cmd_compact(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from raysearch import registry
-    from raysearch.schema import SpecError, flatten
+    from raysearch.config import registry
+    from raysearch.config.schema import SpecError, flatten
 
     if args.name is None:
         for name in registry.method_names():
@@ -315,7 +315,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         return 0
     if args.name not in registry.METHODS:
         raise SpecError(f"unknown method {args.name!r}; known methods: {', '.join(registry.method_names())}")
-    from raysearch.selection import objective_note
+    from raysearch.config.selection import objective_note
 
     print(f"{args.name}: {registry.describe(args.name)}")
     print(objective_note(registry.params_class(args.name)))
@@ -327,7 +327,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def _params_table(cls: type) -> list[str]:
     """``params.<key>  type  allowed  default  meaning``, one aligned row per parameter."""
-    from raysearch.schema import describe_fields
+    from raysearch.config.schema import describe_fields
 
     def shown(value: object) -> str:
         return value if isinstance(value, str) and value else repr(value)
@@ -361,7 +361,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    from raysearch.schema import SpecError
+    from raysearch.config.schema import SpecError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -420,7 +420,7 @@ def _exit_code(code: int) -> int:
     """``code``, or the end of the process with it when a signal to the whole process
     group also ended the local Ray: Ray's shutdown at exit would wait a minute for it."""
     if code in (130, 143) and "ray" in sys.modules:
-        from raysearch.ray_setup import ray_reachable
+        from raysearch.run.ray_setup import ray_reachable
 
         if sys.modules["ray"].is_initialized() and not ray_reachable():
             sys.stdout.flush()

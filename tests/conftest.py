@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="session")
 def run_events(tmp_path_factory) -> str:
-    """The folder where runs mark each checkpointed report (``raysearch.training.test_event``).
+    """The folder where runs mark each checkpointed report (``raysearch.train.worker.test_event``).
 
     A test waits for ``checkpoint-<trial>-<class index>-<epoch>`` there instead of
     sleeping; while a file ``hold`` exists there, runs wait after such a report.
@@ -35,7 +35,7 @@ def ray_session(run_events):
     """
     import ray
 
-    from raysearch.ray_setup import init_ray
+    from raysearch.run.ray_setup import init_ray
 
     os.environ["RAYSEARCH_TEST_EVENTS"] = run_events
     init_ray(num_cpus=4)

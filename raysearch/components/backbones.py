@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
 
 __all__ = [
     "Backbone",

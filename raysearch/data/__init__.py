@@ -18,11 +18,11 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
 
 if TYPE_CHECKING:
+    from raysearch.config.spec import DataSpec, SelectionSpec
     from raysearch.data.base import OneClassTask
-    from raysearch.spec import DataSpec, SelectionSpec
 
 __all__ = [
     "DATASETS",

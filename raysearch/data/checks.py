@@ -63,7 +63,7 @@ from raysearch.data import (
 )
 
 if TYPE_CHECKING:
-    from raysearch.spec import DataSpec
+    from raysearch.config.spec import DataSpec
 
 __all__ = [
     "ImageCheck",
@@ -448,7 +448,7 @@ def data_fingerprint(data: DataSpec, classes: Sequence[str]) -> dict[str, Any]:
     generated from a seed, is named by its generator version.
 
     Example:
-        >>> from raysearch.spec import DataSpec
+        >>> from raysearch.config.spec import DataSpec
         >>> data_fingerprint(DataSpec(dataset="toy-mvtec"), ["dots"])
         {'dataset': 'toy-mvtec', 'classes': {'dots': {'generator': 'toy-mvtec-v1'}}}
     """

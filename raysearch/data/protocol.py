@@ -5,7 +5,7 @@
 - Validation (``selection.split: validation``, the default): a ``selection.holdout``
   fraction of those normals (raised to ``selection.min_normals`` up to half of them), removed
   from training, plus ``max(selection.min_anomalies, held-out normals)`` anomalies of
-  every validation family (:mod:`raysearch.selection`): synthetic ones made from held-out
+  every validation family (:mod:`raysearch.config.selection`): synthetic ones made from held-out
   normals drawn with replacement (each family from its own random stream, so adding a
   family leaves the others unchanged), or held-out training images of the other classes.
   The hold-out, the test subset and the synthesis depend on ``selection.seed`` alone, so
@@ -24,11 +24,11 @@ import zlib
 import numpy as np
 import torch
 
+from raysearch.config.schema import SpecError
+from raysearch.config.selection import OTHER_CLASSES, validation_families
 from raysearch.data.base import OneClassTask, Split
 from raysearch.data.readers import RawClass
 from raysearch.data.synthesis import synthesize_family
-from raysearch.schema import SpecError
-from raysearch.selection import OTHER_CLASSES, validation_families
 
 __all__ = ["make_task", "stratified_subset", "validation_split", "holdout_size"]
 

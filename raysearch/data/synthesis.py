@@ -47,8 +47,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from raysearch.config.selection import SYNTHETIC_FAMILIES
 from raysearch.data.augment import _uniform, color_jitter, to_float
-from raysearch.selection import SYNTHETIC_FAMILIES
 
 __all__ = ["FAMILY_NAMES", "cutpaste", "scar", "paste_boxes", "synthesize", "synthesize_family"]
 

@@ -1,7 +1,7 @@
 """The Method interface: what every anomaly detection method implements.
 
 One :class:`Method` instance lives per trial, class and Ray Train worker. The training
-loop (``raysearch.training``) calls its hooks in this order::
+loop (``raysearch.train.worker``) calls its hooks in this order::
 
     model = method.build()                      # once per class, on every worker
     for epoch in range(epochs):

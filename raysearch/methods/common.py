@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from raysearch.schema import param
+from raysearch.config.schema import param
 
 __all__ = ["BackboneParams"]
 

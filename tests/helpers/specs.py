@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from raysearch.spec import spec_from_dict
+from raysearch.config.spec import spec_from_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

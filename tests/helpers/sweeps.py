@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis import config_key
-from raysearch import results
+from raysearch.store import results
 
 CLASSES = ["a", "b", "c", "d"]
 CLASS_OFFSET = {"a": -0.03, "b": -0.01, "c": 0.01, "d": 0.03}  # sums to 0: class means = config mean

@@ -39,7 +39,7 @@ SMALL = [
 @contextlib.contextmanager
 def holding(events: str) -> Iterator[None]:
     """Runs that mark a checkpointed report in the folder ``events`` wait there until the
-    block ends (``raysearch.training.test_event``).
+    block ends (``raysearch.train.worker.test_event``).
 
     A test starts its run inside the block, waits for the event it needs, and acts (kills
     or signals); the run cannot get past that event meanwhile, so "it finished before the
@@ -118,7 +118,7 @@ def event_point(name: str) -> tuple[str, int, int]:
 
 def rows_of(out: str | os.PathLike) -> list[dict]:
     """The result rows of an experiment folder, as dicts."""
-    from raysearch import results
+    from raysearch.store import results
 
     return results.read_results(str(out)).to_pylist()
 
@@ -146,7 +146,7 @@ def check_placement_groups_released(*, ray_train: bool, before: set[str], timeou
       removes it when the controller is gone, polling the State API every second; under
       load those polls are slow. Ray 2.60's cleaner thread died on GCS timeouts and then
       kept the group forever, and a worker group that Train retried after its 60 s start
-      timeout kept the first attempt's group: raysearch.ray_setup patches the first and
+      timeout kept the first attempt's group: raysearch.run.ray_setup patches the first and
       raises the second timeout to 900 s, so a group still reserved here is a leak to fix,
       not a known Ray failure to tolerate.
 

@@ -8,9 +8,9 @@ import math
 
 import torch
 
-from raysearch import registry
+from raysearch.config import registry
+from raysearch.config.spec import spec_from_dict
 from raysearch.data.base import OneClassTask, Split
-from raysearch.spec import spec_from_dict
 
 SIZE = 32
 

@@ -3,16 +3,16 @@
 import pytest
 from helpers.tiny import TINY
 
-from raysearch import results
-from raysearch.schema import SpecError
-from raysearch.spec import load_spec
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import load_spec
+from raysearch.store import results
 
 BASE = {"name": "a", "method": "distcon", "train": {"epochs": 2, "seed": 5}}
 
 
 @pytest.mark.slow
 def test_ablate_runs_every_variant_and_refuses_its_base_folder(ray_session, demo_spec_path, tmp_path):
-    from raysearch.ablation import run_ablate
+    from raysearch.run.ablation import run_ablate
 
     spec = load_spec(demo_spec_path, TINY + [
         "ablations={seeds: [0], concurrent: 1, factors: {no_gmm: {params.loss.gmm_weight: 0}, "
@@ -34,7 +34,7 @@ def test_ablate_runs_every_variant_and_refuses_its_base_folder(ray_session, demo
 @pytest.mark.slow
 def test_export_then_train_reproduces_the_trial(ray_session, demo_spec_path, tmp_path):
     from analysis.export import export_best
-    from raysearch.runner import run_train
+    from raysearch.run.runner import run_train
 
     spec = load_spec(demo_spec_path, TINY + ["params.gmm.components=3"])
     code, rows = run_train(spec, str(tmp_path / "exp"), quiet=True)

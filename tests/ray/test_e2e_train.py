@@ -18,8 +18,8 @@ from helpers.tiny import (
     wait_until,
 )
 
-from raysearch.runner import run_train
-from raysearch.spec import load_spec
+from raysearch.config.spec import load_spec
+from raysearch.run.runner import run_train
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 from helpers.tiny import TINY
 from PIL import Image
 
-from raysearch import results
-from raysearch.spec import load_spec
+from raysearch.config.spec import load_spec
+from raysearch.store import results
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _category(root, name, n=12):
 def test_a_class_whose_data_breaks_fails_alone_and_the_others_train(ray_session, demo_spec_path, tmp_path):
     """The data passed its check, then a file broke (a copy still running, a disk error):
     that class's row names the file; the next class trains and completes."""
-    from raysearch.tuning import run_tune
+    from raysearch.run.tuning import run_tune
 
     root = tmp_path / "data"
     for name in ("bottle", "cable"):

@@ -13,7 +13,7 @@ import time
 import pytest
 from helpers.tiny import TINY, run_command
 
-from raysearch import results
+from raysearch.store import results
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ from helpers.specs import demo_spec
 from helpers.tiny import SMALL, TUNE_TRIAL, holding, kill_actor, rows_of, wait_until
 from helpers.training import assert_same_states, same_number
 
-from raysearch import registry
-from raysearch.spec import load_spec
+from raysearch.config import registry
+from raysearch.config.spec import load_spec
 
 
 @pytest.mark.slow
@@ -25,8 +25,8 @@ def test_killed_trial_row_equals_uninterrupted_row(method, ray_session, run_even
     weights equal those of the same sweep run without a kill."""
     import threading
 
-    from raysearch import results
-    from raysearch.tuning import run_tune
+    from raysearch.run.tuning import run_tune
+    from raysearch.store import results
 
     first = load_spec(demo_spec(method)).classes()[0]
     spec = load_spec(demo_spec(method), SMALL + [

@@ -14,8 +14,8 @@ import pytest
 from helpers.sweeps import read_scalars
 from helpers.tiny import TINY
 
-from raysearch import results
-from raysearch.spec import load_spec
+from raysearch.config.spec import load_spec
+from raysearch.store import results
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_sessio
                                                                       monkeypatch):
     MlflowClient = pytest.importorskip("mlflow.tracking", reason="pip install 'raysearch[trackers]'").MlflowClient
 
-    from raysearch.tuning import run_tune
+    from raysearch.run.tuning import run_tune
 
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
         monkeypatch.delenv(name, raising=False)  # the defaults: local stores, W&B offline

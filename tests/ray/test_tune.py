@@ -25,10 +25,10 @@ from helpers.tiny import (
     wait_for_event,
 )
 
-from raysearch import results
-from raysearch.space import REPEAT_ATTR, is_repeat
-from raysearch.spec import load_spec
-from raysearch.tuning import run_tune, study_url
+from raysearch.config.space import REPEAT_ATTR, is_repeat
+from raysearch.config.spec import load_spec
+from raysearch.run.tuning import run_tune, study_url
+from raysearch.store import results
 
 pytestmark = pytest.mark.slow
 

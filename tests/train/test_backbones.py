@@ -14,7 +14,7 @@ from raysearch.components.backbones import (
     set_frozen,
 )
 from raysearch.components.projection import ProjectionHead, l2_normalize
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
 
 # name, image size, {level: (channels, spatial size)}
 SHAPES = [

@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from raysearch.config.schema import SpecError, build
 from raysearch.data.augment import normalize, to_float
 from raysearch.methods.base import DataInfo
 from raysearch.methods.clflow.loss import contrastive_loss, downsample_masks
 from raysearch.methods.clflow.method import CLFlow
 from raysearch.methods.clflow.model import CLFlowNet, CLFlowOutput, resolve_weights
 from raysearch.methods.clflow.params import CLFlowParams
-from raysearch.schema import SpecError, build
 
 SIZE = 32
 

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from raysearch import results
 from raysearch.cli import main
-from raysearch.experiment import finished_runs
-from raysearch.lock import ExperimentLock, read_owner
+from raysearch.run.experiment import finished_runs
+from raysearch.store import results
+from raysearch.store.lock import ExperimentLock, read_owner
 
 T0 = 1_800_000_000  # a fixed row timestamp (2027-01-15T08:00:00Z)
 SCHEMA = results.results_schema({})

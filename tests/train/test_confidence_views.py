@@ -1,12 +1,12 @@
 """The selection-confidence line in the tune summary, the report and export (a store built by hand, no Ray)."""
 
-import optuna  # noqa: F401  (raysearch.tuning imports the searcher)
+import optuna  # noqa: F401  (raysearch.run.tuning imports the searcher)
 import yaml
 
-from raysearch import results
-from raysearch.results import RunInfo, base_row, config_schema
-from raysearch.space import parse_search
-from raysearch.spec import load_spec
+from raysearch.config.space import parse_search
+from raysearch.config.spec import load_spec
+from raysearch.store import results
+from raysearch.store.results import RunInfo, base_row, config_schema
 
 # Four configurations whose every family sits at chance: validation cannot rank them.
 AT_CHANCE = {"a": (0.50, 0.51), "b": (0.52, 0.49), "c": (0.48, 0.50), "d": (0.51, 0.53)}
@@ -31,7 +31,7 @@ def _sweep(tmp_path, folder="exp"):
 def test_the_summary_report_and_export_say_validation_cannot_rank(tmp_path):
     from analysis import write_report
     from analysis.export import export_best
-    from raysearch.tuning import sweep_summary
+    from raysearch.run.tuning import sweep_summary
 
     spec, out = _sweep(tmp_path)
     summary = sweep_summary(out, parse_search(spec), n_classes=1)
@@ -53,7 +53,7 @@ def test_the_summary_report_and_export_say_validation_cannot_rank(tmp_path):
 def test_the_next_commands_can_be_pasted_for_a_folder_with_a_space(tmp_path):
     import shlex
 
-    from raysearch.tuning import sweep_summary
+    from raysearch.run.tuning import sweep_summary
 
     spec, out = _sweep(tmp_path, "my sweep")
     [line] = [ln for ln in sweep_summary(out, parse_search(spec), n_classes=1).splitlines() if ln.startswith("next:")]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from helpers.training import SIZE, tiny_spec, tiny_task
 
-from raysearch import registry
-from raysearch.loop import train_class
+from raysearch.config import registry
+from raysearch.config.schema import flatten
 from raysearch.methods.base import DataInfo, Method, Scores
-from raysearch.schema import flatten
+from raysearch.train.loop import train_class
 
 METHODS = registry.method_names()
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from raysearch.config.schema import SpecError, build
 from raysearch.methods.base import DataInfo
 from raysearch.methods.cutswap.density import GaussianDensity
 from raysearch.methods.cutswap.method import CutSwap
@@ -14,7 +15,6 @@ from raysearch.methods.cutswap.params import (
     SaliencyParams,
 )
 from raysearch.methods.cutswap.swap import cutswap, pick_pairs, sample_patch_sizes, swap_patches
-from raysearch.schema import SpecError, build
 
 SIZE = 32
 

@@ -10,6 +10,8 @@ import torch
 from helpers.datasets import write_cifar10, write_cifar100, write_mvtec
 from PIL import Image
 
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import DataSpec, SelectionSpec
 from raysearch.data import DataNotFoundError, list_classes, load_task
 from raysearch.data.augment import (
     color_jitter,
@@ -19,8 +21,6 @@ from raysearch.data.augment import (
     to_float,
 )
 from raysearch.data.synthesis import cutpaste, scar, synthesize
-from raysearch.schema import SpecError
-from raysearch.spec import DataSpec, SelectionSpec
 
 
 def data_spec(**kw):

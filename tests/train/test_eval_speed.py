@@ -15,10 +15,10 @@ import pytest
 from helpers.specs import demo_spec
 from helpers.tiny import SMALL
 
-from raysearch import registry
+from raysearch.config import registry
+from raysearch.config.spec import SpecError, TrainSpec, load_spec
 from raysearch.data import load_task
-from raysearch.loop import aupro_each_evaluation, train_class
-from raysearch.spec import SpecError, TrainSpec, load_spec
+from raysearch.train.loop import aupro_each_evaluation, train_class
 
 CLFLOW = demo_spec("clflow")
 # A few dozen 32 px toy-mvtec images, a narrow CNN and a 2-step flow: seconds per run.
@@ -81,7 +81,7 @@ def test_one_evaluation_scores_the_validation_split_once(one_thread):
 
 def test_an_earlier_best_epoch_is_scored_again_from_its_state(one_thread, monkeypatch):
     """When the best epoch is not the last, the final pass restores it and scores the split again."""
-    import raysearch.loop as loop
+    import raysearch.train.loop as loop
 
     values = iter([0.9, 0.1])  # epoch 1 wins the selection
     real = loop._evaluate_split
@@ -119,7 +119,7 @@ def test_bad_cpu_values_are_refused_with_their_key(key, value):
 def test_train_holds_the_free_cpus_of_a_local_ray(monkeypatch):
     import ray
 
-    from raysearch.runner import train_cpus
+    from raysearch.run.runner import train_cpus
 
     monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 6.0})
     assert train_cpus(load_spec(CLFLOW), local=True) == 6.0

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from raysearch import experiment, ray_setup
+from raysearch.run import experiment, ray_setup
 
 
 @pytest.mark.parametrize("reachable, lost", [(True, False), (False, True)])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from raysearch import results
 from raysearch.cli import main
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import load_spec
 from raysearch.data.readers import _mask_for
-from raysearch.schema import SpecError
-from raysearch.spec import load_spec
+from raysearch.store import results
 
 DEMO = "search_spaces/demo/{}.yaml"
 
@@ -38,7 +38,7 @@ def test_masks_are_matched_exactly_never_by_prefix(tmp_path):
 # -- one experiment per folder ------------------------------------------------------------
 @pytest.mark.parametrize("entry", ["results", "optuna.db", "checkpoints", "ray"])
 def test_a_used_output_is_refused_without_resume(tmp_path, entry):
-    from raysearch.experiment import check_resume
+    from raysearch.run.experiment import check_resume
 
     out = tmp_path / "exp"
     (out / "report").mkdir(parents=True)  # a report folder alone does not count
@@ -50,7 +50,7 @@ def test_a_used_output_is_refused_without_resume(tmp_path, entry):
 
 
 def test_finished_runs_counts_trials_with_a_final_row_for_every_class(tmp_path):
-    from raysearch.experiment import finished_runs
+    from raysearch.run.experiment import finished_runs
 
     schema = results.results_schema({})
     out = str(tmp_path / "results")
@@ -67,8 +67,8 @@ def test_finished_runs_counts_trials_with_a_final_row_for_every_class(tmp_path):
 
 
 def test_resume_and_train_refuse_an_output_of_another_spec(tmp_path):
-    from raysearch.experiment import check_same_spec
-    from raysearch.runner import run_train
+    from raysearch.run.experiment import check_same_spec
+    from raysearch.run.runner import run_train
 
     spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3]"])
     out = str(tmp_path / "exp")
@@ -94,7 +94,7 @@ def test_an_output_that_cannot_be_a_folder_is_refused(tmp_path, where, capsys):
 
 
 def test_resume_needs_only_the_folder_and_its_hint_can_be_pasted(tmp_path, capsys):
-    from raysearch.experiment import resume_hint
+    from raysearch.run.experiment import resume_hint
 
     out = tmp_path / "my sweep"
     assert resume_hint("tune", str(out)) == f"Continue with: raysearch tune --resume --output '{out}'"
@@ -116,8 +116,8 @@ def test_every_broken_category_is_listed_before_training(tmp_path):
 
     from helpers.datasets import write_mvtec
 
+    from raysearch.config.spec import DataSpec
     from raysearch.data import DataNotFoundError, check_data
-    from raysearch.spec import DataSpec
 
     for category in ("ok", "emptytrain", "nodefects"):
         write_mvtec(tmp_path, category=category)
@@ -146,7 +146,7 @@ def test_a_truncated_image_names_its_file(tmp_path):
 
 
 def test_resume_refuses_data_that_changed_since_the_experiment_started(tmp_path):
-    from raysearch.experiment import check_same_spec
+    from raysearch.run.experiment import check_same_spec
 
     root = tmp_path / "mvtec"
     for cat in ("bottle", "cable"):

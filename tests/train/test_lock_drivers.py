@@ -1,11 +1,11 @@
-"""One owner per experiment: raysearch.lock on local folders, between processes and on S3."""
+"""One owner per experiment: raysearch.store.lock on local folders, between processes and on S3."""
 
 import io
 import os
 
 import pytest
 
-from raysearch.lock import ExperimentLock
+from raysearch.store.lock import ExperimentLock
 
 
 @pytest.mark.parametrize("command", ["train", "tune", "ablate"])

@@ -1,4 +1,4 @@
-"""The patch of Ray Train's placement-group cleaner (raysearch.ray_setup.setup_worker),
+"""The patch of Ray Train's placement-group cleaner (raysearch.run.ray_setup.setup_worker),
 against the installed Ray, without a cluster: the patched function is replaced by one
 that fails the way a GCS under load makes it fail."""
 
@@ -14,11 +14,11 @@ from ray.train.v2._internal.execution.controller import placement_group_cleaner 
 from ray.train.v2._internal.state import util as state_util
 from ray.util.state.exception import RayStateApiException, ServerUnavailable
 
-from raysearch.ray_setup import setup_worker
+from raysearch.run.ray_setup import setup_worker
 
 CLEANER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
-# How a GCS under load fails the cleaner's poll (see raysearch/ray_setup.py).
+# How a GCS under load fails the cleaner's poll (see raysearch/run/ray_setup.py).
 GCS_ERRORS = [
     RpcError("Timed out while waiting for GCS to become available.", rpc_code=4),
     GetTimeoutError("Get timed out: some object(s) not ready."),

@@ -3,7 +3,7 @@ where the run that was never stopped ends, for every registered method.
 
 The in-process contract trains a class straight through, and again from the resumable
 state its ``report`` received at an evaluation in the middle, round-tripped through
-``torch.save`` / ``torch.load(weights_only=True)`` as ``raysearch.training.worker_loop``
+``torch.save`` / ``torch.load(weights_only=True)`` as ``raysearch.train.worker.worker_loop``
 stores it. Final best and last weights must be bitwise equal, and so must every metric
 reported after the restore point. On CPU with one thread every kernel is deterministic,
 so any difference is state the checkpoint failed to carry (an RNG, an optimizer step, a
@@ -24,10 +24,10 @@ from helpers.specs import demo_spec
 from helpers.tiny import SMALL
 from helpers.training import assert_same_states, same_number
 
-from raysearch import registry
+from raysearch.config import registry
+from raysearch.config.spec import load_spec
 from raysearch.data import load_task
-from raysearch.loop import train_class
-from raysearch.spec import load_spec
+from raysearch.train.loop import train_class
 
 EPOCHS = 5
 RESUME_AFTER = 3  # the restored run continues from the checkpoint of this epoch's evaluation

@@ -5,9 +5,9 @@ import optuna
 
 def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
     """The searcher alone (no Ray): what reaches the Optuna study for each way a trial ends."""
-    from raysearch.searcher import OPTUNA_KEY, PruningOptunaSearch, SpaceFunction
-    from raysearch.space import parse_search
-    from raysearch.spec import spec_from_dict
+    from raysearch.config.space import parse_search
+    from raysearch.config.spec import spec_from_dict
+    from raysearch.run.searcher import OPTUNA_KEY, PruningOptunaSearch, SpaceFunction
 
     spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 4},
                            "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
@@ -44,11 +44,11 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
     one that left no row, and stops at the sweep's budget."""
     from ray.tune.search import Searcher
 
-    from raysearch import results
-    from raysearch.results import config_schema
-    from raysearch.searcher import PruningOptunaSearch, SpaceFunction, study_url
-    from raysearch.space import parse_search
-    from raysearch.spec import spec_from_dict
+    from raysearch.config.space import parse_search
+    from raysearch.config.spec import spec_from_dict
+    from raysearch.run.searcher import PruningOptunaSearch, SpaceFunction, study_url
+    from raysearch.store import results
+    from raysearch.store.results import config_schema
 
     spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
                            "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
@@ -87,7 +87,7 @@ def test_the_private_parts_of_ray_and_optuna_that_the_searcher_uses_are_still_th
     Optuna's study storage; both are private. This fails as soon as an upgrade moves them."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from raysearch.searcher import PruningOptunaSearch
+    from raysearch.run.searcher import PruningOptunaSearch
 
     searcher = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max",
                             sampler=optuna.samplers.RandomSampler(seed=0))
@@ -112,7 +112,7 @@ def test_the_private_parts_of_ray_and_optuna_that_the_searcher_uses_are_still_th
 
 def test_a_resumed_searcher_reports_each_step_once(tmp_path):
     """Steps the study already holds (told before a kill) are not told again after a restore."""
-    from raysearch.searcher import PruningOptunaSearch
+    from raysearch.run.searcher import PruningOptunaSearch
 
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
     searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m",
@@ -134,7 +134,7 @@ def test_a_resumed_searcher_reports_each_step_once(tmp_path):
 
 
 def test_the_study_names_its_objectives_and_trials_name_their_rows(tmp_path):
-    from raysearch.searcher import PruningOptunaSearch, study_url
+    from raysearch.run.searcher import PruningOptunaSearch, study_url
 
     out = str(tmp_path / "exp")
     (tmp_path / "exp").mkdir()
@@ -151,11 +151,11 @@ def test_the_study_names_its_objectives_and_trials_name_their_rows(tmp_path):
 
 def test_a_trials_config_hash_attribute_is_its_rows_config_hash(tmp_path):
     """The hash optuna-dashboard shows is the one the trial's result rows carry."""
-    from raysearch.experiment import TrialPlan
-    from raysearch.results import RunInfo, base_row
-    from raysearch.searcher import PruningOptunaSearch, SpaceFunction
-    from raysearch.space import parse_search
-    from raysearch.spec import load_spec
+    from raysearch.config.space import parse_search
+    from raysearch.config.spec import load_spec
+    from raysearch.run.experiment import TrialPlan
+    from raysearch.run.searcher import PruningOptunaSearch, SpaceFunction
+    from raysearch.store.results import RunInfo, base_row
 
     spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3]"])
     search = parse_search(spec)
@@ -176,9 +176,9 @@ def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_traine
     The study's counts and history leave the repeats out."""
     from analysis.importance import completed_trials, trial_counts
     from analysis.rank import history_table
-    from raysearch.searcher import PruningOptunaSearch, SpaceFunction
-    from raysearch.space import REPEAT_ATTR, is_repeat, parse_search
-    from raysearch.spec import spec_from_dict
+    from raysearch.config.space import REPEAT_ATTR, is_repeat, parse_search
+    from raysearch.config.spec import spec_from_dict
+    from raysearch.run.searcher import PruningOptunaSearch, SpaceFunction
 
     spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
                            "search": {"space": {"params.rotations": {"choice": ["0-180", "0-90-180-270"]}}}})
@@ -206,8 +206,8 @@ def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_traine
 
 
 def _searcher(out, spec, budget=4):
-    from raysearch.searcher import PruningOptunaSearch, SpaceFunction, study_url
-    from raysearch.space import parse_search
+    from raysearch.config.space import parse_search
+    from raysearch.run.searcher import PruningOptunaSearch, SpaceFunction, study_url
 
     return PruningOptunaSearch(
         space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
@@ -217,7 +217,7 @@ def _searcher(out, spec, budget=4):
 
 
 def _lr_spec():
-    from raysearch.spec import spec_from_dict
+    from raysearch.config.spec import spec_from_dict
 
     return spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
                            "search": {"space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}})
@@ -250,7 +250,7 @@ def test_an_interrupted_sweeps_trials_wait_in_the_study_and_run_again_on_resume(
     """A stopped sweep leaves no trial RUNNING: its running trials wait (marked interrupted),
     the restored searcher turns them RUNNING before it asks for any new trial, and they are
     then told as usual; a trial that was WAITING for another reason stays so."""
-    from raysearch.searcher import INTERRUPTED_ATTR, pause_running, resume_interrupted
+    from raysearch.run.searcher import INTERRUPTED_ATTR, pause_running, resume_interrupted
 
     spec, out = _lr_spec(), str(tmp_path)
     first = _searcher(out, spec)

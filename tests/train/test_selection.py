@@ -8,10 +8,11 @@ import math
 import torch
 from helpers.training import tiny_spec, tiny_task
 
-from raysearch import loop, registry
+from raysearch.config import registry
+from raysearch.config.selection import trained_families
+from raysearch.config.spec import DataSpec, SelectionSpec, load_spec, spec_from_dict
 from raysearch.data import load_task
-from raysearch.selection import trained_families
-from raysearch.spec import DataSpec, SelectionSpec, load_spec, spec_from_dict
+from raysearch.train import loop
 
 DEMO = "search_spaces/demo/{}.yaml"
 
@@ -149,7 +150,7 @@ def test_clflow_notes_a_random_fallback_of_auto_weights(monkeypatch, tmp_path):
 def test_dry_run_says_what_the_validation_split_holds():
     import io
 
-    from raysearch.tuning import dry_run
+    from raysearch.run.tuning import dry_run
 
     out = io.StringIO()
     dry_run(load_spec(DEMO.format("cutswap")), out)

@@ -6,15 +6,15 @@ import optuna
 import pytest
 from helpers.specs import spec_with
 
-from raysearch.schema import SpecError
-from raysearch.space import parse_search, suggest
-from raysearch.spec import spec_from_dict
+from raysearch.config.schema import SpecError
+from raysearch.config.space import parse_search, suggest
+from raysearch.config.spec import spec_from_dict
 
 BASE = {"name": "s", "method": "distcon", "train": {"epochs": 2}}
 
 
 def test_tpe_start_up_trials_are_a_search_setting():
-    from raysearch.searcher import make_sampler
+    from raysearch.run.searcher import make_sampler
 
     search = parse_search(spec_with({"startup_trials": 4, "space": {"train.lr": {"float": [1e-4, 1e-2], "log": True}}}))
     assert search.startup_trials == 4
@@ -42,8 +42,8 @@ def test_asha_stops_a_trial_at_its_rungs_and_lets_the_last_report_end_it():
 
     from ray.tune.schedulers import TrialScheduler
 
-    from raysearch.progress import progress
-    from raysearch.tuning import asha_scheduler
+    from raysearch.run.tuning import asha_scheduler
+    from raysearch.train.progress import progress
 
     spec = spec_from_dict({**BASE, "data": {"dataset": "digits", "classes": [0, 1]},
                            "train": {"epochs": 4, "eval_every": 1},

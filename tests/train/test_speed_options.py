@@ -18,10 +18,10 @@ import pytest
 import torch
 from helpers.tiny import SMALL
 
-from raysearch import registry
+from raysearch.config import registry
+from raysearch.config.spec import SpecError, load_spec, spec_from_dict
 from raysearch.data import load_task
-from raysearch.loop import _batch, _data_on_device, train_class
-from raysearch.spec import SpecError, load_spec, spec_from_dict
+from raysearch.train.loop import _batch, _data_on_device, train_class
 
 COMPILE = ["train.compile=true", "train.compile_backend=eager"]
 

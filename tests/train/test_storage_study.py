@@ -10,7 +10,7 @@ def test_storage_and_output_place_the_experiment(tmp_path, monkeypatch, capsys):
 
     seen = {}
     monkeypatch.setattr(cli, "_checked_spec", lambda args: type("S", (), {"name": "demo"})())
-    monkeypatch.setattr("raysearch.tuning.run_tune", lambda spec, output, **kw: seen.setdefault("out", output) and 0)
+    monkeypatch.setattr("raysearch.run.tuning.run_tune", lambda spec, output, **kw: seen.setdefault("out", output) and 0)
     main(["tune", "spec.yaml", "--storage", str(tmp_path / "store")])
     assert seen.pop("out") == str(tmp_path / "store" / "demo")
     main(["tune", "spec.yaml", "--storage", "s3://bucket/sweeps?region=eu-west-1"])
@@ -25,7 +25,7 @@ def test_study_sync_finds_the_local_study_on_the_machine_that_unpickles_it(tmp_p
     folder (another machine) must push its own copy of the study, not the old path."""
     import pickle
 
-    from raysearch.searcher import StudySync
+    from raysearch.run.searcher import StudySync
 
     monkeypatch.setenv("HOME", str(tmp_path / "first"))
     sync = StudySync("s3://bucket/exp?region=x")

@@ -1,15 +1,15 @@
 """The console summary at the end of a sweep, from a store built by hand (no Ray)."""
 
-import optuna  # noqa: F401  (raysearch.tuning imports the searcher)
+import optuna  # noqa: F401  (raysearch.run.tuning imports the searcher)
 
-from raysearch import results
-from raysearch.results import RunInfo, base_row, config_schema, unfinished_row
-from raysearch.space import parse_search
-from raysearch.spec import load_spec
+from raysearch.config.space import parse_search
+from raysearch.config.spec import load_spec
+from raysearch.store import results
+from raysearch.store.results import RunInfo, base_row, config_schema, unfinished_row
 
 
 def test_summary_ranks_complete_trials_with_their_searched_values_and_says_what_next(tmp_path):
-    from raysearch.tuning import sweep_summary
+    from raysearch.run.tuning import sweep_summary
 
     spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3, 5]"])
     out = str(tmp_path / "exp")
@@ -41,7 +41,7 @@ def test_summary_breaks_a_tie_as_the_report_and_export_do(tmp_path):
     from analysis.export import best_trials
     from analysis.load import load_results
     from analysis.rank import rank_configs
-    from raysearch.tuning import sweep_summary
+    from raysearch.run.tuning import sweep_summary
 
     spec = load_spec("search_spaces/demo/distcon.yaml", ["data.classes=[3, 5]"])
     out = str(tmp_path / "exp")

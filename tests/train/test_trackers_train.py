@@ -11,8 +11,9 @@ import math
 import pytest
 from helpers.tiny import TINY
 
-from raysearch import cli, trackers
-from raysearch.spec import load_spec
+from raysearch import cli
+from raysearch.config.spec import load_spec
+from raysearch.train import trackers
 
 
 @pytest.mark.parametrize("command", ["tune", "ablate"])
@@ -27,7 +28,7 @@ def test_missing_tracker_package_is_one_line_and_exit_2_before_ray(command, demo
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started")
 
-    monkeypatch.setattr("raysearch.ray_setup.init_ray", no_ray)
+    monkeypatch.setattr("raysearch.run.ray_setup.init_ray", no_ray)
     out = tmp_path / "exp"
     code = cli.main([command, demo_spec_path, *[a for kv in TINY for a in ("--set", kv)],
                      "--output", str(out), "--log", "wandb,mlflow"])
@@ -39,9 +40,9 @@ def test_missing_tracker_package_is_one_line_and_exit_2_before_ray(command, demo
 
 
 def test_train_class_calls_the_hook_once_per_epoch_with_the_reported_losses(demo_spec_path):
+    from raysearch.config.registry import method_class
     from raysearch.data import load_task
-    from raysearch.loop import _lr_factor, train_class
-    from raysearch.registry import method_class
+    from raysearch.train.loop import _lr_factor, train_class
 
     spec = load_spec(demo_spec_path, TINY + ["train.epochs=3", "train.eval_every=2", "train.warmup_epochs=0"])
     task = load_task(spec.data, spec.selection, "3", spec.train.seed)

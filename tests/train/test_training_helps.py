@@ -5,11 +5,11 @@ features score high), so this uses digit 8 against held-out training images of t
 digits, where the untrained network's validation AUROC is about 0.74.
 """
 
+from raysearch.config.registry import method_class
+from raysearch.config.spec import load_spec
 from raysearch.data import load_task
-from raysearch.loop import _evaluate_split, seed_everything, train_class
 from raysearch.methods.base import DataInfo
-from raysearch.registry import method_class
-from raysearch.spec import load_spec
+from raysearch.train.loop import _evaluate_split, seed_everything, train_class
 
 SETTING = [
     "data.classes=[8]",

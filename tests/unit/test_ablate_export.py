@@ -3,9 +3,9 @@
 import pytest
 import yaml
 
-from raysearch.ablation import parse_ablations, resolve_base
-from raysearch.schema import SpecError
-from raysearch.spec import load_spec, spec_from_dict
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import load_spec, spec_from_dict
+from raysearch.run.ablation import parse_ablations, resolve_base
 
 BASE = {"name": "a", "method": "distcon", "train": {"epochs": 2, "seed": 5}}
 

@@ -23,8 +23,8 @@ from analysis import (
     load_results,
     variant_labels,
 )
-from raysearch.ablation import ablation_summary
 from raysearch.cli import main
+from raysearch.run.ablation import ablation_summary
 
 DEMO = "search_spaces/demo/distcon.yaml"
 

@@ -14,6 +14,7 @@ from helpers.datasets import write_cifar10, write_mvtec
 from PIL import Image
 
 from raysearch.cli import main
+from raysearch.config.spec import DataSpec
 from raysearch.data import DataNotFoundError, check_data
 from raysearch.data.checks import (
     ImageCheck,
@@ -23,7 +24,6 @@ from raysearch.data.checks import (
     format_problems,
     inspect_image,
 )
-from raysearch.spec import DataSpec
 
 
 @pytest.fixture(autouse=True)
@@ -158,13 +158,13 @@ def test_many_problems_are_capped_and_counted(tmp_path):
 
 
 def test_the_cli_exits_2_with_the_list_before_ray_starts(tmp_path, monkeypatch, capsys):
-    import raysearch.runner
+    import raysearch.run.runner
 
     write_mvtec(tmp_path)
     broken = tmp_path / "widget" / "test" / "crack" / "000.png"
     broken.write_bytes(broken.read_bytes()[:-3])
     started = []
-    monkeypatch.setattr(raysearch.runner, "run_train", lambda *a, **k: started.append(1) or (0, None))
+    monkeypatch.setattr(raysearch.run.runner, "run_train", lambda *a, **k: started.append(1) or (0, None))
     code = main(["train", "search_spaces/demo/cutswap.yaml", "--set", "data.dataset=folder",
                  "--set", f"data.root={tmp_path}", "--set", "data.classes=[widget]", "--output", str(tmp_path / "out")])
     assert code == 2 and not started

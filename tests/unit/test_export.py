@@ -4,9 +4,9 @@ import shutil
 
 import yaml
 
-from raysearch import results
-from raysearch.results import RunInfo, base_row, config_schema
-from raysearch.spec import load_spec
+from raysearch.config.spec import load_spec
+from raysearch.store import results
+from raysearch.store.results import RunInfo, base_row, config_schema
 
 
 def test_exported_specs_mark_tuned_keys_and_keep_checkpoints_valid_in_a_copy(tmp_path):

@@ -7,10 +7,10 @@ import warnings
 import pyarrow as pa
 import pytest
 
-from raysearch import results
 from raysearch.cli import main
-from raysearch.schema import SpecError
-from raysearch.spec import load_spec
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import load_spec
+from raysearch.store import results
 
 DEMO = "search_spaces/demo/{}.yaml"
 

@@ -25,9 +25,28 @@ from helpers.specs import REPO
 PACKAGES = ("raysearch", "analysis")
 HEAVY = ("ray", "torch", "torchvision")
 # raysearch's training and run modules (packages stand for everything below them).
-RUN_MODULES = ("raysearch.loop", "raysearch.training", "raysearch.runner", "raysearch.experiment",
-               "raysearch.tuning", "raysearch.ablation", "raysearch.searcher", "raysearch.methods",
-               "raysearch.components", "raysearch.data")
+RUN_MODULES = ("raysearch.run", "raysearch.train", "raysearch.methods", "raysearch.components", "raysearch.data")
+
+# The layers, top down: what the modules of each layer may import at module level (their
+# own layer included). A layer names packages or modules; the first layer that holds a
+# module is its layer.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "raysearch.cli": ("raysearch.cli", "raysearch.config", "raysearch.store", "raysearch.data"),
+    "raysearch.run": ("raysearch.run", "raysearch.train", "raysearch.methods", "raysearch.components",
+                      "raysearch.data", "raysearch.metrics", "raysearch.fast_metrics", "raysearch.config",
+                      "raysearch.store", "analysis"),
+    "raysearch.train": ("raysearch.train", "raysearch.methods", "raysearch.components", "raysearch.data",
+                        "raysearch.metrics", "raysearch.fast_metrics", "raysearch.config", "raysearch.store"),
+    "raysearch.methods": ("raysearch.methods", "raysearch.components", "raysearch.data", "raysearch.metrics",
+                          "raysearch.config"),
+    "raysearch.components": ("raysearch.components", "raysearch.config"),
+    "raysearch.data": ("raysearch.data", "raysearch.config"),
+    "raysearch.metrics": ("raysearch.metrics", "raysearch.fast_metrics", "raysearch.config"),
+    "raysearch.fast_metrics": ("raysearch.fast_metrics", "raysearch.metrics", "raysearch.config"),
+    "raysearch.store": ("raysearch.store", "raysearch.config"),
+    "raysearch.config": ("raysearch.config",),
+    "analysis": ("analysis", "raysearch.config", "raysearch.store"),
+}
 
 # Module-level imports (importer, imported) that break a rule above and are accepted
 # for now, each with its reason. Empty: every rule holds.
@@ -118,11 +137,11 @@ def _heavy_imports(module: str) -> list[str]:
 
 def test_the_graph_is_read_from_every_module_including_imports_inside_functions():
     """Guards the other tests against passing on an empty or misread graph."""
-    assert {"raysearch.cli", "raysearch.loop", "analysis", "analysis.report", "raysearch.methods.base"} <= set(MODULES)
-    assert "torch" in [t for t, top in IMPORTS["raysearch.loop"] if top]
-    assert "raysearch.results" in EDGES["analysis.load"]
+    assert {"raysearch.cli", "raysearch.train.loop", "analysis", "analysis.report", "raysearch.methods.base"} <= set(MODULES)
+    assert "torch" in [t for t, top in IMPORTS["raysearch.train.loop"] if top]
+    assert "raysearch.store.results" in EDGES["analysis.load"]
     inside = {(m, t) for m, imps in IMPORTS.items() for t, top in imps if not top}
-    assert ("analysis.importance", "raysearch.space") in inside  # imported where it is used
+    assert ("analysis.importance", "raysearch.config.space") in inside  # imported where it is used
     assert not [k for k in ALLOWED if k[0] not in MODULES], "an ALLOWED entry names no module"
 
 
@@ -136,6 +155,16 @@ def test_cli_imports_neither_ray_nor_torch_at_module_level():
 def test_analysis_never_imports_the_training_and_run_modules(module):
     chain = _chain(module, lambda m: _under(m, RUN_MODULES))
     assert chain is None, f"{' -> '.join(chain)}: analysis imports a training or run module at module level"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m not in ("raysearch", "analysis")))
+def test_each_module_imports_only_its_own_layer_and_those_below(module):
+    """cli -> run -> train -> methods -> components / data -> config; store -> config;
+    analysis -> store / config: the folders are the layers."""
+    layer = next((name for name in LAYERS if _under(module, (name,))), None)
+    assert layer is not None, f"{module} is in no layer of LAYERS"
+    wrong = [t for t in EDGES[module] if not (t == "raysearch" or _under(t, LAYERS[layer]))]  # raysearch: __version__
+    assert not wrong, f"{module} ({layer}) imports {wrong} at module level"
 
 
 def test_no_import_cycle_at_module_level():

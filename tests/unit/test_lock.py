@@ -1,4 +1,4 @@
-"""One owner per experiment: raysearch.lock on local folders, between processes and on S3."""
+"""One owner per experiment: raysearch.store.lock on local folders, between processes and on S3."""
 
 import io
 import json
@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from raysearch import results
-from raysearch.lock import OWNER_FILE, ExperimentLock, LockedError, Owner, read_owner
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
+from raysearch.store import results
+from raysearch.store.lock import OWNER_FILE, ExperimentLock, LockedError, Owner, read_owner
 
 T0 = 1_800_000_000.0  # a fixed wall clock: 2027-01-15T08:00:00+00:00
 HOST = socket.gethostname()
@@ -22,7 +22,7 @@ HOST = socket.gethostname()
 # "won" (then holds it until the next line) or "locked <message>" (exit 3).
 CHILD = """
 import sys
-from raysearch.lock import ExperimentLock, LockedError
+from raysearch.store.lock import ExperimentLock, LockedError
 print("ready", flush=True)
 sys.stdin.readline()
 try:

@@ -1,4 +1,4 @@
-"""The objective's one home (raysearch.objective): report keys, the trial value rule, and
+"""The objective's one home (raysearch.config.objective): report keys, the trial value rule, and
 the ranking agreeing with it. Torch-free and Ray-free."""
 
 import math
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis.rank import trial_table
-from raysearch.objective import (
+from raysearch.config.objective import (
     final_means,
     metric_of,
     objective,
@@ -15,7 +15,7 @@ from raysearch.objective import (
     running_means,
     trial_value,
 )
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
 
 
 def test_report_keys_round_trip_and_objective_reads_metric_and_mode():

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from raysearch import registry
 from raysearch.cli import main
-from raysearch.schema import Range, SpecError, build, describe_fields, param
-from raysearch.space import parse_search
-from raysearch.spec import spec_from_dict
+from raysearch.config import registry
+from raysearch.config.schema import Range, SpecError, build, describe_fields, param
+from raysearch.config.space import parse_search
+from raysearch.config.spec import spec_from_dict
 
 METHODS = registry.method_names()
 

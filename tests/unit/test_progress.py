@@ -3,7 +3,14 @@
 import io
 import math
 
-from raysearch.progress import SweepLine, finished, format_table, optuna_step, progress, time_left
+from raysearch.train.progress import (
+    SweepLine,
+    finished,
+    format_table,
+    optuna_step,
+    progress,
+    time_left,
+)
 
 
 def test_progress_counts_classes_and_a_run_is_finished_at_its_last_class():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import yaml
 
-from raysearch import results
+from raysearch.config.schema import SpecError
+from raysearch.config.selection import FAMILY_METRICS, SYNTHETIC_FAMILIES
+from raysearch.config.spec import load_spec, spec_from_dict
 from raysearch.metrics import family_aurocs, image_auroc
-from raysearch.schema import SpecError
-from raysearch.selection import FAMILY_METRICS, SYNTHETIC_FAMILIES
-from raysearch.spec import load_spec, spec_from_dict
+from raysearch.store import results
 
 DEMO = "search_spaces/demo/{}.yaml"
 
@@ -57,7 +57,7 @@ def test_unknown_or_empty_families_are_refused(bad):
     ("clflow", ["selection.split=test"]),
 ])
 def test_the_default_objective_is_the_measured_one_for_every_method_and_dataset(method, overrides):
-    from raysearch.selection import DEFAULT_OBJECTIVE
+    from raysearch.config.selection import DEFAULT_OBJECTIVE
 
     assert DEFAULT_OBJECTIVE == "val_image_auroc"  # BENCHMARKS.md, Selection fidelity
     for metric in ("auto", None):
@@ -73,8 +73,8 @@ def test_the_default_objective_is_the_measured_one_for_every_method_and_dataset(
 
 
 def test_methods_say_their_default_objective_and_why():
-    from raysearch import registry
-    from raysearch.selection import objective_note
+    from raysearch.config import registry
+    from raysearch.config.selection import objective_note
 
     clflow = objective_note(registry.params_class("clflow"))
     assert clflow.startswith("default objective (search.metric: auto): val_image_auroc; this method's pixel")

@@ -6,9 +6,9 @@ import optuna
 import pytest
 from helpers.specs import spec_with
 
-from raysearch.schema import SpecError
-from raysearch.space import parse_search, suggest
-from raysearch.spec import load_spec
+from raysearch.config.schema import SpecError
+from raysearch.config.space import parse_search, suggest
+from raysearch.config.spec import load_spec
 
 
 def test_shipped_search_blocks_parse():

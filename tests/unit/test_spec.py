@@ -6,9 +6,9 @@ import sys
 import pytest
 from helpers.specs import REPO
 
-from raysearch import registry
-from raysearch.schema import SpecError
-from raysearch.spec import load_spec, parse_set, spec_from_dict
+from raysearch.config import registry
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import load_spec, parse_set, spec_from_dict
 
 
 def write(tmp_path, text, name="spec.yaml"):
@@ -113,6 +113,6 @@ def test_cli_bad_key_one_line_exit_2(demo_spec_path):
 
 
 def test_import_raysearch_is_light():
-    code = "import sys, raysearch, raysearch.spec, raysearch.cli, analysis; print('torch' in sys.modules, 'ray' in sys.modules)"
+    code = "import sys, raysearch, raysearch.config.spec, raysearch.cli, analysis; print('torch' in sys.modules, 'ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

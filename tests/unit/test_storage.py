@@ -9,7 +9,7 @@ import signal
 import pyarrow.fs as pafs
 import pytest
 
-from raysearch import results
+from raysearch.store import results
 
 
 def test_join_keeps_a_uri_query_at_the_end(tmp_path):
@@ -34,18 +34,18 @@ def test_ray_storage_passes_the_uri_options_as_a_filesystem(tmp_path):
 
 
 def test_failure_reason_is_the_innermost_exception_line():
-    from raysearch.results import failure_reason as _reason
+    from raysearch.store.results import failure_reason as _reason
 
     train = RuntimeError("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
-                         '  File "loop.py", line 3, in f\nraysearch.loop.TrainingDiverged: loss became nan at epoch 2\n')
-    assert _reason(train) == "raysearch.loop.TrainingDiverged: loss became nan at epoch 2"
+                         '  File "loop.py", line 3, in f\nraysearch.train.loop.TrainingDiverged: loss became nan at epoch 2\n')
+    assert _reason(train) == "raysearch.train.loop.TrainingDiverged: loss became nan at epoch 2"
     cut = RuntimeError("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback ...\n"
                        "... (Output truncated. See individual worker logs for full details) ...\n"
                        "Parameter at index 20 has been marked as ready twice.")
     assert _reason(cut) == "Parameter at index 20 has been marked as ready twice."
     assert _reason(RuntimeError("loss became inf at epoch 1")) == "loss became inf at epoch 1"
     # A trial's own reason wins over the exception lines around it in Tune's error text.
-    tune_text = ("Traceback ...\nraysearch.experiment.TrialFailed: data of class 3: OSError: x.png: truncated\n"
+    tune_text = ("Traceback ...\nraysearch.run.experiment.TrialFailed: data of class 3: OSError: x.png: truncated\n"
                  "\nThe above exception was the direct cause of:\nray.exceptions.RayTaskError: boom")
     assert _reason(tune_text) == "data of class 3: OSError: x.png: truncated"
     assert _reason(None) == _reason("") == "the run failed (no error text)"

@@ -8,8 +8,8 @@ result rows hold."""
 import pytest
 from helpers.sweeps import read_scalars
 
-from raysearch import trackers
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
+from raysearch.train import trackers
 
 
 def test_parse_log_takes_repeated_and_comma_separated_names():

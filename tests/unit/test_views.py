@@ -15,7 +15,7 @@ from analysis import compare_experiments, load_results, rank_configs, trial_tabl
 from analysis.export import best_trials, export_best, rerun_command
 from analysis.plots import ranking_title
 from analysis.report import ranking_params, ranking_results
-from raysearch.spec import config_hash
+from raysearch.config.spec import config_hash
 
 
 def _tied_sweep() -> list[dict]:

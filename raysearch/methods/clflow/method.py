@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from raysearch.components.backbones import imagenet_weights_path
+from raysearch.config.schema import SpecError
 from raysearch.data.augment import normalize, to_float
 from raysearch.data.perlin import draem_blend, perlin_masks
 from raysearch.data.synthesis import cutpaste, scar
@@ -61,7 +62,6 @@ from raysearch.methods.base import Method, Scores
 from raysearch.methods.clflow.loss import clflow_loss
 from raysearch.methods.clflow.model import CLFlowNet, resolve_weights
 from raysearch.methods.clflow.params import CLFlowParams
-from raysearch.schema import SpecError
 
 __all__ = ["CLFlow", "load_textures"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from raysearch.schema import SpecError, param
+from raysearch.config.schema import SpecError, param
 
 __all__ = [
     "BackboneParams",
@@ -238,11 +238,11 @@ class CLFlowParams:
 
     def makes_maps(self) -> bool:
         """True: scoring gives a pixel anomaly map (the flow's likelihood map), so pixel metrics exist
-        wherever the validation anomalies have masks (raysearch.selection.objective_note)."""
+        wherever the validation anomalies have masks (raysearch.config.selection.objective_note)."""
         return True
 
     def trained_families(self) -> frozenset[str]:
-        """Synthetic anomaly families this configuration trains on (raysearch.selection):
+        """Synthetic anomaly families this configuration trains on (raysearch.config.selection):
         the synthesis kinds of the proxy tasks; none for plain_fastflow."""
         return frozenset(self.synthesis.parsed_kinds()) if self.uses_proxy_tasks() else frozenset()
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysearch.components.layercam import capture_activations, combine, layercam
+from raysearch.config.schema import SpecError
 from raysearch.data.augment import color_jitter, normalize, to_float
 from raysearch.data.synthesis import cutpaste, scar
 from raysearch.methods.base import Method, Scores
@@ -57,7 +58,6 @@ from raysearch.methods.cutswap.density import GaussianDensity
 from raysearch.methods.cutswap.model import NORMAL, CutSwapNet, NetOutput
 from raysearch.methods.cutswap.params import CutSwapParams, parse_levels
 from raysearch.methods.cutswap.swap import cutswap
-from raysearch.schema import SpecError
 
 __all__ = ["CutSwap"]
 

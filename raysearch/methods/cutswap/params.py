@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from raysearch.config.schema import SpecError, param
 from raysearch.methods.common import BackboneParams
-from raysearch.schema import SpecError, param
 
 __all__ = [
     "BackboneParams",
@@ -204,11 +204,11 @@ class CutSwapParams:
 
     def makes_maps(self) -> bool:
         """True: scoring gives a pixel anomaly map (the saliency-weighted patch scores), so pixel metrics exist
-        wherever the validation anomalies have masks (raysearch.selection.objective_note)."""
+        wherever the validation anomalies have masks (raysearch.config.selection.objective_note)."""
         return True
 
     def trained_families(self) -> frozenset[str]:
-        """Synthetic anomaly families this configuration trains on (raysearch.selection):
+        """Synthetic anomaly families this configuration trains on (raysearch.config.selection):
         patch swaps (a paste of one patch over another is CutPaste without the jitter),
         and the third class of the three-way task."""
         out = {"patchswap" if self.patch.mode == "swap" else "cutpaste"}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from raysearch.config.schema import SpecError, param
 from raysearch.methods.common import BackboneParams
-from raysearch.schema import SpecError, param
 
 __all__ = [
     "BackboneParams",
@@ -134,7 +134,7 @@ class DistConParams:
         return False
 
     def trained_families(self) -> frozenset[str]:
-        """Synthetic anomaly families this configuration trains on (raysearch.selection):
+        """Synthetic anomaly families this configuration trains on (raysearch.config.selection):
         none; distcon learns from rotations and views of normal images only."""
         return frozenset()
 

@@ -22,15 +22,16 @@ from typing import Any
 
 import torch
 
-from raysearch import registry, results
+from raysearch.config import registry
+from raysearch.config.objective import final_means, running_means
+from raysearch.config.selection import selection_metric
+from raysearch.config.spec import Spec, spec_from_dict
 from raysearch.data import load_task
-from raysearch.loop import ClassResult, train_class
-from raysearch.objective import final_means, running_means
-from raysearch.progress import progress as run_progress
-from raysearch.results import RunInfo
-from raysearch.selection import selection_metric
-from raysearch.spec import Spec, spec_from_dict
-from raysearch.trackers import EPOCHS_FOLDER, EpochWriter
+from raysearch.store import results
+from raysearch.store.results import RunInfo
+from raysearch.train.loop import ClassResult, train_class
+from raysearch.train.progress import progress as run_progress
+from raysearch.train.trackers import EPOCHS_FOLDER, EpochWriter
 
 __all__ = ["TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "class_row", "class_means"]
 
@@ -100,7 +101,7 @@ MEAN_METRICS = (*results.METRIC_COLUMNS, "latency_ms", "num_params")
 def class_means(per_class: list[dict[str, Any]], n_classes: int | None = None) -> dict[str, float]:
     """``mean_<metric>`` of a report: over the classes so far while the run goes on; given
     the run's ``n_classes`` once every class has ended, the trial's value, NaN unless every
-    class has one (:mod:`raysearch.objective`, the rule the ranking applies)."""
+    class has one (:mod:`raysearch.config.objective`, the rule the ranking applies)."""
     if n_classes is not None and len(per_class) >= n_classes:
         return final_means(per_class, MEAN_METRICS, n_classes)
     return running_means(per_class, MEAN_METRICS)
@@ -219,7 +220,7 @@ def _epochs_dir(config: dict[str, Any], session: TrainSession | TrialSession) ->
     if isinstance(session, TrialSession):
         from ray import tune
 
-        from raysearch.experiment import experiment_paths
+        from raysearch.run.experiment import experiment_paths
 
         trial = os.path.basename(os.path.normpath(tune.get_context().get_trial_dir()))
         run_dir = results.join(experiment_paths(config["run"]["storage"])[1], trial)

@@ -27,8 +27,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from raysearch.schema import SpecError
-from raysearch.selection import FAMILY_METRICS
+from raysearch.config.schema import SpecError
+from raysearch.config.selection import FAMILY_METRICS
 
 __all__ = ["METRICS", "REPORT_PREFIX", "DECIMALS", "objective", "report_key", "metric_of", "trial_value",
            "running_means", "final_means", "format_metric", "round_metric"]
@@ -84,7 +84,7 @@ def objective(metric: Any = None, mode: Any = None) -> tuple[tuple[str, ...], tu
 
     Each may be one value or a list (multi-objective); a missing metric is
     ``val_image_auroc`` (a loaded spec has ``auto`` resolved already, see
-    :data:`raysearch.selection.DEFAULT_OBJECTIVE`) and a missing mode each metric's
+    :data:`raysearch.config.selection.DEFAULT_OBJECTIVE`) and a missing mode each metric's
     natural direction.
 
     Example:

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from raysearch.objective import _as_tuple, objective
-from raysearch.schema import SpecError, build
+from raysearch.config.objective import _as_tuple, objective
+from raysearch.config.schema import SpecError, build
 
 __all__ = ["Param", "SchedulerSpec", "SearchSpec", "parse_search", "suggest", "categorical_choices", "REPEAT_ATTR", "is_repeat"]
 
@@ -228,7 +228,7 @@ REPEAT_ATTR = "repeat_of"  # user attribute of a study trial told the value of t
 
 def is_repeat(trial: Any) -> bool:
     """Whether a study trial was told another trial's value instead of being trained
-    (see :func:`raysearch.searcher.tell_if_repeat`)."""
+    (see :func:`raysearch.run.searcher.tell_if_repeat`)."""
     return trial.user_attrs.get(REPEAT_ATTR) is not None
 
 

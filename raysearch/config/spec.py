@@ -2,7 +2,7 @@
 
 A spec is loaded with ``yaml.safe_load`` into frozen dataclasses. Every key is checked:
 an unknown key, a wrong type or a value outside its allowed set raises
-:class:`~raysearch.schema.SpecError`, whose message names the file, the dotted key and
+:class:`~raysearch.config.schema.SpecError`, whose message names the file, the dotted key and
 what is allowed. Method hyperparameters live under ``params`` with dotted names
 (``gmm.components: 4``) and are checked against the method's own parameter dataclass,
 which also holds their defaults.
@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import yaml
 
-from raysearch import registry
-from raysearch.schema import SpecError, build, flatten, param, to_dict
+from raysearch.config import registry
+from raysearch.config.schema import SpecError, build, flatten, param, to_dict
 
 __all__ = [
     "DataSpec",
@@ -78,7 +78,7 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """How the best epoch of a run (and so every ranking) is chosen; see raysearch.selection."""
+    """How the best epoch of a run (and so every ranking) is chosen; see raysearch.config.selection."""
 
     # validation: select on a split made from training data only (leakage-free);
     # test: paper-style selection on the test set, flagged in every result row.
@@ -89,7 +89,7 @@ class SelectionSpec:
     # other_classes for datasets of classes (their test anomalies are other classes),
     # synthetic for datasets of categories (MVTec-like defects). Resolved at load time.
     anomalies: Literal["auto", "synthetic", "other_classes", "both"] = "auto"
-    # Synthetic families of the validation split (raysearch.selection.SYNTHETIC_FAMILIES).
+    # Synthetic families of the validation split (raysearch.config.selection.SYNTHETIC_FAMILIES).
     # null = every known family that no configuration of the spec trains on (its values,
     # each choice of its search space, each ablation factor), resolved at load time.
     synthesis: Any = None
@@ -100,11 +100,11 @@ class SelectionSpec:
     seed: int = 0  # fixes the hold-out, the test subset and the synthesis; independent of train.seed
     # The validation metric that picks each class's best epoch (ties: the later epoch).
     # null = the search's first objective when it is a val_* metric, else the default
-    # objective (raysearch.selection.DEFAULT_OBJECTIVE, val_image_auroc).
+    # objective (raysearch.config.selection.DEFAULT_OBJECTIVE, val_image_auroc).
     metric: str | None = None
 
     def validate(self) -> None:
-        from raysearch.selection import SYNTHETIC_FAMILIES
+        from raysearch.config.selection import SYNTHETIC_FAMILIES
 
         if not 0.0 < self.holdout < 0.9:
             raise SpecError(f"expected a fraction in (0, 0.9), got {self.holdout}", key="holdout")
@@ -240,8 +240,8 @@ class Spec:
     data: DataSpec = field(default_factory=DataSpec)
     selection: SelectionSpec = field(default_factory=SelectionSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
-    search: Mapping[str, Any] = field(default_factory=dict)  # checked by raysearch.tuning
-    ablations: Mapping[str, Any] = field(default_factory=dict)  # checked by raysearch.ablation
+    search: Mapping[str, Any] = field(default_factory=dict)  # checked by raysearch.run.tuning
+    ablations: Mapping[str, Any] = field(default_factory=dict)  # checked by raysearch.run.ablation
     provenance: Mapping[str, Any] = field(default_factory=dict)  # free-form, carried along
     source: str = "<spec>"  # the file it came from
 
@@ -350,7 +350,7 @@ def _spec_from_dict(raw: Mapping[str, Any], source: str) -> Spec:
     if spec.selection.anomalies == "auto":
         resolved = "other_classes" if dataset_kind(spec.data.dataset) == "classes" else "synthetic"
         object.__setattr__(spec.selection, "anomalies", resolved)
-    from raysearch.selection import AUTO, DEFAULT_OBJECTIVE, resolve_selection
+    from raysearch.config.selection import AUTO, DEFAULT_OBJECTIVE, resolve_selection
 
     search = spec.search
     if isinstance(search, dict) and search:

@@ -1,6 +1,6 @@
 """The per-class training loop, free of Ray so that it runs anywhere.
 
-``raysearch.training`` calls :func:`train_class` inside each Ray Train worker (and hands
+``raysearch.train.worker`` calls :func:`train_class` inside each Ray Train worker (and hands
 it a DDP wrapper and a report function); tests and benchmarks call it directly. The
 loop owns everything common to the methods: seeding, the optimizer and its schedule,
 sharding of the device-resident data between workers, bf16 autocast, NaN detection,
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysearch.config.selection import selection_metric
+from raysearch.config.spec import Spec
 from raysearch.data.base import OneClassTask, Split
 from raysearch.fast_metrics import evaluate_fast
 from raysearch.methods.base import DataInfo, Method, Scores
 from raysearch.metrics import evaluate, family_aurocs
-from raysearch.progress import progress as run_progress
-from raysearch.selection import selection_metric
-from raysearch.spec import Spec
+from raysearch.train.progress import progress as run_progress
 
 __all__ = ["ClassResult", "TrainingDiverged", "train_class", "seed_everything", "selection_metric",
            "aupro_each_evaluation"]
@@ -287,7 +287,7 @@ def train_class(
             the epoch (1-based) and ``{"loss_<term>": this rank's mean over the epoch's
             steps, ..., "lr": the learning rate of its last step}`` (the names reports
             use). Costs one device sync per epoch; reports stay per evaluation.
-            :mod:`raysearch.training` passes a TensorBoard writer on rank 0.
+            :mod:`raysearch.train.worker` passes a TensorBoard writer on rank 0.
 
     Example:
         >>> result = train_class(spec, load_task(spec.data, spec.selection, "0", 0), DistCon)  # doctest: +SKIP

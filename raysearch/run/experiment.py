@@ -1,7 +1,7 @@
 """Planning and running an experiment of many trials on Ray Tune: used by tune and ablate.
 
 One Tune trial is one config trained over the spec's classes by the per-worker loop of
-:mod:`raysearch.training`. A single-worker trial runs that loop in its own Tune process,
+:mod:`raysearch.train.worker`. A single-worker trial runs that loop in its own Tune process,
 which reserves the worker's CPUs and GPU fraction: no worker group to start per trial.
 A multi-worker (DDP) trial is a small driver that reserves nothing and runs a Ray Train
 TorchTrainer, with ``TuneReportCallback`` forwarding rank 0's reports; its workers own
@@ -10,8 +10,8 @@ the resources. ``train.launcher: train`` sends every trial through Ray Train.
 Here live the trial plan (:class:`TrialPlan`: how a Tune config becomes a spec and the
 names its rows carry), the trainable (:class:`TrialDriver`), the rows of trials that did
 not finish and the live line (:class:`SweepRows`), the checks before a run starts or
-resumes, and Ctrl-C / SIGTERM handling. The searcher is in :mod:`raysearch.searcher`,
-Ray start-up in :mod:`raysearch.ray_setup`, row building in :mod:`raysearch.results`.
+resumes, and Ctrl-C / SIGTERM handling. The searcher is in :mod:`raysearch.run.searcher`,
+Ray start-up in :mod:`raysearch.run.ray_setup`, row building in :mod:`raysearch.store.results`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from raysearch import results
-from raysearch.objective import metric_of
-from raysearch.progress import SweepLine, finished
-from raysearch.schema import SpecError
-from raysearch.searcher import OPTUNA_KEY, StudySync
-from raysearch.spec import Spec
-from raysearch.trackers import tracker_callbacks
+from raysearch.config.objective import metric_of
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import Spec
+from raysearch.run.searcher import OPTUNA_KEY, StudySync
+from raysearch.store import results
+from raysearch.train.progress import SweepLine, finished
+from raysearch.train.trackers import tracker_callbacks
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
            "graceful_stop", "interrupted_exit", "resume_hint", "Job", "run_job", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
@@ -66,7 +66,7 @@ class TrialPlan:
         return out
 
     def trial_spec(self, config: dict[str, Any]) -> Spec:
-        from raysearch.spec import spec_from_dict
+        from raysearch.config.spec import spec_from_dict
 
         return spec_from_dict(self.spec_dict, source=self.source).with_overrides(self.overrides(config))
 
@@ -114,7 +114,7 @@ class TrialDriver:
     def __call__(self, config: dict[str, Any]) -> None:
         from ray import tune
 
-        from raysearch.training import TrialSession, loop_config, make_trainer, worker_loop
+        from raysearch.train.worker import TrialSession, loop_config, make_trainer, worker_loop
 
         spec = self.plan.trial_spec(config)
         run = self.plan.run_info(tune.get_context().get_trial_id(), config)
@@ -252,7 +252,7 @@ def graceful_stop(on_signal: Callable[[], None] | None = None,
     A signal sent to the whole process group (Slurm, systemd, ``kill -- -PGID``) also
     ends a local Ray's GCS and raylet, and then no stop can finish: Ray would end the
     driver with exit code 1 a minute later. After a signal a watcher thread checks that
-    Ray still answers (:func:`raysearch.ray_setup.ray_reachable`); when it does not,
+    Ray still answers (:func:`raysearch.run.ray_setup.ray_reachable`); when it does not,
     ``on_ray_lost(received)`` runs in that thread. It must not return (it ends the
     process with ``os._exit`` after keeping what it can).
     """
@@ -293,7 +293,7 @@ def graceful_stop(on_signal: Callable[[], None] | None = None,
 
 def _watch_ray(done: threading.Event, received: list[int], on_ray_lost: Callable[[list[int]], None]) -> None:
     """Until ``done``: call ``on_ray_lost`` once Ray has failed :data:`RAY_LOST_AFTER` checks in a row."""
-    from raysearch.ray_setup import ray_reachable
+    from raysearch.run.ray_setup import ray_reachable
 
     misses = 0
     while not done.wait(RAY_CHECK_S):
@@ -343,7 +343,7 @@ def run_job(job: Job, *, resume: bool, address: str | None, num_cpus: int | None
     early exit of a finished job, Ray, the resolved spec, the run, the exit of an
     interrupted run with the command that continues it, compaction and the summary.
     Returns the exit code."""
-    from raysearch.ray_setup import init_ray
+    from raysearch.run.ray_setup import init_ray
 
     article = "an" if job.noun[0] in "aeiou" else "a"
     check_resume(job.output, resume, job.noun)
@@ -367,7 +367,7 @@ def run_job(job: Job, *, resume: bool, address: str | None, num_cpus: int | None
     def ray_lost(received: list[int]) -> None:
         # Ray died with the signal, so Tune cannot stop: what is finished is in the store
         # already (rows, the study, Tune's last snapshot), and --resume takes it from there.
-        from raysearch.lock import release_held
+        from raysearch.store.lock import release_held
 
         code = stopped(received)
         release_held()
@@ -405,7 +405,7 @@ def run_experiment(
 
     Tune's CSV, JSON and TensorBoard loggers write every trial's reports to its folder
     ``DIR/ray/tune/<trial>/``; ``log`` adds trackers (``mlflow``, ``wandb``:
-    :func:`raysearch.trackers.tracker_callbacks`). A resumed experiment keeps the trackers
+    :func:`raysearch.train.trackers.tracker_callbacks`). A resumed experiment keeps the trackers
     it started with (Tune restores its callbacks).
 
     Ray must be initialised. A single-worker trial trains in its own Tune process, which

@@ -23,7 +23,7 @@ Example:
     >>> build(Opt, {"lr": 0})
     Traceback (most recent call last):
     ...
-    raysearch.schema.SpecError: lr: expected a number > 0, got 0.0
+    raysearch.config.schema.SpecError: lr: expected a number > 0, got 0.0
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def param(
         >>> build(Gmm, {"components": 100}, prefix="gmm")
         Traceback (most recent call last):
         ...
-        raysearch.schema.SpecError: gmm.components: expected an integer in 1..64, got 100
+        raysearch.config.schema.SpecError: gmm.components: expected an integer in 1..64, got 100
     """
     if not help.strip() or "\n" in help:
         raise ValueError(f"help must be one non-empty line, got {help!r}")

@@ -17,10 +17,10 @@ import time
 import uuid
 from typing import Any, TextIO
 
-from raysearch import results
-from raysearch.lock import exclusive
-from raysearch.progress import RunLine, format_table
-from raysearch.spec import Spec
+from raysearch.config.spec import Spec
+from raysearch.store import results
+from raysearch.store.lock import exclusive
+from raysearch.train.progress import RunLine, format_table
 
 __all__ = ["run_train", "summary", "train_cpus"]
 
@@ -38,9 +38,9 @@ def run_train(
     """Train ``spec`` once; returns (exit code, result rows of this run)."""
     from ray.util.queue import Empty, Queue
 
-    from raysearch.experiment import check_same_spec, graceful_stop, interrupted_exit
-    from raysearch.ray_setup import init_ray
-    from raysearch.training import make_trainer
+    from raysearch.run.experiment import check_same_spec, graceful_stop, interrupted_exit
+    from raysearch.run.ray_setup import init_ray
+    from raysearch.train.worker import make_trainer
 
     classes = spec.classes()  # fails fast on missing data or unknown classes
     check_same_spec(output, spec, "rows")

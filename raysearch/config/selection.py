@@ -37,7 +37,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from raysearch.schema import SpecError, override
+from raysearch.config.schema import SpecError, override
 
 __all__ = [
     "SYNTHETIC_FAMILIES",
@@ -82,7 +82,7 @@ VAL_METRICS = (*POOLED_VAL_METRICS, *FAMILY_METRICS)
 def _params_variants(spec: Any) -> Iterable[Mapping[str, Any]]:
     """Dotted ``params.*`` overrides of every configuration the spec can run (as far as
     categorical choices go: numbers never change what a method trains on)."""
-    from raysearch.space import categorical_choices  # space imports this module
+    from raysearch.config.space import categorical_choices  # space imports this module
 
     yield {}
     choices = {k: v for k, v in categorical_choices(spec.search).items() if k.startswith("params.")}
@@ -177,7 +177,7 @@ def selection_summary(spec: Any) -> str:
     """One line: what the validation split of a resolved spec holds and what picks the epoch.
 
     Example:
-        >>> from raysearch.spec import load_spec
+        >>> from raysearch.config.spec import load_spec
         >>> selection_summary(load_spec("search_spaces/demo/cutswap.yaml"))  # doctest: +SKIP
         'scar, perlin, elastic, blur, noise (100 per family) against >= 20 held-out normals; ...'
     """

@@ -7,14 +7,14 @@ Three layers, from always-on to opt-in:
   ``DIR/ray/tune/<trial>/`` (``progress.csv``, ``result.json``, ``events.out.tfevents.*``).
 * :class:`EpochWriter`: rank 0 of every run writes each epoch's loss terms and learning
   rate to TensorBoard event files in the run's own folder, ``<run folder>/epochs/``
-  (:func:`raysearch.training.worker_loop` says which folder); reports to Tune stay per
+  (:func:`raysearch.train.worker.worker_loop` says which folder); reports to Tune stay per
   evaluation, so ASHA and Ray Train's health-check poll see nothing new.
 * ``--log mlflow`` / ``--log wandb`` (:func:`tracker_callbacks`): Ray's own logger
   callbacks send every evaluation to MLflow (by default a SQLite store in the experiment
   folder) or W&B (offline unless ``WANDB_MODE`` says otherwise). Their packages are the
   ``trackers`` extra; :func:`check_trackers` refuses a missing one before Ray starts.
 
-``import raysearch.trackers`` imports neither ray, tensorboardX, mlflow nor wandb.
+``import raysearch.train.trackers`` imports neither ray, tensorboardX, mlflow nor wandb.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from raysearch import results
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
+from raysearch.store import results
 
 __all__ = ["TRACKERS", "EpochWriter", "TrackerWarning", "parse_log", "check_trackers", "tracker_callbacks",
            "mlflow_uri"]
@@ -116,7 +116,7 @@ def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> 
             callbacks.append(MLflowLoggerCallback(
                 tracking_uri=mlflow_uri(output),
                 experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment,
-                tags={"raysearch.experiment": results.redact(output)},
+                tags={"raysearch.run.experiment": results.redact(output)},
             ))
             # Not on the console: MLflow's (and its migrations') INFO lines as it creates the store.
             for name in ("mlflow", "alembic"):
@@ -151,7 +151,7 @@ def _warn_once(folder: str, why: str) -> None:
 
 
 class EpochWriter:
-    """Per-epoch TensorBoard scalars of one class of a run: a :func:`raysearch.loop.train_class`
+    """Per-epoch TensorBoard scalars of one class of a run: a :func:`raysearch.train.loop.train_class`
     ``on_epoch`` hook.
 
     Each call writes the epoch's values as ``<prefix>/<name>`` at step = epoch (1-based)

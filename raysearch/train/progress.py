@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from raysearch.objective import DECIMALS
+from raysearch.config.objective import DECIMALS
 
 __all__ = ["progress", "finished", "optuna_step", "OPTUNA_STEPS_PER_CLASS", "RunLine", "SweepLine", "fmt", "time_left", "format_table"]
 
@@ -47,7 +47,7 @@ def time_left(elapsed: float, done: float, total: float) -> float:
 
 def fmt(value: Any, digits: int = DECIMALS) -> str:
     """A table or line cell: ``-`` for a missing value, floats to ``digits`` places (by default
-    :data:`raysearch.objective.DECIMALS`, as every metric is shown)."""
+    :data:`raysearch.config.objective.DECIMALS`, as every metric is shown)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):

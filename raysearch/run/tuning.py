@@ -4,14 +4,14 @@ What the searcher learns from is kept honest:
 
 * the objective is ``mean_<metric>``, the metric averaged over the classes a trial has
   reached (validation unless the spec opts into paper-style test selection);
-* ASHA compares trials at the same ``progress`` (:mod:`raysearch.progress`: classes done
+* ASHA compares trials at the same ``progress`` (:mod:`raysearch.train.progress`: classes done
   in the spec's fixed order plus the fraction of the current class's epochs), and a
   trial it stops early is told to Optuna as PRUNED with its intermediate values, never
-  as COMPLETE with a low-fidelity score (:mod:`raysearch.searcher`);
+  as COMPLETE with a low-fidelity score (:mod:`raysearch.run.searcher`);
 * failed trials (NaN loss, out of memory, a crash) are told as FAIL and leave a failed
   result row with the reason; the sweep goes on.
 
-How trials run, resume and stop is :mod:`raysearch.experiment`, shared with ablations.
+How trials run, resume and stop is :mod:`raysearch.run.experiment`, shared with ablations.
 The Optuna study is a SQLite file in the experiment folder (``optuna.db``) that the
 optuna CLI and optuna-dashboard open; Ray's experiment state lives in ``ray/``.
 """
@@ -24,12 +24,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from raysearch import results
-from raysearch.experiment import Job, TrialPlan, reuse_processes, run_experiment, run_job
-from raysearch.lock import exclusive
-from raysearch.objective import report_key
-from raysearch.progress import format_table
-from raysearch.searcher import (
+from raysearch.config.objective import report_key
+from raysearch.config.selection import selection_summary
+from raysearch.config.space import SearchSpec, parse_search
+from raysearch.config.spec import Spec
+from raysearch.run.experiment import Job, TrialPlan, reuse_processes, run_experiment, run_job
+from raysearch.run.searcher import (
     PruningOptunaSearch,
     SpaceFunction,
     StudySync,
@@ -38,9 +38,9 @@ from raysearch.searcher import (
     pause_running,
     study_url,
 )
-from raysearch.selection import selection_summary
-from raysearch.space import SearchSpec, parse_search
-from raysearch.spec import Spec
+from raysearch.store import results
+from raysearch.store.lock import exclusive
+from raysearch.train.progress import format_table
 
 __all__ = ["run_tune", "dry_run", "sweep_summary", "study_url", "asha_scheduler"]
 
@@ -147,7 +147,7 @@ def run_tune(
     """Run (or resume) the sweep of ``spec`` in ``output``; returns the exit code.
 
     ``log``: trackers that also get every evaluation (``mlflow``, ``wandb``; see
-    :mod:`raysearch.trackers`).
+    :mod:`raysearch.train.trackers`).
     """
     import optuna
     from ray import tune

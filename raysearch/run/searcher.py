@@ -16,11 +16,11 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from raysearch import results
-from raysearch.objective import metric_of, trial_value
-from raysearch.progress import finished, optuna_step
-from raysearch.schema import SpecError
-from raysearch.space import REPEAT_ATTR, SearchSpec, grid_space, suggest
+from raysearch.config.objective import metric_of, trial_value
+from raysearch.config.schema import SpecError
+from raysearch.config.space import REPEAT_ATTR, SearchSpec, grid_space, suggest
+from raysearch.store import results
+from raysearch.train.progress import finished, optuna_step
 
 __all__ = ["PruningOptunaSearch", "SpaceFunction", "StudySync", "make_sampler", "tell_if_repeat", "study_path", "study_url",
            "close_running", "pause_running", "resume_interrupted", "OPTUNA_KEY"]
@@ -259,7 +259,7 @@ class PruningOptunaSearch(OptunaSearch):
             # What optuna-dashboard shows beside the number: where the trial's rows are.
             ot_trial.set_user_attr("trial_id", trial_id)
             if isinstance(self._space, SpaceFunction):  # the config_hash column of the trial's rows
-                from raysearch.spec import config_hash
+                from raysearch.config.spec import config_hash
 
                 sampled = {k: v for k, v in config.items() if not k.startswith("__")}
                 ot_trial.set_user_attr("config_hash", config_hash({**self._space.fixed, **sampled}))

@@ -60,8 +60,8 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import TextIO
 
-from raysearch import results
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
+from raysearch.store import results
 
 try:
     import fcntl
@@ -483,7 +483,7 @@ def _duration(seconds: float) -> str:
 
 def release_held() -> None:
     """Release every lock this process holds: for a process about to end with
-    ``os._exit`` (the driver whose Ray died with it, :func:`raysearch.experiment.graceful_stop`),
+    ``os._exit`` (the driver whose Ray died with it, :func:`raysearch.run.experiment.graceful_stop`),
     so that the next command finds the experiment free instead of taking it over."""
     with _HELD_GUARD:
         held = list(_HELD.values())

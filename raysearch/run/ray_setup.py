@@ -112,12 +112,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # data), and the failed reuse then stalled the sweep.
         "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ.get("TUNE_FUNCTION_THREAD_TIMEOUT_S", REUSE_THREAD_TIMEOUT_S),
     }
-    if os.environ.get("RAYSEARCH_TEST_EVENTS"):  # see raysearch.training.test_event
+    if os.environ.get("RAYSEARCH_TEST_EVENTS"):  # see raysearch.train.worker.test_event
         env_vars["RAYSEARCH_TEST_EVENTS"] = os.environ["RAYSEARCH_TEST_EVENTS"]
     kwargs: dict[str, Any] = dict(
         log_to_driver=False,  # workers' output stays in Ray's logs; the console is raysearch's
         # ray_setup keeps Train's placement-group cleaner alive under load (see there).
-        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "raysearch.ray_setup.setup_worker"},
+        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": "raysearch.run.ray_setup.setup_worker"},
         configure_logging=True,
         logging_level="WARNING",
     )
@@ -141,7 +141,7 @@ def ray_reachable(timeout_s: float = 1.0) -> bool:
     -PGID``) reaches a local Ray's GCS and raylet with the driver; Ray's client then
     waits ``gcs_rpc_server_reconnect_timeout_s`` (60 s) and ends the process with exit
     code 1. The driver uses this check to exit on its own terms instead (see
-    :func:`raysearch.experiment.graceful_stop`). False when Ray is not initialised.
+    :func:`raysearch.run.experiment.graceful_stop`). False when Ray is not initialised.
     """
     import ray
 

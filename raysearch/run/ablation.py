@@ -29,11 +29,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from raysearch import results
-from raysearch.lock import exclusive
-from raysearch.objective import format_metric
-from raysearch.schema import SpecError
-from raysearch.spec import Spec, load_spec
+from raysearch.config.objective import format_metric
+from raysearch.config.schema import SpecError
+from raysearch.config.spec import Spec, load_spec
+from raysearch.store import results
+from raysearch.store.lock import exclusive
 
 __all__ = ["AblationSpec", "parse_ablations", "resolve_base", "run_ablate", "dry_run", "ablation_summary", "FULL"]
 
@@ -150,12 +150,13 @@ def run_ablate(
     """Run (or resume) the ablation study of ``spec`` in ``output``; returns the exit code.
 
     ``log``: trackers that also get every evaluation (``mlflow``, ``wandb``; see
-    :mod:`raysearch.trackers`).
+    :mod:`raysearch.train.trackers`).
     """
     from ray import tune
 
     from analysis.load import objective
-    from raysearch.experiment import (
+    from raysearch.config.objective import report_key
+    from raysearch.run.experiment import (
         VARIANT_KEY,
         Job,
         TrialPlan,
@@ -163,7 +164,6 @@ def run_ablate(
         run_experiment,
         run_job,
     )
-    from raysearch.objective import report_key
 
     ablation = parse_ablations(spec)
     if base is not None and "://" not in base and os.path.abspath(os.path.expanduser(base)) == os.path.abspath(output):
@@ -204,7 +204,7 @@ def ablation_summary(output: str) -> str:
         format_ablation_table,
     )
     from analysis.load import load_results, load_spec, objective
-    from raysearch.progress import format_table
+    from raysearch.train.progress import format_table
 
     df = load_results(output)
     spec = load_spec(output)
@@ -237,7 +237,7 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
         ablation distcon-digits-demo: method distcon, 2 classes (0, 1)
         ...
     """
-    from raysearch.selection import selection_summary
+    from raysearch.config.selection import selection_summary
 
     stream = stream or sys.stdout
     ablation = parse_ablations(spec)

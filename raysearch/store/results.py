@@ -20,7 +20,7 @@ Storage is a local path or a cloud URI (``s3://bucket/prefix``) through pyarrow
 filesystems; this module imports neither torch nor ray.
 
 Rows are built here too (:func:`base_row`, :func:`unfinished_row`); the row of a
-finished class adds what training measured (``raysearch.training.class_row``). A class
+finished class adds what training measured (``raysearch.train.worker.class_row``). A class
 that did not finish gets its failed or pruned row from :func:`write_unfinished_rows`,
 the one writer of such rows for train, tune and ablate.
 
@@ -51,11 +51,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raysearch.schema import SpecError
-from raysearch.selection import FAMILY_METRICS, selection_metric
+from raysearch.config.schema import SpecError
+from raysearch.config.selection import FAMILY_METRICS, selection_metric
 
 if TYPE_CHECKING:
-    from raysearch.spec import Spec
+    from raysearch.config.spec import Spec
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -608,9 +608,9 @@ def row_name(run: RunInfo, class_index: int, normal_class: str) -> str:
 
 def config_schema(spec: Spec) -> pa.Schema:
     """The results schema of a spec's method (typed config columns)."""
-    from raysearch import registry
-    from raysearch.schema import field_paths
-    from raysearch.spec import DataSpec, SelectionSpec, TrainSpec
+    from raysearch.config import registry
+    from raysearch.config.schema import field_paths
+    from raysearch.config.spec import DataSpec, SelectionSpec, TrainSpec
 
     types_: dict[str, Any] = {f"params.{k}": v for k, v in field_paths(registry.params_class(spec.method)).items()}
     for section, cls in (("data", DataSpec), ("selection", SelectionSpec), ("train", TrainSpec)):
@@ -635,7 +635,7 @@ def git_commit() -> str | None:
 def base_row(spec: Spec, run: RunInfo) -> dict[str, Any]:
     """The fields every row of a run has: who ran what, with which config and code."""
     import raysearch
-    from raysearch.spec import config_hash
+    from raysearch.config.spec import config_hash
 
     flat = spec.flat_config()
     row = {

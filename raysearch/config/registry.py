@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from raysearch.schema import SpecError
+from raysearch.config.schema import SpecError
 
 __all__ = ["METHODS", "params_class", "method_class", "method_names"]
 

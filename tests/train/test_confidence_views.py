@@ -10,7 +10,7 @@ from raysearch.store.results import RunInfo, base_row, config_schema
 
 # Four configurations whose every family sits at chance: validation cannot rank them.
 AT_CHANCE = {"a": (0.50, 0.51), "b": (0.52, 0.49), "c": (0.48, 0.50), "d": (0.51, 0.53)}
-LINE = "validation cannot rank these 4 configurations: spread 0.030, noise +-0.133"
+LINE = "validation cannot rank these 4 configurations: spread 0.0300, noise +-0.1326"
 
 
 def _sweep(tmp_path, folder="exp"):

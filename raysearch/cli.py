@@ -53,8 +53,8 @@ def _add_log_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", action="append", default=[], metavar="TRACKER",
                    help="also send every evaluation to mlflow or wandb (repeatable or comma-separated; "
                         "pip install 'raysearch[trackers]'). MLflow: DIR/mlflow.db unless MLFLOW_TRACKING_URI "
-                        "is set; W&B: offline runs in DIR/wandb unless WANDB_MODE is set. Tune's CSV, JSON and "
-                        "TensorBoard files are always written (DIR/ray/tune/<trial>/)")
+                        "is set; W&B: offline runs in DIR/wandb unless WANDB_MODE is set. TensorBoard curves are "
+                        "always written (DIR/tensorboard/<run>/<class>/)")
 
 
 def _positive_int(text: str) -> int:

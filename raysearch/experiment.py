@@ -37,7 +37,7 @@ from raysearch.progress import SweepLine, finished
 from raysearch.schema import SpecError
 from raysearch.searcher import OPTUNA_KEY, StudySync
 from raysearch.spec import Spec
-from raysearch.trackers import tracker_callbacks
+from raysearch.trackers import tracker_callbacks, tune_loggers
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
            "graceful_stop", "interrupted_exit", "resume_hint", "Job", "run_job", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
@@ -253,19 +253,29 @@ def graceful_stop(on_signal: Callable[[], None] | None = None):
             on_signal()
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     for s in previous:
         signal.signal(s, handler)
     try:
-        yield received
+        with scoped_env(TUNE_DISABLE_SIGINT_HANDLER="1"):
+            yield received
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str):
+    """Set environment variables for the duration of a block; restore them after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def interrupted_exit(received: list[int], what: str, kept: str, next_step: str, stream: TextIO) -> int:
@@ -351,8 +361,9 @@ def run_experiment(
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs; returns the
     signals that stopped it (empty when it ran to its end).
 
-    Tune's CSV, JSON and TensorBoard loggers write every trial's reports to its folder
-    ``DIR/ray/tune/<trial>/``; ``log`` adds trackers (``mlflow``, ``wandb``:
+    Tune's CSV and JSON loggers write every trial's reports to its folder
+    ``DIR/ray/tune/<trial>/`` (the TensorBoard curves are the trials' own, in
+    ``DIR/tensorboard/``: :mod:`raysearch.trackers`); ``log`` adds trackers (``mlflow``, ``wandb``:
     :func:`raysearch.trackers.tracker_callbacks`). A resumed experiment keeps the trackers
     it started with (Tune restores its callbacks).
 
@@ -365,9 +376,9 @@ def run_experiment(
 
     ray_dir, experiment_path = experiment_paths(plan.output)
     trainable = tune.with_resources(TrialDriver(plan, results.join(ray_dir, "runs")), plan.resources)
-    # Tune's CSV, JSON and TensorBoard (tensorboardX) loggers stay on: every trial's folder
-    # DIR/ray/tune/<trial>/ gets progress.csv, result.json and an event file of its reports.
-    # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 turns them off; then the warning below is noise.)
+    # Tune's CSV and JSON loggers stay on (every trial's folder DIR/ray/tune/<trial>/ gets
+    # progress.csv and result.json); its TensorBoard logger is off (see fit below): the
+    # curves are the runs' own (raysearch.trackers.EpochWriter, DIR/tensorboard/).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if resume:
@@ -384,8 +395,9 @@ def run_experiment(
             name=EXPERIMENT,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            callbacks=[rows, *tracker_callbacks(log, experiment=os.path.basename(os.path.normpath(plan.output)),
-                                                output=plan.output)],
+            callbacks=[rows, *tune_loggers(),
+                       *tracker_callbacks(log, experiment=os.path.basename(os.path.normpath(plan.output)),
+                                          output=plan.output)],
             verbose=0,
             # With train.max_failures, retries of a trial whose process or node was lost;
             # the retry resumes from the trial's last checkpoint.
@@ -394,7 +406,9 @@ def run_experiment(
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     # Tune's "Resume experiment with: Tuner.restore(...)" is not how raysearch resumes.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-    with graceful_stop() as received:
+    # Tune adds no logger of its own: the CSV and JSON loggers are in the callbacks (a
+    # resumed experiment restores them with its run config).
+    with graceful_stop() as received, scoped_env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
         tuner.fit()
     return received
 

@@ -1,6 +1,6 @@
 """The `raysearch` command line: argument parsing and dispatch only.
 
-    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR | --storage URI] [--address ADDR]
+    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR | --storage URI] [--address ADDR] [--dry-run]
     raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
     raysearch ablate SPEC [--base FILE|DIR] [--resume] [--dry-run] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one config over the spec's classes through Ray Train")
     _add_spec_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved spec and the plan (classes, epochs, resources, output); start nothing")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("tune", help="search the spec's space with Ray Tune + Optuna (ASHA early stopping)")
@@ -184,9 +186,14 @@ def _print_notes(spec) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    spec = _checked_spec(args)
+    if args.dry_run:
+        from raysearch.plan import train_dry_run
+
+        train_dry_run(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus)
+        return 0
     from raysearch.runner import run_train
 
-    spec = _checked_spec(args)
     code, _ = run_train(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
                         quiet=args.quiet)
     return code

@@ -80,6 +80,16 @@ class TrialPlan:
         # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
         return resource_dict_to_pg_factory({"cpu": 0, "memory": 1})
 
+    def label(self, trial_id: str, config: dict[str, Any]) -> str:
+        """How the console names a trial: ``#6`` (its Optuna number) in a sweep, ``no_gmm
+        seed 1`` (variant and seed) in an ablation, else its trial id."""
+        if config.get(OPTUNA_KEY) is not None:
+            return f"#{config[OPTUNA_KEY]}"
+        if config.get(VARIANT_KEY) is not None:
+            seed = config.get("train.seed")
+            return config[VARIANT_KEY] + ("" if seed is None else f" seed {seed}")
+        return trial_id
+
     def run_info(self, trial_id: str, config: dict[str, Any]):
         return results.RunInfo(experiment=self.name, kind=self.kind, trial_id=trial_id, storage=self.output,
                        optuna_trial=config.get(OPTUNA_KEY), variant=config.get(VARIANT_KEY))
@@ -420,12 +430,14 @@ class SweepRows(Callback):
     has decided whether a trial finished, was stopped by the scheduler or failed.
     """
 
+    best_trial: str | None = None  # the console's name of the best trial (a class default: older pickles lack it)
+
     def __init__(self, plan: TrialPlan, n_classes: int, total: int, objective: str, mode: str,
                  stream: TextIO | None, study_sync: StudySync | None = None):
         self.plan, self.full, self.study_sync = plan, n_classes, study_sync
         self.objective, self.mode = objective, mode
         self.line = None if stream is None else SweepLine(stream, total, metric_of(objective), mode)
-        self.best = math.nan
+        self.best, self.best_trial = math.nan, None
 
     def _counts(self, trials) -> dict[str, float]:
         """Trials by state, and ``done``: the trials that ended plus the fraction of its
@@ -448,7 +460,7 @@ class SweepRows(Callback):
         if v is not None and math.isfinite(v):
             better = (v > self.best) if self.mode == "max" else (v < self.best)
             if math.isnan(self.best) or better:
-                self.best = v
+                self.best, self.best_trial = v, self.plan.label(trial.trial_id, trial.config)
 
     def _finish_rows(self, trial, status: str, reason: str) -> None:
         results.write_unfinished_rows(self.plan.trial_spec(trial.config),
@@ -471,11 +483,11 @@ class SweepRows(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.line is not None:
-            self.line.update(self._counts(trials), self.best)
+            self.line.update(self._counts(trials), self.best, best_trial=self.best_trial)
 
     def on_experiment_end(self, trials, **info):
         if self.line is not None:
-            self.line.update(self._counts(trials), self.best, force=True)
+            self.line.update(self._counts(trials), self.best, force=True, best_trial=self.best_trial)
             self.line.close()
 
 

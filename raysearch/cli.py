@@ -47,6 +47,9 @@ def _add_spec_args(p: argparse.ArgumentParser, resumable: bool = False) -> None:
                             "?region=us-west-2); the experiment is STORAGE/<name> (default: raysearch-results)")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's and Optuna's own log lines on the terminal (they always go to "
+                        "DIR/raysearch.log)")
 
 
 def _add_log_arg(p: argparse.ArgumentParser) -> None:
@@ -192,10 +195,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         train_dry_run(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus)
         return 0
+    from raysearch.logfile import library_logs
     from raysearch.runner import run_train
 
-    code, _ = run_train(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
-                        quiet=args.quiet)
+    output = _output_for(args, spec.name)
+    with library_logs(output, verbose=args.verbose):
+        code, _ = run_train(spec, output, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
     return code
 
 
@@ -206,9 +211,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, trials=args.trials, concurrent=args.concurrent)
         return 0
+    from raysearch.logfile import library_logs
+
     output = _output_for(args, spec.name)
-    return run_tune(spec, output, address=args.address, num_cpus=args.num_cpus, trials=args.trials,
-                    concurrent=args.concurrent, resume=args.resume, quiet=args.quiet, log=_trackers(args, output))
+    log = _trackers(args, output)
+    with library_logs(output, verbose=args.verbose):
+        return run_tune(spec, output, address=args.address, num_cpus=args.num_cpus, trials=args.trials,
+                        concurrent=args.concurrent, resume=args.resume, quiet=args.quiet, log=log)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -218,9 +227,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, base=args.base)
         return 0
+    from raysearch.logfile import library_logs
+
     output = _output_for(args, f"{spec.name}-ablation")
-    return run_ablate(spec, output, base=args.base, address=args.address, num_cpus=args.num_cpus,
-                      resume=args.resume, quiet=args.quiet, log=_trackers(args, output))
+    log = _trackers(args, output)
+    with library_logs(output, verbose=args.verbose):
+        return run_ablate(spec, output, base=args.base, address=args.address, num_cpus=args.num_cpus,
+                          resume=args.resume, quiet=args.quiet, log=log)
 
 
 def _trackers(args: argparse.Namespace, output: str) -> tuple[str, ...]:

@@ -187,7 +187,8 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     """Ctrl-C (SIGINT) or SIGTERM to the driver while the first trial waits after a
     checkpoint (mid-class, or right after it stored its class's row): the driver stops the
     way Tune stops (the waiting trial's process included), exits 130 / 143 with one line
-    that gives the command that continues it, and leaves the interrupted trial resumable
+    that gives the command that continues it (and nothing of Ray's or Optuna's own logs:
+    those are in DIR/raysearch.log), and leaves the interrupted trial resumable
     (RUNNING, never FAIL, in the study); the printed command, pasted as it is (the folder's
     name has a space), finishes the sweep with four trials, one row per trial and class,
     and keeps the rows stored before the signal."""
@@ -212,6 +213,9 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     name = signal.Signals(signum).name
     assert len(hints) == 1 and hints[0].startswith(f"raysearch: tune interrupted ({name})"), text[-3000:]
     assert "Tuner.restore" not in text
+    # Ray's and Optuna's own lines go to the experiment's log file, not the terminal.
+    assert "A new study created" not in text and "Token authentication" not in text, text[-3000:]
+    assert "A new study created in RDB with name: distcon-digits-demo" in (tmp_path / "my sweep" / "raysearch.log").read_text()
     states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
     assert optuna.trial.TrialState.FAIL not in states and optuna.trial.TrialState.RUNNING in states, states
     before = _stored_rows(out)

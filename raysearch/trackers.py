@@ -12,8 +12,9 @@ Three layers, from always-on to opt-in:
   ``result.json``); Tune's TensorBoard logger is off (:func:`tune_loggers`): its tags are
   every reported key, Ray's included, at one step per report across all classes.
 * ``--log mlflow`` / ``--log wandb`` (:func:`tracker_callbacks`): Ray's own logger
-  callbacks send every evaluation to MLflow (by default a SQLite store in the experiment
-  folder) or W&B (offline unless ``WANDB_MODE`` says otherwise). Their packages are the
+  callbacks send every evaluation (:func:`tracker_values` of it) to MLflow (by default a
+  SQLite store in the experiment folder) or W&B (offline unless ``WANDB_MODE`` says
+  otherwise). Their packages are the
   ``trackers`` extra; :func:`check_trackers` refuses a missing one before Ray starts.
 
 ``import raysearch.trackers`` imports neither ray, tensorboardX, mlflow nor wandb.
@@ -35,7 +36,7 @@ from raysearch import results
 from raysearch.schema import SpecError
 
 __all__ = ["TRACKERS", "EpochWriter", "TrackerWarning", "parse_log", "check_trackers", "tracker_callbacks",
-           "mlflow_uri", "curve_tags", "run_folder", "curves_dir", "tune_loggers"]
+           "mlflow_uri", "curve_tags", "run_folder", "curves_dir", "tune_loggers", "tracker_values"]
 
 # --log name -> (module it imports, the package that brings it). `pip install raysearch[trackers]`
 # installs both packages.
@@ -101,8 +102,26 @@ def mlflow_uri(output: str) -> str | None:
     return f"sqlite:///{os.path.join(os.path.abspath(output), MLFLOW_DB)}"
 
 
+def tracker_values(result: dict[str, Any]) -> dict[str, Any]:
+    """What ``--log`` trackers get of a report: the objective's running means over classes
+    (``mean_val_*``), the evaluation's validation metrics and loss terms (``val_*``,
+    ``loss_*``), ``progress`` (in classes), ``epoch`` and ``class_index``, and
+    ``training_iteration``, the report's index, which Ray's callbacks plot at. Not Ray's
+    bookkeeping (``done``, ``time_*``, ...) nor any test metric: a search shows no test
+    value live.
+
+    Example:
+        >>> tracker_values({"mean_val_image_auroc": 0.9, "mean_test_image_auroc": 0.8, "test_image_auroc": 0.8,
+        ...                 "loss_loss": 0.5, "progress": 1.0, "training_iteration": 2, "done": True})
+        {'mean_val_image_auroc': 0.9, 'loss_loss': 0.5, 'progress': 1.0, 'training_iteration': 2}
+    """
+    exact = ("progress", "epoch", "class_index", "training_iteration")
+    return {k: v for k, v in result.items() if k in exact or k.startswith(("mean_val_", "val_", "loss_"))}
+
+
 def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> list[Any]:
-    """Ray Tune logger callbacks for the trackers ``names`` (see :func:`parse_log`).
+    """Ray Tune logger callbacks for the trackers ``names`` (see :func:`parse_log`); each
+    gets :func:`tracker_values` of every report.
 
     ``experiment`` names the MLflow experiment and the W&B project (``MLFLOW_EXPERIMENT_NAME``
     and ``WANDB_PROJECT`` win when set). W&B runs offline unless ``WANDB_MODE`` is set, into
@@ -113,9 +132,9 @@ def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> 
     callbacks: list[Any] = []
     for name in names:
         if name == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            from raysearch.tracker_loggers import MLflowLogger
 
-            callbacks.append(MLflowLoggerCallback(
+            callbacks.append(MLflowLogger(
                 tracking_uri=mlflow_uri(output),
                 experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment,
                 tags={"raysearch.experiment": results.redact(output)},
@@ -124,7 +143,7 @@ def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> 
             for name in ("mlflow", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
         elif name == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback
+            from raysearch.tracker_loggers import WandbLogger
 
             # Ray asks for an API key unless the mode is offline or disabled, and its logging
             # actor gets only the key from this process's environment: the mode goes to
@@ -132,7 +151,7 @@ def tracker_callbacks(names: Sequence[str], *, experiment: str, output: str) -> 
             mode = os.environ.setdefault("WANDB_MODE", "offline")
             folder = os.environ.get("WANDB_DIR") or (os.path.abspath(output) if local else os.getcwd())
             os.makedirs(folder, exist_ok=True)
-            callbacks.append(WandbLoggerCallback(
+            callbacks.append(WandbLogger(
                 project=os.environ.get("WANDB_PROJECT") or experiment,
                 group=os.environ.get("WANDB_RUN_GROUP") or experiment,
                 mode=mode,

@@ -17,8 +17,9 @@ from helpers.tiny import TINY
 from raysearch import results
 from raysearch.spec import load_spec
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_session, demo_spec_path, tmp_path,
                                                                       monkeypatch):
     MlflowClient = pytest.importorskip("mlflow.tracking", reason="pip install 'raysearch[trackers]'").MlflowClient
@@ -44,6 +45,10 @@ def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_sessio
         trial_id = next(t for t in rows if t in run.data.tags["trial_name"])
         assert run.info.status == "FINISHED"
         assert run.data.metrics["mean_val_image_auroc"] == pytest.approx(rows[trial_id]["val_image_auroc"])
+        # No Ray bookkeeping, no test metric: the objective, validation, losses and progress.
+        assert "loss_loss" in run.data.metrics and "val_image_auroc" in run.data.metrics
+        assert not [k for k in run.data.metrics if not k.startswith(("mean_val_", "val_", "loss_"))
+                    and k not in ("progress", "epoch", "class_index", "training_iteration")], run.data.metrics
         history = client.get_metric_history(run.info.run_id, "progress")
         assert sorted(m.value for m in history) == [0.5, 1.0]  # epoch 1 of 2, then the class's end
 

@@ -1,5 +1,5 @@
 """Live curves without Ray or torch: the tags and run folders of the per-epoch TensorBoard
-writer, the writer itself, and the --log option."""
+writer, the writer itself, what --log trackers get of a report, and the --log option."""
 
 
 import pytest
@@ -34,6 +34,17 @@ def test_curve_tags_group_losses_lr_and_validation_and_drop_everything_else():
                                            "val/image_auroc_blur": 0.8}
     # A spec that selects on the test split: its per-evaluation metrics are the test set's.
     assert trackers.curve_tags(values, split="test")["test/image_auroc"] == 0.9
+
+
+def test_trackers_get_the_objective_validation_and_losses_without_bookkeeping_or_test():
+    report = {"mean_val_image_auroc": 0.9, "mean_test_image_auroc": 0.8, "mean_latency_ms": 1.0, "val_image_auroc": 0.9,
+              "test_image_auroc": 0.8, "test_aupro": 0.7, "loss_loss": 0.5, "loss_gmm": 2.0, "progress": 1.5,
+              "epoch": 2, "class_index": 1, "classes_done": 1, "training_iteration": 3, "done": False,
+              "should_checkpoint": True, "time_total_s": 9.0, "iterations_since_restore": 3, "trial_id": "a_1",
+              "normal_class": "5", "best_class_value": 0.9, "config": {"train.lr": 0.1}}
+    assert trackers.tracker_values(report) == {
+        "mean_val_image_auroc": 0.9, "val_image_auroc": 0.9, "loss_loss": 0.5, "loss_gmm": 2.0, "progress": 1.5,
+        "epoch": 2, "class_index": 1, "training_iteration": 3}
 
 
 def test_run_folders_are_short_and_name_the_trial():

@@ -14,8 +14,8 @@ Three layers, from always-on to opt-in:
 * ``--log mlflow`` / ``--log wandb`` (:func:`tracker_callbacks`): Ray's own logger
   callbacks send every evaluation (:func:`tracker_values` of it) to MLflow (by default a
   SQLite store in the experiment folder) or W&B (offline unless ``WANDB_MODE`` says
-  otherwise). Their packages are the
-  ``trackers`` extra; :func:`check_trackers` refuses a missing one before Ray starts.
+  otherwise). Their packages are the ``trackers`` extra; :func:`check_trackers` refuses a
+  missing one before Ray starts.
 
 ``import raysearch.trackers`` imports neither ray, tensorboardX, mlflow nor wandb.
 """

@@ -3,8 +3,9 @@
 ``raysearch train``, ``tune`` and ``ablate`` print their own lines (the plan, the live
 progress line, the summary) on the terminal; what Ray and Optuna log while they run (Ray's
 token-authentication warning at start-up, Tune's and Train's warnings, Optuna's ``[I ...]
-A new study created ...``) is appended to ``DIR/raysearch.log`` instead, with a time
-stamp and the logger's name. ``--verbose`` keeps those lines on the terminal too.
+A new study created ...``) is appended to ``DIR/raysearch.log`` instead, each with its
+time and level (``ray.init`` puts its own format on the ``ray`` logger's handlers, ours
+included). ``--verbose`` keeps those lines on the terminal too.
 
 Only Python's ``logging`` is touched: the handlers of the libraries' top loggers are
 swapped for the file's for the duration of a command and restored after. This module

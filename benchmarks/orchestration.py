@@ -94,7 +94,7 @@ def breakdown_part(repeats: int) -> dict:
     from raysearch.run.ray_setup import init_ray
 
     # Tune's own CSV/JSON/TensorBoard loggers off, as when the recorded figures were taken
-    # (raysearch now leaves them on: about 0.1 s on a 4-trial sweep, within the noise).
+    # (raysearch now leaves the CSV and JSON ones on: about 0.1 s on a 4-trial sweep, within the noise).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result.json: by design

@@ -1,6 +1,6 @@
 """The `raysearch` command line: argument parsing and dispatch only.
 
-    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR | --storage URI] [--address ADDR]
+    raysearch train SPEC [--set KEY=VALUE ...] [--output DIR | --storage URI] [--address ADDR] [--dry-run]
     raysearch tune SPEC [--trials N] [--concurrent N] [--resume] [--dry-run] [...]
     raysearch ablate SPEC [--base FILE|DIR] [--resume] [--dry-run] [...]
     raysearch report DIR ; raysearch export DIR --top K --to FOLDER
@@ -47,14 +47,17 @@ def _add_spec_args(p: argparse.ArgumentParser, resumable: bool = False) -> None:
                             "?region=us-west-2); the experiment is STORAGE/<name> (default: raysearch-results)")
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's and Optuna's own log lines on the terminal (they always go to "
+                        "DIR/raysearch.log)")
 
 
 def _add_log_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", action="append", default=[], metavar="TRACKER",
                    help="also send every evaluation to mlflow or wandb (repeatable or comma-separated; "
                         "pip install 'raysearch[trackers]'). MLflow: DIR/mlflow.db unless MLFLOW_TRACKING_URI "
-                        "is set; W&B: offline runs in DIR/wandb unless WANDB_MODE is set. Tune's CSV, JSON and "
-                        "TensorBoard files are always written (DIR/ray/tune/<trial>/)")
+                        "is set; W&B: offline runs in DIR/wandb unless WANDB_MODE is set. TensorBoard curves are "
+                        "always written (DIR/tensorboard/<run>/<class>/)")
 
 
 def _positive_int(text: str) -> int:
@@ -78,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one config over the spec's classes through Ray Train")
     _add_spec_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved spec and the plan (classes, epochs, resources, output); start nothing")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary")
 
     p = sub.add_parser("tune", help="search the spec's space with Ray Tune + Optuna (ASHA early stopping)")
@@ -187,11 +192,18 @@ def _print_notes(spec) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    spec = _checked_spec(args)
+    if args.dry_run:
+        from raysearch.run.plan import train_dry_run
+
+        train_dry_run(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus)
+        return 0
+    from raysearch.run.logfile import library_logs
     from raysearch.run.runner import run_train
 
-    spec = _checked_spec(args)
-    code, _ = run_train(spec, _output_for(args, spec.name), address=args.address, num_cpus=args.num_cpus,
-                        quiet=args.quiet)
+    output = _output_for(args, spec.name)
+    with library_logs(output, verbose=args.verbose):
+        code, _ = run_train(spec, output, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
     return code
 
 
@@ -202,9 +214,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, trials=args.trials, concurrent=args.concurrent)
         return 0
+    from raysearch.run.logfile import library_logs
+
     output = _output_for(args, spec.name)
-    return run_tune(spec, output, address=args.address, num_cpus=args.num_cpus, trials=args.trials,
-                    concurrent=args.concurrent, resume=args.resume, quiet=args.quiet, log=_trackers(args, output))
+    log = _trackers(args, output)
+    with library_logs(output, verbose=args.verbose):
+        return run_tune(spec, output, address=args.address, num_cpus=args.num_cpus, trials=args.trials,
+                        concurrent=args.concurrent, resume=args.resume, quiet=args.quiet, log=log)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
@@ -214,9 +230,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(spec, base=args.base)
         return 0
+    from raysearch.run.logfile import library_logs
+
     output = _output_for(args, f"{spec.name}-ablation")
-    return run_ablate(spec, output, base=args.base, address=args.address, num_cpus=args.num_cpus,
-                      resume=args.resume, quiet=args.quiet, log=_trackers(args, output))
+    log = _trackers(args, output)
+    with library_logs(output, verbose=args.verbose):
+        return run_ablate(spec, output, base=args.base, address=args.address, num_cpus=args.num_cpus,
+                          resume=args.resume, quiet=args.quiet, log=log)
 
 
 def _trackers(args: argparse.Namespace, output: str) -> tuple[str, ...]:

@@ -237,16 +237,11 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
         ablation distcon-digits-demo: method distcon, 2 classes (0, 1)
         ...
     """
-    from raysearch.config.selection import selection_summary
+    from raysearch.run.plan import plan_head, resources_line
 
     stream = stream or sys.stdout
     ablation = parse_ablations(spec)
-    from raysearch.data import planned_classes
-
     full_spec = resolve_base(spec, base)
-    classes, note = planned_classes(full_spec.data)
-    if note:
-        stream.write(f"note: {note}\n")
     t = full_spec.train
     origin = (full_spec.provenance or {}).get("ablation_base") or {}
     if "config" in origin:
@@ -256,13 +251,12 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
                  f"{format_metric(origin['value'])})")
     else:
         where = "the spec's own values"
-    stream.write(f"ablation {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
+    classes = plan_head(full_spec, "ablation", stream)
     stream.write(f"full model: {where}\n")
     own, full = spec.flat_config(), full_spec.flat_config()
     changed = {k: v for k, v in full.items() if own.get(k) != v}
     if changed:
         stream.write(f"  differs from the spec in: {', '.join(f'{k}={v!r}' for k, v in changed.items())}\n")
-    stream.write(f"validation: {selection_summary(full_spec)}\n")
     stream.write(f"variants ({len(ablation.variants())}):\n")
     stream.write(f"  {FULL}: no overrides\n")
     for name, overrides in ablation.factors.items():
@@ -272,9 +266,5 @@ def dry_run(spec: Spec, base: str | None = None, stream: TextIO | None = None) -
     stream.write(f"runs: {len(ablation.variants())} variants x {len(ablation.seeds)} seeds = {trials} trials, "
                  f"{ablation.concurrent} at a time; x {len(classes)} classes = {trials * len(classes)} class runs "
                  f"of {t.epochs} epochs each\n")
-    if t.workers * t.gpus_per_worker:
-        stream.write(f"resources: {t.workers} worker(s) x {t.gpus_per_worker} GPU per trial\n")
-    else:
-        stream.write(f"resources: {t.workers} worker(s) x {t.worker_cpus():g} CPU per trial (no GPU), "
-                     f"{t.worker_threads(t.worker_cpus())} torch thread(s) each\n")
+    stream.write(resources_line(t, "per trial") + "\n")
     return ablation

@@ -37,7 +37,7 @@ from raysearch.config.spec import Spec
 from raysearch.run.searcher import OPTUNA_KEY, StudySync
 from raysearch.store import results
 from raysearch.train.progress import SweepLine, finished
-from raysearch.train.trackers import tracker_callbacks
+from raysearch.train.trackers import tracker_callbacks, tune_loggers
 
 __all__ = ["TrialPlan", "TrialDriver", "SweepRows", "run_experiment", "check_resume", "finished_runs",
            "graceful_stop", "interrupted_exit", "resume_hint", "Job", "run_job", "check_same_spec", "experiment_paths", "in_trial_process", "reuse_processes",
@@ -80,6 +80,16 @@ class TrialPlan:
         # The driver only waits on its Train run: it takes no CPU, so the workers can use
         # every CPU of a node (Tune refuses an all-zero request, hence one byte of memory).
         return resource_dict_to_pg_factory({"cpu": 0, "memory": 1})
+
+    def label(self, trial_id: str, config: dict[str, Any]) -> str:
+        """How the console names a trial: ``#6`` (its Optuna number) in a sweep, ``no_gmm
+        seed 1`` (variant and seed) in an ablation, else its trial id."""
+        if config.get(OPTUNA_KEY) is not None:
+            return f"#{config[OPTUNA_KEY]}"
+        if config.get(VARIANT_KEY) is not None:
+            seed = config.get("train.seed")
+            return config[VARIANT_KEY] + ("" if seed is None else f" seed {seed}")
+        return trial_id
 
     def run_info(self, trial_id: str, config: dict[str, Any]):
         """The identity of a trial's rows: Tune's trial id, or, for a trial that trains a
@@ -275,20 +285,30 @@ def graceful_stop(on_signal: Callable[[], None] | None = None,
             on_signal()
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     for s in previous:
         signal.signal(s, handler)
     try:
-        yield received
+        with scoped_env(TUNE_DISABLE_SIGINT_HANDLER="1"):
+            yield received
     finally:
         done.set()
         for s, h in previous.items():
             signal.signal(s, h)
-        if env is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str):
+    """Set environment variables for the duration of a block; restore them after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _watch_ray(done: threading.Event, received: list[int], on_ray_lost: Callable[[list[int]], None]) -> None:
@@ -403,8 +423,9 @@ def run_experiment(
     """Run (or resume) a Tune experiment whose trials train ``plan``'s configs; returns the
     signals that stopped it (empty when it ran to its end).
 
-    Tune's CSV, JSON and TensorBoard loggers write every trial's reports to its folder
-    ``DIR/ray/tune/<trial>/``; ``log`` adds trackers (``mlflow``, ``wandb``:
+    Tune's CSV and JSON loggers write every trial's reports to its folder
+    ``DIR/ray/tune/<trial>/`` (the TensorBoard curves are the trials' own, in
+    ``DIR/tensorboard/``: :mod:`raysearch.train.trackers`); ``log`` adds trackers (``mlflow``, ``wandb``:
     :func:`raysearch.train.trackers.tracker_callbacks`). A resumed experiment keeps the trackers
     it started with (Tune restores its callbacks).
 
@@ -417,9 +438,9 @@ def run_experiment(
 
     ray_dir, experiment_path = experiment_paths(plan.output)
     trainable = tune.with_resources(TrialDriver(plan, results.join(ray_dir, "runs")), plan.resources)
-    # Tune's CSV, JSON and TensorBoard (tensorboardX) loggers stay on: every trial's folder
-    # DIR/ray/tune/<trial>/ gets progress.csv, result.json and an event file of its reports.
-    # (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 turns them off; then the warning below is noise.)
+    # Tune's CSV and JSON loggers stay on (every trial's folder DIR/ray/tune/<trial>/ gets
+    # progress.csv and result.json); its TensorBoard logger is off (see fit below): the
+    # curves are the runs' own (raysearch.train.trackers.EpochWriter, DIR/tensorboard/).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if resume:
@@ -436,8 +457,9 @@ def run_experiment(
             name=EXPERIMENT,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            callbacks=[rows, *tracker_callbacks(log, experiment=os.path.basename(os.path.normpath(plan.output)),
-                                                output=plan.output)],
+            callbacks=[rows, *tune_loggers(),
+                       *tracker_callbacks(log, experiment=os.path.basename(os.path.normpath(plan.output)),
+                                          output=plan.output)],
             verbose=0,
             # With train.max_failures, retries of a trial whose process or node was lost;
             # the retry resumes from the trial's last checkpoint.
@@ -449,7 +471,9 @@ def run_experiment(
     controller = logging.getLogger("ray.tune.execution.tune_controller")
     if not any(isinstance(f, TrialFailureFilter) for f in controller.filters):
         controller.addFilter(TrialFailureFilter())
-    with graceful_stop(on_ray_lost=on_ray_lost) as received:
+    # Tune adds no logger of its own: the CSV and JSON loggers are in the callbacks (a
+    # resumed experiment restores them with its run config).
+    with graceful_stop(on_ray_lost=on_ray_lost) as received, scoped_env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
         grid = tuner.fit()
     if not received:
         lost = heal_rows(plan, grid, len(spec.classes()))
@@ -510,7 +534,7 @@ def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], li
         tuner = tune.Tuner(trainable, param_space={**config, ROWS_OF_KEY: trial_id},
                            run_config=tune.RunConfig(name=f"repair-{stamp}-{i}", storage_path=storage_path,
                                                      storage_filesystem=filesystem, verbose=0))
-        with graceful_stop(on_ray_lost=on_ray_lost) as received:
+        with graceful_stop(on_ray_lost=on_ray_lost) as received, scoped_env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
             grid = tuner.fit()
         for result in grid:
             if result.error is not None:
@@ -537,12 +561,14 @@ class SweepRows(Callback):
     has decided whether a trial finished, was stopped by the scheduler or failed.
     """
 
+    best_trial: str | None = None  # the console's name of the best trial (a class default: older pickles lack it)
+
     def __init__(self, plan: TrialPlan, n_classes: int, total: int, objective: str, mode: str,
                  stream: TextIO | None, study_sync: StudySync | None = None):
         self.plan, self.full, self.study_sync = plan, n_classes, study_sync
         self.objective, self.mode = objective, mode
         self.line = None if stream is None else SweepLine(stream, total, metric_of(objective), mode)
-        self.best = math.nan
+        self.best, self.best_trial = math.nan, None
 
     def _counts(self, trials) -> dict[str, float]:
         """Trials by state, and ``done``: the trials that ended plus the fraction of its
@@ -565,7 +591,7 @@ class SweepRows(Callback):
         if v is not None and math.isfinite(v):
             better = (v > self.best) if self.mode == "max" else (v < self.best)
             if math.isnan(self.best) or better:
-                self.best = v
+                self.best, self.best_trial = v, self.plan.label(trial.trial_id, trial.config)
 
     def _finish_rows(self, trial, status: str, reason: str) -> None:
         results.write_unfinished_rows(self.plan.trial_spec(trial.config),
@@ -592,11 +618,11 @@ class SweepRows(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         if self.line is not None:
-            self.line.update(self._counts(trials), self.best)
+            self.line.update(self._counts(trials), self.best, best_trial=self.best_trial)
 
     def on_experiment_end(self, trials, **info):
         if self.line is not None:
-            self.line.update(self._counts(trials), self.best, force=True)
+            self.line.update(self._counts(trials), self.best, force=True, best_trial=self.best_trial)
             self.line.close()
 
 

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from raysearch.config.objective import report_key
-from raysearch.config.selection import selection_summary
 from raysearch.config.space import SearchSpec, parse_search
 from raysearch.config.spec import Spec
 from raysearch.run.experiment import Job, TrialPlan, reuse_processes, run_experiment, run_job
@@ -73,18 +72,14 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
     """Print the resolved search and an estimate of its cost (to ``stream``, default the
     current stdout); start nothing. The data need not be there where the spec lists its
     classes."""
+    from raysearch.run.plan import plan_head, resources_line
+
     stream = stream or sys.stdout
     search = with_budget(parse_search(spec), trials, concurrent)
-    from raysearch.data import planned_classes
-
-    classes, note = planned_classes(spec.data)
+    classes = plan_head(spec, "experiment", stream)
     t = spec.train
-    stream.write(f"experiment {spec.name}: method {spec.method}, {len(classes)} classes ({', '.join(classes)})\n")
-    if note:
-        stream.write(f"note: {note}\n")
     stream.write(f"objective: {', '.join(f'{m} ({d})' for m, d in zip(search.metrics, search.modes, strict=True))}"
                  f" averaged over classes\n")
-    stream.write(f"validation: {selection_summary(spec)}\n")
     startup = f", {search.startup_trials} random start-up trials" if search.sampler == "tpe" else ""
     sched = search.scheduler
     stream.write(f"sampler {search.sampler} (seed {search.seed}{startup}), {search.trials} trials, "
@@ -98,13 +93,9 @@ def dry_run(spec: Spec, stream: TextIO | None = None, trials: int | None = None,
     gpus = t.workers * t.gpus_per_worker
     stream.write(f"runs: {search.trials} trials x {len(classes)} classes = {runs} class runs "
                  f"of {t.epochs} epochs each (fewer with early stopping)\n")
-    if gpus:
-        stream.write(f"resources: {t.workers} worker(s) x {t.gpus_per_worker} GPU per trial; "
-                     f"time one class run with `raysearch train` and multiply by {runs * gpus:g} "
-                     f"for an upper bound in GPU hours\n")
-    else:
-        stream.write(f"resources: {t.workers} worker(s) x {t.worker_cpus():g} CPU per trial (no GPU), "
-                     f"{t.worker_threads(t.worker_cpus())} torch thread(s) each\n")
+    stream.write(resources_line(t, "per trial") + (f"; time one class run with `raysearch train` and multiply by "
+                                                    f"{runs * gpus:g} for an upper bound in GPU hours" if gpus else "")
+                 + "\n")
     return search
 
 

@@ -283,10 +283,12 @@ def train_class(
             ``val_maps`` / ``test_maps``, the anomaly maps, for methods and splits that
             have them) and the evaluation's metrics; the test
             split is scored at every evaluation only when it is given. Never selects.
-        on_epoch: for live curves: called on this rank after every epoch's training with
-            the epoch (1-based) and ``{"loss_<term>": this rank's mean over the epoch's
-            steps, ..., "lr": the learning rate of its last step}`` (the names reports
-            use). Costs one device sync per epoch; reports stay per evaluation.
+        on_epoch: for live curves: called on this rank once per epoch, after its training
+            (and its evaluation, when it has one), with the epoch (1-based) and
+            ``{"loss_<term>": this rank's mean over the epoch's steps, ..., "lr": the
+            learning rate of its last step}`` plus, on rank 0 after an evaluation, its
+            ``val_*`` metrics (the names reports use). A diverged epoch is passed before
+            the run fails. Costs one device sync per epoch; reports stay per evaluation.
             :mod:`raysearch.train.worker` passes a TensorBoard writer on rank 0.
 
     Example:
@@ -370,17 +372,22 @@ def train_class(
             for k, v in losses.items():
                 loss_terms[k] = loss_terms.get(k, 0.0) + v.detach()
         last_loss = float(loss_sum) / steps_per_epoch  # one device sync per epoch
-        if on_epoch is not None:  # before the check below: a diverged epoch shows in the curves
+        curve: dict[str, float] = {}
+        if on_epoch is not None:
             names = list(loss_terms)
             means = torch.stack([loss_terms[k].float() for k in names]).tolist() if names else []  # one sync
-            on_epoch(epoch + 1, {**{f"loss_{k}": v / steps_per_epoch for k, v in zip(names, means, strict=True)},
-                                 "lr": optimizer.param_groups[0]["lr"]})
+            curve = {**{f"loss_{k}": v / steps_per_epoch for k, v in zip(names, means, strict=True)},
+                     "lr": optimizer.param_groups[0]["lr"]}
         if not math.isfinite(last_loss):
+            if on_epoch is not None:  # a diverged epoch shows in the curves
+                on_epoch(epoch + 1, curve)
             raise TrainingDiverged(f"loss became {last_loss} in epoch {epoch + 1} of class {task.normal_class}")
         method.on_epoch_end(model, all_train_images(), epoch)
 
         last = epoch + 1 == t.epochs
         if (epoch + 1) % t.eval_every and not last:
+            if on_epoch is not None:
+                on_epoch(epoch + 1, curve)
             continue
         metrics: dict[str, Any] = {f"loss_{k}": float(v) / steps_per_epoch for k, v in loss_terms.items()}
         state = None
@@ -412,6 +419,8 @@ def train_class(
                     "best_epoch": best_epoch,
                     "best_state": best_state,
                 }
+        if on_epoch is not None:  # the evaluation's validation metrics join the epoch's curves
+            on_epoch(epoch + 1, {**curve, **{k: v for k, v in metrics.items() if k.startswith("val_")}})
         metrics.update(
             epoch=epoch + 1,
             normal_class=task.normal_class,

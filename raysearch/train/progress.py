@@ -19,7 +19,8 @@ from typing import Any, TextIO
 
 from raysearch.config.objective import DECIMALS
 
-__all__ = ["progress", "finished", "optuna_step", "OPTUNA_STEPS_PER_CLASS", "RunLine", "SweepLine", "fmt", "time_left", "format_table"]
+__all__ = ["progress", "finished", "optuna_step", "OPTUNA_STEPS_PER_CLASS", "RunLine", "SweepLine", "Estimate", "fmt",
+           "time_left", "format_table"]
 
 # Optuna's intermediate values need integer steps: progress in thousandths of a class.
 OPTUNA_STEPS_PER_CLASS = 1000
@@ -43,6 +44,38 @@ def optuna_step(value: float) -> int:
 def time_left(elapsed: float, done: float, total: float) -> float:
     """Seconds left at the rate so far (NaN before anything is done)."""
     return elapsed / done * (total - done) if done else math.nan
+
+
+class Estimate:
+    """The time left at the rate measured from the first report on: start-up (Ray, the
+    first trial processes, loading data) is no part of the rate, so the first estimate
+    is not inflated by it. No estimate before a second reading has moved the progress.
+
+    Example:
+        >>> e = Estimate()
+        >>> e.left(now=30.0, done=0.0, total=4.0), e.left(now=40.0, done=0.5, total=4.0)
+        (nan, nan)
+        >>> e.left(now=50.0, done=1.0, total=4.0)  # 0.5 done in 10 s since the first report
+        60.0
+    """
+
+    def __init__(self) -> None:
+        self.first: tuple[float, float] | None = None
+
+    def left(self, now: float, done: float, total: float) -> float:
+        """Seconds left at ``now`` with ``done`` of ``total`` done; NaN while unknown."""
+        if done <= 0:
+            return math.nan
+        if self.first is None:
+            self.first = (now, done)
+            return math.nan
+        t0, d0 = self.first
+        return time_left(now - t0, done - d0, total - d0) if done > d0 else math.nan
+
+
+def _clock(elapsed: float, left: float) -> str:
+    """``elapsed 12s`` and, once there is an estimate, ``  left ~34s``."""
+    return f"elapsed {elapsed:.0f}s" + ("" if math.isnan(left) else f"  left ~{left:.0f}s")
 
 
 def fmt(value: Any, digits: int = DECIMALS) -> str:
@@ -72,17 +105,17 @@ class RunLine:
         self.tty = stream.isatty()
         self.total = n_classes  # progress counts classes (a fraction within the current one)
         self.started = time.perf_counter()
+        self.estimate = Estimate()
         self.last_len = 0
 
     def update(self, m: dict[str, Any]) -> None:
-        done = m.get("progress", 0)
-        elapsed = time.perf_counter() - self.started
-        left = time_left(elapsed, done, self.total)
+        now = time.perf_counter()
+        left = self.estimate.left(now, m.get("progress", 0), self.total)
         val = m.get("val_image_auroc", m.get("test_image_auroc", float("nan")))
         text = (
             f"class {m['class_index'] + 1}/{m['total_classes']} ({m['normal_class']})  "
             f"epoch {m['epoch']}/{m['epochs']}  loss {fmt(m.get('loss_loss'))}  "
-            f"val AUROC {fmt(val)}  elapsed {elapsed:.0f}s  left ~{fmt(left, 0)}s"
+            f"val AUROC {fmt(val)}  {_clock(now - self.started, left)}"
         )
         if self.tty:
             self.stream.write("\r" + text.ljust(self.last_len))
@@ -98,38 +131,42 @@ class RunLine:
 
 
 class SweepLine:
-    """A live line: trials done / running / pruned / failed, best so far, time."""
+    """A live line: trials done / running / pruned / failed, the best so far and which
+    trial it is, time (and time left once a trial has reported)."""
 
     def __init__(self, stream: TextIO, total: int, metric: str, mode: str):
         self.stream, self.total, self.metric, self.mode = stream, total, metric, mode
         self.tty = stream.isatty()
         self.started = time.perf_counter()
-        self.best = math.nan
+        self.estimate = Estimate()
         self.last = 0.0
+        self.last_len = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment state; a stream does not pickle.
         return {**self.__dict__, "stream": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, stream=sys.stderr)
+        self.__dict__.update({"estimate": Estimate(), "last_len": 0, **state, "stream": sys.stderr})
 
-    def update(self, counts: dict[str, float], best: float, force: bool = False) -> None:
+    def update(self, counts: dict[str, float], best: float, force: bool = False, best_trial: str | None = None) -> None:
         """Show ``counts`` (trials completed, pruned, failed, running, and ``done``: ended
-        trials plus running trials' fractions, which the time left is estimated from)."""
+        trials plus running trials' fractions, which the time left is estimated from) and
+        the best value so far with ``best_trial``, how the console names its trial (``#6``)."""
         now = time.perf_counter()
         if not force and now - self.last < (0.5 if self.tty else 15.0):
             return
         self.last = now
-        elapsed = now - self.started
         done = int(counts["completed"] + counts["pruned"] + counts["failed"])
-        left = time_left(elapsed, counts.get("done", done), self.total)
+        left = self.estimate.left(now, counts.get("done", done), self.total)
+        named = f" ({best_trial})" if best_trial and not math.isnan(best) else ""
         text = (
             f"trials {done}/{self.total} done ({counts['completed']:.0f} completed, "
             f"{counts['pruned']:.0f} pruned, {counts['failed']:.0f} failed), {counts['running']:.0f} running  "
-            f"best {self.metric} {fmt(best)}  elapsed {elapsed:.0f}s  left ~{fmt(left, 0)}s"
+            f"best {self.metric} {fmt(best)}{named}  {_clock(now - self.started, left)}"
         )
-        self.stream.write(("\r" + text) if self.tty else (text + "\n"))
+        self.stream.write(("\r" + text.ljust(self.last_len)) if self.tty else (text + "\n"))
+        self.last_len = len(text)
         self.stream.flush()
 
     def say(self, text: str) -> None:

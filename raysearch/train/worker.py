@@ -31,7 +31,7 @@ from raysearch.store import results
 from raysearch.store.results import RunInfo
 from raysearch.train.loop import ClassResult, train_class
 from raysearch.train.progress import progress as run_progress
-from raysearch.train.trackers import EPOCHS_FOLDER, EpochWriter
+from raysearch.train.trackers import EpochWriter, curves_dir
 
 __all__ = ["TrainSession", "TrialSession", "make_trainer", "worker_loop", "loop_config", "class_row", "class_means"]
 
@@ -206,29 +206,6 @@ def _load_class(spec: Spec, run: RunInfo, index: int, name: str, rank: int, devi
         return None
 
 
-def _epochs_dir(config: dict[str, Any], session: TrainSession | TrialSession) -> str | None:
-    """Where rank 0 writes per-epoch TensorBoard files: ``<run folder>/epochs``.
-
-    A sweep or ablation trial that trains in its own Tune process: the trial's folder in
-    the experiment's storage, ``DIR/ray/tune/<trial>/`` (named as Tune names it, the last
-    part of ``get_trial_dir()``), beside Tune's own ``progress.csv``, ``result.json`` and
-    per-evaluation event file; written there directly, so the curves are live and reach
-    the storage from any node. A Ray Train run: its run folder, which :func:`make_trainer`
-    passes as ``run_dir`` (``DIR/ray/runs/<trial id>`` for a trial, ``DIR/ray/<run id>`` for
-    ``raysearch train``). None (no curves) where neither is known.
-    """
-    if isinstance(session, TrialSession):
-        from ray import tune
-
-        from raysearch.run.experiment import experiment_paths
-
-        trial = os.path.basename(os.path.normpath(tune.get_context().get_trial_dir()))
-        run_dir = results.join(experiment_paths(config["run"]["storage"])[1], trial)
-    else:
-        run_dir = config.get("run_dir")
-    return None if not run_dir else results.join(run_dir, EPOCHS_FOLDER)
-
-
 def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
     """``train_loop_per_worker``: every class of the spec, in order, on this worker.
 
@@ -268,7 +245,6 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
 
-    epochs_dir = _epochs_dir(config, session) if rank == 0 else None
     reported: list[int] = []
     for ci in range(state["class_index"], len(classes)):
         normal_class = classes[ci]
@@ -314,7 +290,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             metrics, final_loss = {}, None
         else:
             # Rank 0's per-epoch curves of this class, closed (a bucket's copied up) when it ends.
-            curves = None if epochs_dir is None else EpochWriter(epochs_dir, f"class_{normal_class}")
+            curves = None if rank else EpochWriter(curves_dir(run, normal_class, spec.train.seed),
+                                                   spec.selection.split)
             try:
                 result = train_class(
                     spec,
@@ -404,8 +381,7 @@ def make_trainer(
         resources["GPU"] = t.gpus_per_worker
     return TorchTrainer(
         worker_loop,
-        # The run's folder: rank 0's per-epoch TensorBoard files go there (see _epochs_dir).
-        train_loop_config=dict(loop_config(spec, run, progress, cpus), run_dir=results.join(storage, run.trial_id)),
+        train_loop_config=loop_config(spec, run, progress, cpus),
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

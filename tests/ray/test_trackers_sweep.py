@@ -1,8 +1,8 @@
-"""Live curves: the per-epoch TensorBoard writer and its train_class hook, the --log option
-(a missing package is one line and exit 2 before Ray starts), and one tiny sweep with
---log mlflow (and wandb, offline, where installed) that leaves MLflow runs, W&B offline
-runs, Tune's CSV/JSON/TensorBoard logs and per-epoch event files with the values the
-result rows hold."""
+"""Live curves through a real local Ray: a tiny `raysearch train` of two classes leaves one
+TensorBoard run per class with the loss, lr and validation tags at step = epoch, and a
+tiny sweep with --log mlflow (and wandb, offline, where installed) leaves MLflow runs,
+W&B offline runs, Tune's CSV/JSON logs and per-epoch curves under short run names with
+the values the result rows hold."""
 
 import glob
 import importlib.machinery
@@ -17,8 +17,9 @@ from helpers.tiny import TINY
 from raysearch.config.spec import load_spec
 from raysearch.store import results
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_session, demo_spec_path, tmp_path,
                                                                       monkeypatch):
     MlflowClient = pytest.importorskip("mlflow.tracking", reason="pip install 'raysearch[trackers]'").MlflowClient
@@ -44,6 +45,10 @@ def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_sessio
         trial_id = next(t for t in rows if t in run.data.tags["trial_name"])
         assert run.info.status == "FINISHED"
         assert run.data.metrics["mean_val_image_auroc"] == pytest.approx(rows[trial_id]["val_image_auroc"])
+        # No Ray bookkeeping, no test metric: the objective, validation, losses and progress.
+        assert "loss_loss" in run.data.metrics and "val_image_auroc" in run.data.metrics
+        assert not [k for k in run.data.metrics if not k.startswith(("mean_val_", "val_", "loss_"))
+                    and k not in ("progress", "epoch", "class_index", "training_iteration")], run.data.metrics
         history = client.get_metric_history(run.info.run_id, "progress")
         assert sorted(m.value for m in history) == [0.5, 1.0]  # epoch 1 of 2, then the class's end
 
@@ -53,20 +58,53 @@ def test_sweep_with_log_mlflow_leaves_runs_tune_logs_and_epoch_curves(ray_sessio
             assert [os.path.getsize(f) > 0 for f in glob.glob(
                 os.path.join(out, "wandb", f"offline-run-*-{trial_id}", f"run-{trial_id}.wandb"))] == [True]
 
-    # Tune's own logs and per-epoch curves in each trial's folder DIR/ray/tune/<trial>/.
+    # Tune's CSV and JSON logs in each trial's folder DIR/ray/tune/<trial>/, and no event
+    # file of Tune's (its TensorBoard logger would plot Ray's bookkeeping).
     trial_dirs = sorted(glob.glob(os.path.join(out, "ray", "tune", "raysearch_trial_*")))
     assert len(trial_dirs) == 2
     for trial_dir in trial_dirs:
         with open(os.path.join(trial_dir, "result.json")) as f:
             reports = [json.loads(line) for line in f]
-        trial_id = reports[-1]["trial_id"]
         assert [r["progress"] for r in reports] == [0.5, 1.0]
         with open(os.path.join(trial_dir, "progress.csv")) as f:
             assert len(f.read().strip().splitlines()) == 1 + 2  # header and two reports
-        evaluations = read_scalars(trial_dir)  # Tune's TensorBoard logger, one point per report
-        assert [v for _, v in evaluations["ray/tune/progress"]] == [0.5, 1.0]
-        curves = read_scalars(os.path.join(trial_dir, "epochs"))
-        assert [step for step, _ in curves["class_3/loss_loss"]] == [1, 2]
-        assert [step for step, _ in curves["class_3/lr"]] == [1, 2]
+        assert not glob.glob(os.path.join(trial_dir, "**", "events.out.tfevents.*"), recursive=True)
+
+    # The curves: DIR/tensorboard/trial<Optuna number>-<trial id>/class_3, no test metric.
+    runs = sorted(os.listdir(os.path.join(out, "tensorboard")))
+    assert runs == sorted(f"trial{r['optuna_trial']:03d}-{t}" for t, r in rows.items())
+    for run in runs:
+        trial_id = run.split("-", 1)[1]
+        curves = read_scalars(os.path.join(out, "tensorboard", run, "class_3"))
+        assert {tag.split("/")[0] for tag in curves} == {"loss", "lr", "val"}
+        assert [step for step, _ in curves["loss/total"]] == [1, 2]
+        assert [step for step, _ in curves["val/image_auroc"]] == [1, 2]
         # The last epoch's mean loss is the row's final loss (float32 in the event file).
-        assert curves["class_3/loss_loss"][-1][1] == pytest.approx(rows[trial_id]["final_loss"], rel=1e-6)
+        assert curves["loss/total"][-1][1] == pytest.approx(rows[trial_id]["final_loss"], rel=1e-6)
+
+
+def test_train_run_writes_one_tensorboard_run_per_class_with_clean_tags(ray_session, demo_spec_path, tmp_path):
+    from raysearch.run.runner import run_train
+
+    spec = load_spec(demo_spec_path, TINY + ["data.classes=[3,5]", "train.epochs=3", "train.eval_every=2"])
+    out = str(tmp_path / "train")
+    code, rows = run_train(spec, out, quiet=True)
+    assert code == 0 and [r["normal_class"] for r in rows] == ["3", "5"]
+    run_id = rows[0]["trial_id"]
+    assert os.listdir(os.path.join(out, "tensorboard")) == [run_id]
+    for row in rows:
+        curves = read_scalars(os.path.join(out, "tensorboard", run_id, f"class_{row['normal_class']}"))
+        losses = {tag for tag in curves if tag.startswith("loss/")}
+        assert "loss/total" in losses and not any("loss_" in tag for tag in curves)
+        vals = {tag for tag in curves if tag.startswith("val/")}
+        assert "val/image_auroc" in vals
+        # Only these groups: no Ray bookkeeping, no progress counters, no test metric.
+        assert set(curves) == losses | vals | {"lr"}
+        # Each class's curve starts at epoch 1: losses and lr every epoch, validation at
+        # the evaluations (epoch 2, and 3, the last).
+        for tag in losses | {"lr"}:
+            assert [step for step, _ in curves[tag]] == [1, 2, 3], tag
+        assert [step for step, _ in curves["val/image_auroc"]] == [2, 3]
+        assert curves["loss/total"][-1][1] == pytest.approx(row["final_loss"], rel=1e-6)
+        if row["best_epoch"] == 3:  # the row's validation score is the last evaluation's
+            assert curves["val/image_auroc"][-1][1] == pytest.approx(row["val_image_auroc"], rel=1e-6)

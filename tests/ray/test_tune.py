@@ -217,10 +217,11 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     """Ctrl-C (SIGINT) or SIGTERM, to the driver or to its whole process group, while the
     first trial waits after a checkpoint (mid-class, or right after it stored its class's
     row): the driver exits 130 / 143 with one line that gives the command that continues
-    it (within seconds where Ray died with the signal), and leaves the interrupted trial
-    resumable (WAITING, never RUNNING or FAIL, in the study); the printed command, pasted
-    as it is (the folder's name has a space), finishes the sweep with four trials, one row
-    per trial and class, and keeps the rows stored before the signal."""
+    it (within seconds where Ray died with the signal; nothing of Ray's or Optuna's own
+    logs: those are in DIR/raysearch.log), and leaves the interrupted trial resumable
+    (WAITING, never RUNNING or FAIL, in the study); the printed command, pasted as it is
+    (the folder's name has a space), finishes the sweep with four trials, one row per
+    trial and class, and keeps the rows stored before the signal."""
     out = str(tmp_path / "my sweep")
     events, env = _events_env(tmp_path)
     log = tmp_path / "driver.log"
@@ -245,6 +246,9 @@ def test_interrupted_sweep_exits_with_a_resume_hint_and_resumes(signum, code, se
     name = signal.Signals(signum).name
     assert len(hints) == 1 and hints[0].startswith(f"raysearch: tune interrupted ({name})"), text[-3000:]
     assert "Tuner.restore" not in text
+    # Ray's and Optuna's own lines go to the experiment's log file, not the terminal.
+    assert "A new study created" not in text and "Token authentication" not in text, text[-3000:]
+    assert "A new study created in RDB with name: distcon-digits-demo" in (tmp_path / "my sweep" / "raysearch.log").read_text()
     states = [t.state for t in study_of(out, "distcon-digits-demo").trials]
     assert optuna.trial.TrialState.WAITING in states, states
     assert not {optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING} & set(states), states

@@ -1,8 +1,6 @@
-"""Live curves: the per-epoch TensorBoard writer and its train_class hook, the --log option
-(a missing package is one line and exit 2 before Ray starts), and one tiny sweep with
---log mlflow (and wandb, offline, where installed) that leaves MLflow runs, W&B offline
-runs, Tune's CSV/JSON/TensorBoard logs and per-epoch event files with the values the
-result rows hold."""
+"""Live curves in process: the train_class hook the per-epoch TensorBoard writer hangs on
+(losses and lr every epoch, the validation metrics of each evaluation), and the --log
+option (a missing package is one line and exit 2 before Ray starts)."""
 
 import importlib.machinery
 import importlib.util
@@ -51,12 +49,15 @@ def test_train_class_calls_the_hook_once_per_epoch_with_the_reported_losses(demo
                 report=lambda metrics, state: reported.append(metrics))
     assert [e for e, _ in epochs] == [1, 2, 3]
     names = {k for k in reported[0] if k.startswith("loss_")}
-    assert "loss_loss" in names
-    for _, values in epochs:
-        assert set(values) == names | {"lr"} and all(math.isfinite(v) for v in values.values())
-    # The evaluation at epoch 2 reports the same epoch means the hook got.
+    val = {k for k in reported[0] if k.startswith("val_")}
+    assert "loss_loss" in names and "val_image_auroc" in val
+    # Losses and lr every epoch; the validation metrics where the epoch was evaluated (2, and 3, the last).
+    assert [set(values) for _, values in epochs] == [names | {"lr"}, names | {"lr"} | val, names | {"lr"} | val]
+    assert all(math.isfinite(v) for _, values in epochs for k, v in values.items() if not k.startswith("val_"))
+    # The evaluation at epoch 2 reports the same epoch means and metrics the hook got.
     assert [m["epoch"] for m in reported] == [2]
-    assert epochs[1][1] == pytest.approx({k: reported[0][k] for k in names} | {"lr": epochs[1][1]["lr"]})
+    assert epochs[1][1] == pytest.approx({k: reported[0][k] for k in names | val} | {"lr": epochs[1][1]["lr"]},
+                                         nan_ok=True)
     # The learning rate of each epoch's last step (cosine decay, no warm-up).
     steps = max(1, len(task.train) // spec.train.batch_size)
     for e, values in epochs:

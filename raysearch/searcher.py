@@ -341,10 +341,10 @@ class PruningOptunaSearch(Searcher):
         value, step = result.get(self.objective_keys[0]), optuna_step(result.get("progress", 0))
         steps = self.reported.setdefault(number, set())
         if value is not None and math.isfinite(value) and step not in steps:
-            self._backend.set_trial_intermediate_value(self._backend_trial_id(number), step, float(value))
+            self._backend.set_trial_intermediate_value(self._trial_key(number), step, float(value))
             steps.add(step)
 
-    def _storage_trial_id(self, number: int) -> int:
+    def _trial_key(self, number: int) -> int:
         """The storage's id of the study's trial ``number``."""
         study_id = self._backend.get_study_id_from_name(self.study_name)
         return self._backend.get_trial_id_from_study_id_trial_number(study_id, number)

@@ -14,9 +14,11 @@ import hashlib
 import math
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import optuna
 from ray.tune.search import Searcher
 
 from raysearch import results
@@ -75,10 +77,20 @@ class StudySync:
                 results.write_bytes(self.remote, f.read())
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for a study driven by ask and tell.
+
+    Optuna's own stops ``Study.optimize`` once every grid point has been told, and raises
+    when told outside of it; here the sweep's budget ends the search, so a trial's end
+    tells the sampler nothing.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        """Nothing to do: there is no optimize loop to stop."""
+
+
 def make_sampler(search: SearchSpec):
     """The Optuna sampler named by ``search.sampler``, seeded."""
-    import optuna
-
     seed = search.seed
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
@@ -97,7 +109,7 @@ def make_sampler(search: SearchSpec):
     if search.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     if search.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(search), seed=seed)
+        return GridSampler(grid_space(search), seed=seed)
     raise SpecError(f"unknown sampler {search.sampler!r}", key="search.sampler")
 
 
@@ -112,8 +124,6 @@ def tell_if_repeat(study, trial) -> bool:
     and again: such a suggestion is told its twin's value (and marked with
     :data:`REPEAT_ATTR`) instead of being trained. Returns whether it was.
     """
-    import optuna
-
     for done in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if done.number != trial.number and done.params == trial.params:
             trial.set_user_attr(REPEAT_ATTR, done.number)
@@ -183,12 +193,13 @@ class PruningOptunaSearch(Searcher):
             self._study = self._open_study()
         return self._study
 
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the study has several objectives (Optuna keeps no intermediate values then)."""
+        return isinstance(self.mode, list) and len(self.mode) > 1
+
     def _open_study(self):
         """Create or load the study, name its objectives and enqueue the points to evaluate once."""
-        import warnings
-
-        import optuna
-
         self._backend = (optuna.storages.RDBStorage(self.storage_url) if self.storage_url
                          else optuna.storages.InMemoryStorage())
         modes = self.mode if isinstance(self.mode, list) else [self.mode]
@@ -261,8 +272,6 @@ class PruningOptunaSearch(Searcher):
         toward the sweep's total and is told to the study from its rows; one without
         is replaced by a new trial (the study closes it as FAIL at the end).
         """
-        import optuna
-
         known = set(self.trials.values())
         self.asked = len(known)
         try:
@@ -284,8 +293,6 @@ class PruningOptunaSearch(Searcher):
 
     def _tell_from_rows(self, number: int, trial_rows: list[dict]) -> None:
         """Tell the study a trial Tune never recorded, from its result rows (one per class)."""
-        import optuna
-
         State = optuna.trial.TrialState
         statuses = {r["status"] for r in trial_rows}
         by_class = {r["class_index"]: r for r in trial_rows}
@@ -336,7 +343,7 @@ class PruningOptunaSearch(Searcher):
         """Intermediate values at step = progress in thousandths of a class, each step once
         (a multi-objective study keeps none)."""
         number = self.trials.get(trial_id)
-        if number is None or trial_id in self.told or len(self.study.directions) > 1:
+        if number is None or trial_id in self.told or self.multi_objective:
             return
         value, step = result.get(self.objective_keys[0]), optuna_step(result.get("progress", 0))
         steps = self.reported.setdefault(number, set())
@@ -362,8 +369,6 @@ class PruningOptunaSearch(Searcher):
         finite objective, PRUNED when it stopped before its last class (the result it
         stopped on, which Tune passes to on_trial_complete only, kept as its last
         intermediate value), else COMPLETE."""
-        import optuna
-
         State = optuna.trial.TrialState
         if error:
             return State.FAIL, None
@@ -384,8 +389,6 @@ INTERRUPTED_ATTR = "interrupted"  # user attribute of a trial paused by a stoppe
 def _set_state(storage, study_name: str, old, new, marked: bool) -> int:
     """Move the study's trials in state ``old`` (those carrying :data:`INTERRUPTED_ATTR`
     only, if ``marked``) to ``new`` through Optuna's storage API; returns how many."""
-    import optuna
-
     study_id = storage.get_study_id_from_name(study_name)
     moved = 0
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(old,)):
@@ -407,8 +410,6 @@ def pause_running(storage, study_name: str) -> int:
     before Tune continues them. Optuna's ``set_trial_state_values`` allows RUNNING ->
     WAITING -> RUNNING.
     """
-    import optuna
-
     State = optuna.trial.TrialState
     return _set_state(storage, study_name, State.RUNNING, State.WAITING, marked=False)
 
@@ -416,8 +417,6 @@ def pause_running(storage, study_name: str) -> int:
 def resume_interrupted(storage, study_name: str) -> int:
     """Turn the trials :func:`pause_running` marked back to RUNNING; returns how many.
     It runs before the resumed sweep asks for a trial: ``ask`` takes WAITING trials first."""
-    import optuna
-
     State = optuna.trial.TrialState
     return _set_state(storage, study_name, State.WAITING, State.RUNNING, marked=True)
 
@@ -428,8 +427,6 @@ def close_running(storage, study_name: str) -> int:
     Called when a sweep has ended: every trial Tune ran is told by then, so a trial still
     RUNNING was asked after Tune's last snapshot and restarted under a new number.
     """
-    import optuna
-
     study = optuna.load_study(study_name=study_name, storage=storage)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in running:

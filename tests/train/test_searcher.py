@@ -115,6 +115,26 @@ def test_a_pickled_searcher_leaves_its_study_in_the_storage_and_reopens_it(tmp_p
     assert copy.suggest("t1")[OPTUNA_KEY] == 1
 
 
+def test_a_grid_search_is_told_to_its_last_point():
+    """Optuna's grid sampler stops Study.optimize after the last grid point and raises when
+    that point is told through ask and tell; the spec's grid sampler is told every point."""
+    from raysearch.searcher import PruningOptunaSearch, SpaceFunction, make_sampler
+    from raysearch.space import parse_search
+    from raysearch.spec import spec_from_dict
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"sampler": "grid", "space": {"train.lr": {"choice": [0.1, 0.2]}}}})
+    search = parse_search(spec)
+    searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
+                                   mode="max", n_classes=1, objective_keys=["mean_val_image_auroc"], budget=2,
+                                   sampler=make_sampler(search))
+    lrs = []
+    for tid in ("a", "b"):
+        lrs.append(searcher.suggest(tid)["train.lr"])
+        searcher.on_trial_complete(tid, {"progress": 1, "mean_val_image_auroc": 0.5})
+    assert sorted(lrs) == [0.1, 0.2] and [t.state.name for t in searcher.study.trials] == ["COMPLETE", "COMPLETE"]
+
+
 def test_a_resumed_searcher_reports_each_step_once(tmp_path):
     """Steps the study already holds (told before a kill) are not told again after a restore."""
     from raysearch.searcher import PruningOptunaSearch

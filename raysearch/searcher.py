@@ -194,6 +194,13 @@ class PruningOptunaSearch(Searcher):
         return self._study
 
     @property
+    def backend(self):
+        """The study's storage, for Optuna's storage API (opened with the study)."""
+        if self._study is None:
+            self._study = self._open_study()
+        return self._backend
+
+    @property
     def multi_objective(self) -> bool:
         """Whether the study has several objectives (Optuna keeps no intermediate values then)."""
         return isinstance(self.mode, list) and len(self.mode) > 1
@@ -229,7 +236,7 @@ class PruningOptunaSearch(Searcher):
         """Write the searcher's record (:attr:`SAVED`); a study kept in memory goes with it."""
         state = {k: getattr(self, k) for k in self.SAVED}
         if not self.storage_url:
-            state["_study"], state["_backend"] = self.study, self._backend
+            state["_study"], state["_backend"] = self.study, self.backend
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
 
@@ -250,7 +257,7 @@ class PruningOptunaSearch(Searcher):
             return
         self.storage_url = study_url(self.output)
         study = self.study
-        resume_interrupted(self._backend, self.study_name)  # before any ask, which takes WAITING trials first
+        resume_interrupted(self.backend, self.study_name)  # before any ask, which takes WAITING trials first
         # The steps the study holds, including those told after Tune's last snapshot.
         self.reported = {t.number: set(t.intermediate_values) for t in study.get_trials(deepcopy=False)}
         self._skip_told_trials()
@@ -348,13 +355,13 @@ class PruningOptunaSearch(Searcher):
         value, step = result.get(self.objective_keys[0]), optuna_step(result.get("progress", 0))
         steps = self.reported.setdefault(number, set())
         if value is not None and math.isfinite(value) and step not in steps:
-            self._backend.set_trial_intermediate_value(self._trial_key(number), step, float(value))
+            self.backend.set_trial_intermediate_value(self._trial_key(number), step, float(value))
             steps.add(step)
 
     def _trial_key(self, number: int) -> int:
         """The storage's id of the study's trial ``number``."""
-        study_id = self._backend.get_study_id_from_name(self.study_name)
-        return self._backend.get_trial_id_from_study_id_trial_number(study_id, number)
+        study_id = self.backend.get_study_id_from_name(self.study_name)
+        return self.backend.get_trial_id_from_study_id_trial_number(study_id, number)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tell the study how the trial ended (see :meth:`_ending`), once."""

@@ -110,8 +110,10 @@ def test_a_pickled_searcher_leaves_its_study_in_the_storage_and_reopens_it(tmp_p
     blob = pickle.dumps(searcher)
     assert b"sqlalchemy" not in blob
     copy = pickle.loads(blob)
+    copy.on_trial_result("t0", {"mean_val_image_auroc": 0.4, "progress": 1})  # the study reopens here
     copy.on_trial_complete("t0", {"mean_val_image_auroc": 0.5, "progress": 2})
-    assert optuna.load_study(study_name="s", storage=study_url(str(tmp_path))).trials[0].value == 0.5
+    trial = optuna.load_study(study_name="s", storage=study_url(str(tmp_path))).trials[0]
+    assert trial.value == 0.5 and trial.intermediate_values == {1000: 0.4}
     assert copy.suggest("t1")[OPTUNA_KEY] == 1
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ray.tune import Callback
+from ray.tune.search import Searcher
 
 from raysearch.config.objective import metric_of
 from raysearch.config.schema import SpecError
@@ -487,6 +488,21 @@ def pruned_reason(progress: float, n_classes: int) -> str:
     return f"stopped early by ASHA at progress {float(progress):.2f}/{n_classes} classes"
 
 
+def trial_config(result) -> dict[str, Any] | None:
+    """The config of a trial of a Tune result grid: in its last report, or, for a trial
+    that never reported (a resumed experiment's record of it holds no report), in the
+    ``params.json`` Tune wrote to its folder when it started."""
+    import json
+
+    if result.config is not None:
+        return result.config
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+            return json.loads(f.read())
+    except OSError:  # FileNotFoundError included
+        return None
+
+
 def heal_rows(plan: TrialPlan, grid, n_classes: int) -> list[tuple[str, dict[str, Any], list[str]]]:
     """Heal the rows of a Tune run's trials that the store lacks or cannot read (a file
     truncated or deleted while the experiment was stopped): a failed or pruned trial's
@@ -494,8 +510,8 @@ def heal_rows(plan: TrialPlan, grid, n_classes: int) -> list[tuple[str, dict[str
     completed row are returned, (trial id, config, classes), to train those classes again."""
     lost = []
     for result in grid:
-        trial_id, config = (result.metrics or {}).get("trial_id"), result.config
-        if trial_id is None:  # it never reported; Tune keeps no id of it here
+        trial_id, config = (result.metrics or {}).get("trial_id"), trial_config(result)
+        if trial_id is None or config is None:  # Tune keeps no id or config of it here
             continue
         run = plan.run_info(trial_id, config)
         spec = plan.trial_spec(config)
@@ -515,6 +531,23 @@ def heal_rows(plan: TrialPlan, grid, n_classes: int) -> list[tuple[str, dict[str
     return lost
 
 
+class ReplaySearcher(Searcher):
+    """A Tune searcher that suggests the given configs in order, then ends. (Tune's own
+    ``BasicVariantGenerator(points_to_evaluate=...)`` refuses keys that are not in the
+    Tuner's ``param_space``, and these configs have no search space.)"""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.pending = list(configs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        """The next config, or ``Searcher.FINISHED``."""
+        return self.pending.pop(0) if self.pending else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: the configs are fixed."""
+
+
 def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], list[str]]], trainable: Any,
                         ray_dir: str, stream: TextIO, on_ray_lost: Callable[[list[int]], None] | None) -> list[int]:
     """Train the classes of finished trials whose rows are lost, as new Tune trials that
@@ -527,23 +560,23 @@ def train_lost_classes(plan: TrialPlan, lost: list[tuple[str, dict[str, Any], li
 
     stream.write(f"raysearch: the store lacks readable rows of {len(lost)} finished trial(s) ("
                  + "; ".join(f"{t}: class {', '.join(c)}" for t, _, c in lost) + "); training those classes again\n")
+    configs = [{**config, ROWS_OF_KEY: trial_id} for trial_id, config, _ in lost]
     storage_path, filesystem = results.ray_storage(ray_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    stopped: list[int] = []
-    for i, (trial_id, config, _) in enumerate(lost):  # one small run each: its config is a constant space
-        tuner = tune.Tuner(trainable, param_space={**config, ROWS_OF_KEY: trial_id},
-                           run_config=tune.RunConfig(name=f"repair-{stamp}-{i}", storage_path=storage_path,
-                                                     storage_filesystem=filesystem, verbose=0))
-        with graceful_stop(on_ray_lost=on_ray_lost) as received, scoped_env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
-            grid = tuner.fit()
-        for result in grid:
-            if result.error is not None:
-                results.write_unfinished_rows(plan.trial_spec(result.config), plan.run_info(trial_id, result.config),
-                                              results.failure_reason(result.error))
-        if received:
-            stopped = received
-            break
-    return stopped
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=ReplaySearcher(configs),
+                                    num_samples=len(configs), max_concurrent_trials=1),
+        run_config=tune.RunConfig(name=f"repair-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+                                  storage_filesystem=filesystem, verbose=0),
+    )
+    with graceful_stop(on_ray_lost=on_ray_lost) as received, scoped_env(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
+        grid = tuner.fit()
+    for result in grid:
+        if result.error is not None:
+            config = result.config
+            results.write_unfinished_rows(plan.trial_spec(config), plan.run_info("", config),
+                                          results.failure_reason(result.error))
+    return received
 
 
 class TrialFailureFilter(logging.Filter):

@@ -1,10 +1,11 @@
 """The Optuna side of a sweep: the searcher Tune asks, its sampler and the study file.
 
-:class:`PruningOptunaSearch` is Ray's OptunaSearch with honest reporting (early-stopped
-trials are PRUNED with their intermediate values, trials without a finite objective
-FAIL) and a budget kept with the study. The study is a SQLite file in the experiment
-folder (``optuna.db``), which the optuna CLI and optuna-dashboard open; for an experiment
-in cloud storage it is a local file copied there after every trial (:class:`StudySync`).
+:class:`PruningOptunaSearch` is a Tune ``Searcher`` over an Optuna study, through
+Optuna's public ask and tell: early-stopped trials are PRUNED with their intermediate
+values, trials without a finite objective FAIL, and the budget is kept with the study.
+The study is a SQLite file in the experiment folder (``optuna.db``), which the optuna
+CLI and optuna-dashboard open; for an experiment in cloud storage it is a local file
+copied there after every trial (:class:`StudySync`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
+import warnings
+from collections.abc import Callable
 from typing import Any
 
-from ray.tune.search.optuna import OptunaSearch
+import optuna
+from ray.tune.search import Searcher
 
 from raysearch.config.objective import metric_of, trial_value
 from raysearch.config.schema import SpecError
@@ -72,10 +77,20 @@ class StudySync:
                 results.write_bytes(self.remote, f.read())
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for a study driven by ask and tell.
+
+    Optuna's own stops ``Study.optimize`` once every grid point has been told, and raises
+    when told outside of it; here the sweep's budget ends the search, so a trial's end
+    tells the sampler nothing.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        """Nothing to do: there is no optimize loop to stop."""
+
+
 def make_sampler(search: SearchSpec):
     """The Optuna sampler named by ``search.sampler``, seeded."""
-    import optuna
-
     seed = search.seed
     if search.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
@@ -94,7 +109,7 @@ def make_sampler(search: SearchSpec):
     if search.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     if search.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(search), seed=seed)
+        return GridSampler(grid_space(search), seed=seed)
     raise SpecError(f"unknown sampler {search.sampler!r}", key="search.sampler")
 
 
@@ -109,8 +124,6 @@ def tell_if_repeat(study, trial) -> bool:
     and again: such a suggestion is told its twin's value (and marked with
     :data:`REPEAT_ATTR`) instead of being trained. Returns whether it was.
     """
-    import optuna
-
     for done in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if done.number != trial.number and done.params == trial.params:
             trial.set_user_attr(REPEAT_ATTR, done.number)
@@ -129,80 +142,133 @@ class SpaceFunction:
         return suggest(trial, self.search, self.fixed)
 
 
-class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells early-stopped trials as PRUNED and numbers the configs.
+class PruningOptunaSearch(Searcher):
+    """Tune's searcher over an Optuna study, through Optuna's ask and tell.
 
-    Ray's OptunaSearch tells a trial that ASHA stopped early as COMPLETE with its
-    low-fidelity value, and TPE would then learn from it as if it were final. Here such
-    a trial keeps its intermediate values and is told PRUNED; a trial without a finite
-    objective is told FAIL.
+    Each config Tune asks for is one ``study.ask()``, sampled by the define-by-run
+    ``space``; the spec's own values are enqueued first (``points_to_evaluate``). How a
+    trial ended is told honestly: a trial the scheduler stopped early is PRUNED and keeps
+    its intermediate values (steps are thousandths of a class), a trial that errored or
+    has no finite objective is FAIL. A suggestion that repeats a config trained to the
+    end is told its twin's value instead of being trained (:func:`tell_if_repeat`).
 
     The study names its objectives (``study.metric_names``) and each trial carries its
     Tune trial id, its rows' ``config_hash`` and the pattern of its result files as user
-    attributes.
+    attributes. The sweep's trial count (``budget``, ``asked``) is kept here rather than
+    by Tune alone: Tune's saved state can lag the study by the trials that started after
+    its last snapshot.
 
-    Ray's OptunaSearch keeps its study and trials in private attributes (``_ot_study``,
-    ``_ot_trials``, ``_storage``, ``_completed_trials``) that this class reads, and a
-    restored trial is re-attached to the study's storage (Optuna's ``Study._storage``); a test
-    (tests/train/test_searcher.py) fails when the installed Ray changes them. What it tells
-    Optuna goes through the public API (``study.tell`` with a number and a state,
-    ``Trial.report``), and the steps it reported are its own record.
+    The study lives in its storage (the experiment's ``optuna.db``). What Tune saves with
+    the experiment is this searcher's own record: which Optuna trial each Tune trial is,
+    which were told, the steps reported and the count asked. Pickled, the searcher leaves
+    its database connection behind and reopens the study from the storage URL on first
+    use; a study kept in memory (no storage) is saved with it.
     """
 
-    def __init__(self, *args, n_classes: int, objective_keys: list[str], output: str | None = None,
-                 budget: int | None = None, **kwargs):
-        self.objective_keys = objective_keys  # before Ray's __init__, which sets up the study
-        self.output = output
-        super().__init__(*args, **kwargs)
-        # The sweep's trial count, kept here rather than by Tune alone: Tune's saved
-        # state can lag the study by the trials that started after its last snapshot.
-        self.budget, self.n_classes, self.asked = budget, n_classes, 0
+    # The record that save() writes and restore() reads.
+    SAVED = ("trials", "told", "reported", "asked", "budget", "enqueued", "sampler", "study_name", "storage_url",
+             "output", "objective_keys", "n_classes")
+
+    def __init__(self, space: Callable[[Any], dict[str, Any] | None], metric: str | list[str],
+                 mode: str | list[str], *, n_classes: int, objective_keys: list[str], sampler: Any = None,
+                 study_name: str | None = None, storage: str | None = None,
+                 points_to_evaluate: list[dict[str, Any]] | None = None, output: str | None = None,
+                 budget: int | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.sampler = space, sampler
+        self.study_name, self.storage_url = study_name or "optuna", storage  # no storage: a study in memory
+        self.points_to_evaluate = list(points_to_evaluate or [])
+        self.n_classes, self.objective_keys, self.output, self.budget = n_classes, objective_keys, output, budget
+        self.trials: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self.told: set[str] = set()  # Tune trials whose end the study has been told
         self.reported: dict[int, set[int]] = {}  # Optuna trial number -> steps told to the study
+        self.asked = 0  # trials of the budget asked for
+        self.enqueued = False  # whether points_to_evaluate are in the study
+        self._study = self._backend = None  # the study and its storage, opened on first use
 
-    def _setup_study(self, mode):
-        import warnings
+    @property
+    def study(self):
+        """The Optuna study, opened (created the first time) from the storage on first use."""
+        if self._study is None:
+            self._study = self._open_study()
+        return self._study
 
-        import optuna
+    @property
+    def backend(self):
+        """The study's storage, for Optuna's storage API (opened with the study)."""
+        if self._study is None:
+            self._study = self._open_study()
+        return self._backend
 
-        super()._setup_study(mode)
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the study has several objectives (Optuna keeps no intermediate values then)."""
+        return isinstance(self.mode, list) and len(self.mode) > 1
+
+    def _open_study(self):
+        """Create or load the study, name its objectives and enqueue the points to evaluate once."""
+        self._backend = (optuna.storages.RDBStorage(self.storage_url) if self.storage_url
+                         else optuna.storages.InMemoryStorage())
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        study = optuna.create_study(storage=self._backend, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
+                                    study_name=self.study_name, load_if_exists=True,
+                                    directions=["minimize" if m == "min" else "maximize" for m in modes])
         # The dashboard and `optuna trials` name the objectives instead of "Objective 0"
         # (an API Optuna still marks experimental; a test checks it).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._ot_study.set_metric_names([metric_of(k) for k in self.objective_keys])
+            study.set_metric_names([metric_of(k) for k in self.objective_keys])
+        if not self.enqueued:
+            for point in self.points_to_evaluate:
+                study.enqueue_trial(point)
+            self.enqueued = True
+        return study
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles the searcher with the experiment: a study in a storage stays there
+        (no open database connection in the pickle) and is reopened from its URL."""
+        state = self.__dict__.copy()
+        if self.storage_url:
+            state["_study"] = state["_backend"] = None
+        return state
+
+    def save(self, checkpoint_path: str) -> None:
+        """Write the searcher's record (:attr:`SAVED`); a study kept in memory goes with it."""
+        state = {k: getattr(self, k) for k in self.SAVED}
+        if not self.storage_url:
+            state["_study"], state["_backend"] = self.study, self.backend
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore Tune's saved searcher, attached to this machine's copy of the study.
 
-        The saved searcher holds the study's address on the machine that saved it (for
-        an experiment in cloud storage, a cache under that machine's home folder); a
-        driver resumed elsewhere opens the copy that ``--resume`` fetched.
+        The saved record holds the study's address on the machine that saved it (for an
+        experiment in cloud storage, a cache under that machine's home folder); a driver
+        resumed elsewhere opens the copy that ``--resume`` fetched. The trials a stopped
+        sweep paused run again, and the study's record of the trials that ran after Tune's
+        last snapshot is taken over.
         """
-        import optuna
-
-        super().restore(checkpoint_path)
-        if self.output is None:  # a study given as an object: nothing to re-attach
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self._study = self._backend = None
+        self.__dict__.update(state)
+        if self.output is None:  # no experiment folder: the study reopens from the saved record
             return
-        saved = self._ot_study
-        self._storage = optuna.storages.RDBStorage(study_url(self.output))
-        self._ot_study = optuna.load_study(study_name=saved.study_name, storage=self._storage, sampler=saved.sampler)
-        for ot_trial in self._ot_trials.values():
-            ot_trial.study, ot_trial.storage = self._ot_study, self._ot_study._storage
-        resume_interrupted(self._storage, saved.study_name)
+        self.storage_url = study_url(self.output)
+        study = self.study
+        resume_interrupted(self.backend, self.study_name)  # before any ask, which takes WAITING trials first
         # The steps the study holds, including those told after Tune's last snapshot.
-        self.reported = {t.number: set(t.intermediate_values) for t in self._ot_study.get_trials(deepcopy=False)}
+        self.reported = {t.number: set(t.intermediate_values) for t in study.get_trials(deepcopy=False)}
         self._skip_told_trials()
         self._adopt_unrecorded_trials()
 
     def _skip_told_trials(self) -> None:
         """Trials Tune resumes that the study had already closed (told PRUNED, COMPLETE or
-        FAIL after Tune's last snapshot of a killed driver) are not told again: Optuna
-        refuses to tell a finished trial, and the study keeps what it was told first."""
-        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
-        for trial_id, ot_trial in self._ot_trials.items():
-            told = by_number.get(ot_trial.number)
-            if told is not None and told.state.is_finished():
-                self._completed_trials.add(trial_id)
+        FAIL after Tune's last snapshot of a killed driver) are not told again: the study
+        keeps what it was told first."""
+        states = {t.number: t.state for t in self.study.get_trials(deepcopy=False)}
+        self.told |= {tid for tid, n in self.trials.items() if n in states and states[n].is_finished()}
 
     def _adopt_unrecorded_trials(self) -> None:
         """Count trials that ran after Tune's last snapshot of a killed driver.
@@ -213,9 +279,7 @@ class PruningOptunaSearch(OptunaSearch):
         toward the sweep's total and is told to the study from its rows; one without
         is replaced by a new trial (the study closes it as FAIL at the end).
         """
-        import optuna
-
-        known = {t.number for t in self._ot_trials.values()}
+        known = set(self.trials.values())
         self.asked = len(known)
         try:
             table = results.read_results(self.output)
@@ -226,80 +290,104 @@ class PruningOptunaSearch(OptunaSearch):
             if r["kind"] == "tune" and r["optuna_trial"] is not None:
                 rows.setdefault(r["optuna_trial"], []).append(r)
         State = optuna.trial.TrialState
-        for t in self._ot_study.get_trials(deepcopy=False):
+        for t in self.study.get_trials(deepcopy=False):
             trial_rows = rows.get(t.number, [])
             if t.number in known or t.state == State.WAITING or len({r["class_index"] for r in trial_rows}) < self.n_classes:
                 continue
             self.asked += 1
-            if t.state != State.RUNNING:
-                continue  # told before the driver was killed
-            statuses = {r["status"] for r in trial_rows}
-            by_class = {r["class_index"]: r for r in trial_rows}  # one row per class
-            values = [trial_value([r.get(metric_of(k)) for r in by_class.values()], self.n_classes)
-                      for k in self.objective_keys]
-            if statuses == {"completed"} and all(math.isfinite(v) for v in values):
-                self._ot_study.tell(t.number, values if len(values) > 1 else values[0])
-            else:
-                self._ot_study.tell(t.number, state=State.FAIL if "failed" in statuses else State.PRUNED)
+            if t.state == State.RUNNING:  # not told before the driver was killed
+                self._tell_from_rows(t.number, trial_rows)
 
-    def suggest(self, trial_id: str):
-        from ray.tune.search import Searcher
+    def _tell_from_rows(self, number: int, trial_rows: list[dict]) -> None:
+        """Tell the study a trial Tune never recorded, from its result rows (one per class)."""
+        State = optuna.trial.TrialState
+        statuses = {r["status"] for r in trial_rows}
+        by_class = {r["class_index"]: r for r in trial_rows}
+        values = [trial_value([r.get(metric_of(k)) for r in by_class.values()], self.n_classes)
+                  for k in self.objective_keys]
+        if statuses == {"completed"} and all(math.isfinite(v) for v in values):
+            self.study.tell(number, values)
+        else:
+            self.study.tell(number, state=State.FAIL if "failed" in statuses else State.PRUNED)
 
-        if self.budget is not None and self.asked >= self.budget and trial_id not in self._ot_trials:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        """The next config (its Optuna number under :data:`OPTUNA_KEY`), or
+        ``Searcher.FINISHED`` once the budget has been asked for."""
+        if self.budget is not None and self.asked >= self.budget:
             return Searcher.FINISHED
-        config = super().suggest(trial_id)
+        trial, config = self._ask()
         for _ in range(MAX_REPEATS):  # a config trained before is told its value, not trained again
-            if not isinstance(config, dict) or not tell_if_repeat(self._ot_study, self._ot_trials[trial_id]):
+            if not tell_if_repeat(self.study, trial):
                 break
-            del self._ot_trials[trial_id]
-            config = super().suggest(trial_id)
-        if isinstance(config, dict):
-            ot_trial = self._ot_trials[trial_id]
-            config[OPTUNA_KEY] = ot_trial.number
-            # What optuna-dashboard shows beside the number: where the trial's rows are.
-            ot_trial.set_user_attr("trial_id", trial_id)
-            if isinstance(self._space, SpaceFunction):  # the config_hash column of the trial's rows
-                from raysearch.config.spec import config_hash
-
-                sampled = {k: v for k, v in config.items() if not k.startswith("__")}
-                ot_trial.set_user_attr("config_hash", config_hash({**self._space.fixed, **sampled}))
-            if self.output is not None:
-                ot_trial.set_user_attr("rows", results.join(results.redact(results.results_dir(self.output)),
-                                                            f"{trial_id}--*.parquet"))
-            self.asked += 1
-            if self.output is not None:
-                StudySync(self.output).push()  # the study knows the trial before Tune's state does
+            trial, config = self._ask()
+        self.trials[trial_id] = trial.number
+        self.asked += 1
+        self._label(trial, trial_id, config)
+        config[OPTUNA_KEY] = trial.number
+        if self.output is not None:
+            StudySync(self.output).push()  # the study knows the trial before Tune's state does
         return config
 
+    def _ask(self) -> tuple[Any, dict[str, Any]]:
+        """A new trial of the study and its config, sampled by the define-by-run space."""
+        trial = self.study.ask()
+        config = self.space(trial)
+        return trial, {**trial.params, **(config or {})}
+
+    def _label(self, trial, trial_id: str, config: dict[str, Any]) -> None:
+        """What optuna-dashboard shows beside the number: the Tune trial id, the
+        ``config_hash`` column of the trial's rows and where those rows are."""
+        trial.set_user_attr("trial_id", trial_id)
+        if isinstance(self.space, SpaceFunction):
+            from raysearch.config.spec import config_hash
+
+            trial.set_user_attr("config_hash", config_hash({**self.space.fixed, **config}))
+        if self.output is not None:
+            trial.set_user_attr("rows", results.join(results.redact(results.results_dir(self.output)),
+                                                     f"{trial_id}--*.parquet"))
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Intermediate values at step = progress in thousandths of a class, each step once."""
-        if isinstance(self.metric, list) or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return  # Optuna keeps no intermediate values for multi-objective studies
-        value, step = result.get(self.metric), optuna_step(result.get("progress", 0))
-        ot_trial = self._ot_trials[trial_id]
-        steps = self.reported.setdefault(ot_trial.number, set())
+        """Intermediate values at step = progress in thousandths of a class, each step once
+        (a multi-objective study keeps none)."""
+        number = self.trials.get(trial_id)
+        if number is None or trial_id in self.told or self.multi_objective:
+            return
+        value, step = result.get(self.objective_keys[0]), optuna_step(result.get("progress", 0))
+        steps = self.reported.setdefault(number, set())
         if value is not None and math.isfinite(value) and step not in steps:
-            ot_trial.report(value, step)
+            self.backend.set_trial_intermediate_value(self._trial_key(number), step, float(value))
             steps.add(step)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        import optuna
+    def _trial_key(self, number: int) -> int:
+        """The storage's id of the study's trial ``number``."""
+        study_id = self.backend.get_study_id_from_name(self.study_name)
+        return self.backend.get_trial_id_from_study_id_trial_number(study_id, number)
 
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell the study how the trial ended (see :meth:`_ending`), once."""
+        if trial_id not in self.trials or trial_id in self.told:
             return
-        stopped_early = not error and result is not None and not finished(result, self.n_classes)
-        if stopped_early:
-            # Tune does not pass the result that the scheduler stopped on to
-            # on_trial_result: keep it as the last intermediate value.
+        state, values = self._ending(trial_id, result, error)
+        self.study.tell(self.trials[trial_id], values, state=state, skip_if_finished=True)
+        self.told.add(trial_id)
+
+    def _ending(self, trial_id: str, result: dict | None, error: bool):
+        """The state and objective values a trial is told: FAIL when it errored or has no
+        finite objective, PRUNED when it stopped before its last class (the result it
+        stopped on, which Tune passes to on_trial_complete only, kept as its last
+        intermediate value), else COMPLETE."""
+        State = optuna.trial.TrialState
+        if error:
+            return State.FAIL, None
+        if result is None:  # stopped before it reported
+            return State.PRUNED, None
+        if not finished(result, self.n_classes):
             self.on_trial_result(trial_id, result)
-            self._ot_study.tell(self._ot_trials[trial_id].number, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
-        if result is not None and not error:
-            vals = [result.get(k) for k in self.objective_keys]
-            if any(v is None or not math.isfinite(v) for v in vals):
-                error, result = True, None  # no usable objective: a failed trial, never a fake score
-        super().on_trial_complete(trial_id, result=result, error=error)
+            return State.PRUNED, None
+        values = [result.get(k) for k in self.objective_keys]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return State.FAIL, None  # never a fake score
+        return State.COMPLETE, values
 
 
 INTERRUPTED_ATTR = "interrupted"  # user attribute of a trial paused by a stopped sweep
@@ -308,8 +396,6 @@ INTERRUPTED_ATTR = "interrupted"  # user attribute of a trial paused by a stoppe
 def _set_state(storage, study_name: str, old, new, marked: bool) -> int:
     """Move the study's trials in state ``old`` (those carrying :data:`INTERRUPTED_ATTR`
     only, if ``marked``) to ``new`` through Optuna's storage API; returns how many."""
-    import optuna
-
     study_id = storage.get_study_id_from_name(study_name)
     moved = 0
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(old,)):
@@ -331,8 +417,6 @@ def pause_running(storage, study_name: str) -> int:
     before Tune continues them. Optuna's ``set_trial_state_values`` allows RUNNING ->
     WAITING -> RUNNING.
     """
-    import optuna
-
     State = optuna.trial.TrialState
     return _set_state(storage, study_name, State.RUNNING, State.WAITING, marked=False)
 
@@ -340,8 +424,6 @@ def pause_running(storage, study_name: str) -> int:
 def resume_interrupted(storage, study_name: str) -> int:
     """Turn the trials :func:`pause_running` marked back to RUNNING; returns how many.
     It runs before the resumed sweep asks for a trial: ``ask`` takes WAITING trials first."""
-    import optuna
-
     State = optuna.trial.TrialState
     return _set_state(storage, study_name, State.WAITING, State.RUNNING, marked=True)
 
@@ -352,8 +434,6 @@ def close_running(storage, study_name: str) -> int:
     Called when a sweep has ended: every trial Tune ran is told by then, so a trial still
     RUNNING was asked after Tune's last snapshot and restarted under a new number.
     """
-    import optuna
-
     study = optuna.load_study(study_name=study_name, storage=storage)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in running:

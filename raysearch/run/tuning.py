@@ -165,7 +165,7 @@ def run_tune(
             mode=list(search.modes) if search.multi_objective else search.modes[0],
             sampler=make_sampler(search),
             study_name=spec.name,
-            storage=storage,
+            storage=study_url(output),
             points_to_evaluate=[p] if (p := default_point(spec, search)) and search.sampler != "grid" else None,
         )
         return tune.TuneConfig(
@@ -188,9 +188,8 @@ def run_tune(
             url = shlex.quote(study_url(output))  # commands to paste: a folder may hold spaces
             stream.write(f"  optuna study: optuna-dashboard {url}\n")
             stream.write(f"                optuna trials --study-name {spec.name} --storage {url}\n")
-        # A resumed sweep's searcher is the one Tune saved (restored with the experiment);
-        # building another would touch the study (Ray's OptunaSearch enqueues the spec's
-        # default point as a WAITING trial that the finished budget never runs).
+        # A resumed sweep's searcher is the one Tune saved (restored with the experiment),
+        # with its record of the trials asked and of the spec's default point enqueued.
         tune_config = None if resume else tune_config_of()
         return run_experiment(spec, TrialPlan(spec, output, "tune"), tune_config=tune_config, param_space=None,
                               total=search.trials, objective=metric_keys[0], mode=search.modes[0], resume=resume,

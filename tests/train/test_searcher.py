@@ -31,7 +31,7 @@ def test_searcher_tells_stopped_trials_pruned_and_bad_objectives_failed():
     searcher.on_trial_complete("d", error=True)
     searcher.suggest("e")  # stopped on its first report: Tune sends that result to on_trial_complete only
     searcher.on_trial_complete("e", {"progress": 2, "mean_val_image_auroc": 0.4, "training_iteration": 1})
-    trials = searcher._ot_study.trials
+    trials = searcher.study.trials
     assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "PRUNED"]
     assert trials[4].intermediate_values == {2000: 0.4}  # steps: thousandths of a class
     assert trials[0].value == 0.8
@@ -58,7 +58,7 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
         return PruningOptunaSearch(
             space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
             n_classes=1, objective_keys=["mean_val_image_auroc"], output=out, budget=4,
-            storage=optuna.storages.RDBStorage(study_url(out)), study_name="s",
+            storage=study_url(out), study_name="s",
             sampler=optuna.samplers.RandomSampler(seed=0))
 
     first = searcher()
@@ -67,14 +67,14 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
     first.on_trial_complete("a", {"progress": 2, "mean_val_image_auroc": 0.9})
     first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: trials a and b
     # Two more trials start after it; one writes its row, then the driver is killed.
-    late = [first._ot_study.ask() for _ in range(2)]
+    late = [first.study.ask() for _ in range(2)]
     row = {"experiment": "s", "kind": "tune", "trial_id": "c", "optuna_trial": late[0].number, "status": "completed",
            "normal_class": "0", "class_index": 0, "val_image_auroc": 0.7}
     results.write_rows(results.join(out, "results"), config_schema(spec), [row], "c--000-0")
 
     restored = searcher()
     restored.restore(str(tmp_path / "searcher.pkl"))
-    trials = {t.number: t for t in restored._ot_study.get_trials()}
+    trials = {t.number: t for t in restored.study.get_trials()}
     assert trials[late[0].number].state.name == "COMPLETE" and trials[late[0].number].value == 0.7
     assert trials[late[1].number].state.name == "RUNNING"  # no row: replaced, closed at the end
     assert restored.asked == 3
@@ -82,32 +82,59 @@ def test_restored_searcher_counts_trials_that_ran_after_tunes_last_snapshot(tmp_
     assert restored.suggest("e") == Searcher.FINISHED
 
 
-def test_the_private_parts_of_ray_and_optuna_that_the_searcher_uses_are_still_there():
-    """PruningOptunaSearch reads Ray's OptunaSearch state and re-attaches restored trials to
-    Optuna's study storage; both are private. This fails as soon as an upgrade moves them."""
-    from ray.tune.search.optuna import OptunaSearch
+def test_the_searcher_keeps_tunes_searcher_contract():
+    """Tune calls these methods by name and compares suggest's answer with Searcher.FINISHED;
+    this fails as soon as an upgrade of Ray changes the contract the searcher implements."""
+    import inspect
+
+    from ray.tune.search import Searcher
 
     from raysearch.run.searcher import PruningOptunaSearch
 
-    searcher = OptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max",
-                            sampler=optuna.samplers.RandomSampler(seed=0))
-    searcher.suggest("t0")
-    assert isinstance(searcher._ot_study, optuna.Study)
-    assert isinstance(searcher._ot_trials, dict) and isinstance(searcher._ot_trials["t0"], optuna.trial.Trial)
-    assert isinstance(searcher._completed_trials, set)
-    assert hasattr(searcher, "_storage")
-    trial = searcher._ot_trials["t0"]
-    assert trial.number == 0 and trial.study is searcher._ot_study
-    assert trial.storage is searcher._ot_study._storage  # what a restored trial is re-attached to
-    searcher.on_trial_complete("t0", {"m": 0.5})
-    assert "t0" in searcher._completed_trials and searcher._ot_study.trials[0].value == 0.5
-    # The methods the subclass overrides keep their signatures.
-    import inspect
-
-    for name in ("suggest", "on_trial_result", "on_trial_complete", "restore"):
+    assert Searcher.FINISHED == "FINISHED"
+    for name in ("suggest", "on_trial_result", "on_trial_complete", "save", "restore"):
         ours = list(inspect.signature(getattr(PruningOptunaSearch, name)).parameters)
-        theirs = list(inspect.signature(getattr(OptunaSearch, name)).parameters)
+        theirs = list(inspect.signature(getattr(Searcher, name)).parameters)
         assert ours == theirs, (name, theirs)
+
+
+def test_a_pickled_searcher_leaves_its_study_in_the_storage_and_reopens_it(tmp_path):
+    """Tune pickles the searcher with the experiment: the pickle holds no database connection,
+    and the unpickled searcher tells the same study."""
+    import pickle
+
+    from raysearch.run.searcher import OPTUNA_KEY, study_url
+
+    searcher = _searcher(str(tmp_path), _lr_spec())
+    searcher.suggest("t0")
+    blob = pickle.dumps(searcher)
+    assert b"sqlalchemy" not in blob
+    copy = pickle.loads(blob)
+    copy.on_trial_result("t0", {"mean_val_image_auroc": 0.4, "progress": 1})  # the study reopens here
+    copy.on_trial_complete("t0", {"mean_val_image_auroc": 0.5, "progress": 2})
+    trial = optuna.load_study(study_name="s", storage=study_url(str(tmp_path))).trials[0]
+    assert trial.value == 0.5 and trial.intermediate_values == {1000: 0.4}
+    assert copy.suggest("t1")[OPTUNA_KEY] == 1
+
+
+def test_a_grid_search_is_told_to_its_last_point():
+    """Optuna's grid sampler stops Study.optimize after the last grid point and raises when
+    that point is told through ask and tell; the spec's grid sampler is told every point."""
+    from raysearch.config.space import parse_search
+    from raysearch.config.spec import spec_from_dict
+    from raysearch.run.searcher import PruningOptunaSearch, SpaceFunction, make_sampler
+
+    spec = spec_from_dict({"name": "s", "method": "distcon", "train": {"epochs": 2},
+                           "search": {"sampler": "grid", "space": {"train.lr": {"choice": [0.1, 0.2]}}}})
+    search = parse_search(spec)
+    searcher = PruningOptunaSearch(space=SpaceFunction(search, spec.flat_config()), metric="mean_val_image_auroc",
+                                   mode="max", n_classes=1, objective_keys=["mean_val_image_auroc"], budget=2,
+                                   sampler=make_sampler(search))
+    lrs = []
+    for tid in ("a", "b"):
+        lrs.append(searcher.suggest(tid)["train.lr"])
+        searcher.on_trial_complete(tid, {"progress": 1, "mean_val_image_auroc": 0.5})
+    assert sorted(lrs) == [0.1, 0.2] and [t.state.name for t in searcher.study.trials] == ["COMPLETE", "COMPLETE"]
 
 
 def test_a_resumed_searcher_reports_each_step_once(tmp_path):
@@ -117,7 +144,7 @@ def test_a_resumed_searcher_reports_each_step_once(tmp_path):
     study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
     searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m",
                                    mode="max", n_classes=2, objective_keys=["m"], study_name="s",
-                                   storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}"),
+                                   storage=f"sqlite:///{tmp_path / 's.db'}",
                                    sampler=optuna.samplers.RandomSampler(seed=0))
     searcher.suggest("t0")
     searcher.on_trial_result("t0", {"m": 0.3, "progress": 0.5})
@@ -141,7 +168,7 @@ def test_the_study_names_its_objectives_and_trials_name_their_rows(tmp_path):
     searcher = PruningOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
                                    metric=["mean_val_image_auroc", "mean_latency_ms"], mode=["max", "min"],
                                    n_classes=1, objective_keys=["mean_val_image_auroc", "mean_latency_ms"],
-                                   output=out, study_name="s", storage=optuna.storages.RDBStorage(study_url(out)))
+                                   output=out, study_name="s", storage=study_url(out))
     searcher.suggest("abc_00000")
     study = optuna.load_study(study_name="s", storage=study_url(out))
     assert study.metric_names == ["val_image_auroc", "latency_ms"]
@@ -166,7 +193,7 @@ def test_a_trials_config_hash_attribute_is_its_rows_config_hash(tmp_path):
     for tid in ("t0", "t1", "t2"):
         config = searcher.suggest(tid)
         row = base_row(plan.trial_spec(config), RunInfo(spec.name, "tune", tid, str(tmp_path)))
-        assert searcher._ot_trials[tid].user_attrs["config_hash"] == row["config_hash"]
+        assert searcher.study.trials[searcher.trials[tid]].user_attrs["config_hash"] == row["config_hash"]
 
 
 def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_trained_again():
@@ -192,7 +219,7 @@ def test_a_suggested_config_that_was_trained_before_is_told_its_value_not_traine
         searcher.on_trial_complete(tid, {"progress": end, "mean_val_image_auroc": 0.8})
     first, other = trained[0], trained[1]
     assert other != first and trained[2] == other  # the completed config never again; the pruned one again
-    study = searcher._ot_study
+    study = searcher.study
     repeats = [t for t in study.trials if is_repeat(t)]
     assert repeats  # this seed's third and fourth draws repeat the first config
     for t in repeats:
@@ -212,7 +239,7 @@ def _searcher(out, spec, budget=4):
     return PruningOptunaSearch(
         space=SpaceFunction(parse_search(spec), spec.flat_config()), metric="mean_val_image_auroc", mode="max",
         n_classes=2, objective_keys=["mean_val_image_auroc"], output=out, budget=budget,
-        storage=optuna.storages.RDBStorage(study_url(out)), study_name="s",
+        storage=study_url(out), study_name="s",
         sampler=optuna.samplers.RandomSampler(seed=0))
 
 
@@ -257,7 +284,7 @@ def test_an_interrupted_sweeps_trials_wait_in_the_study_and_run_again_on_resume(
     first.suggest("a")
     first.suggest("b")
     first.on_trial_complete("a", {"progress": 2, "mean_val_image_auroc": 0.8})
-    first._ot_study.enqueue_trial({"train.lr": 1e-3})  # waiting, but not by an interruption
+    first.study.enqueue_trial({"train.lr": 1e-3})  # waiting, but not by an interruption
     first.save(str(tmp_path / "searcher.pkl"))
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     assert pause_running(storage, "s") == 1

@@ -428,6 +428,9 @@ def resume_interrupted(storage, study_name: str) -> int:
     return _set_state(storage, study_name, State.WAITING, State.RUNNING, marked=True)
 
 
+LOST_ATTR = "lost"  # user attribute of a trial a killed driver asked for but never ran
+
+
 def close_running(storage, study_name: str) -> int:
     """Tell trials left RUNNING by a driver that was killed as FAIL; returns how many.
 
@@ -436,6 +439,10 @@ def close_running(storage, study_name: str) -> int:
     """
     study = optuna.load_study(study_name=study_name, storage=storage)
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    study_id = storage.get_study_id_from_name(study_name)
     for t in running:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(trial_id, LOST_ATTR, "asked just before the driver was killed, never run; "
+                                                         "another trial took its place")
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return len(running)

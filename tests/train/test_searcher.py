@@ -299,3 +299,16 @@ def test_an_interrupted_sweeps_trials_wait_in_the_study_and_run_again_on_resume(
     restored.on_trial_complete("b", {"progress": 2, "mean_val_image_auroc": 0.9})
     assert study.trials[1].state.name == "COMPLETE" and study.trials[1].value == 0.9
     assert resume_interrupted(storage, "s") == 0  # nothing marked is left
+
+
+def test_a_trial_left_running_at_the_end_fails_and_says_it_never_ran(tmp_path):
+    from raysearch.run.searcher import LOST_ATTR, close_running
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    study.tell(study.ask(), 1.0)
+    study.ask()  # asked by a driver that was killed before Tune recorded it
+    assert close_running(optuna.storages.RDBStorage(url), "s") == 1
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
+    assert "never run" in trials[1].user_attrs[LOST_ATTR] and LOST_ATTR not in trials[0].user_attrs

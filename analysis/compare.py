@@ -265,15 +265,19 @@ def _inline_html(text: str) -> str:
 
 def _unique_labels(selections: list[Selection]) -> list[Selection]:
     """Every row is labelled by its experiment's name; experiments of one name (a spec
-    trained, then swept) are numbered in the order given (``name (1)``, ``name (2)``). The
-    notes name each label's folder."""
+    trained, then swept) add their kind (``name (sweep)``, ``name (train)``), and where
+    that still repeats, a number in the order given (``name (sweep 2)``). The notes name
+    each label's folder."""
     counts = pd.Series([s.label for s in selections]).value_counts()
-    seen: dict[str, int] = {}
+    kinds = pd.Series([(s.label, s.kind) for s in selections]).value_counts()
+    seen: dict[tuple[str, str], int] = {}
     out = []
     for s in selections:
         if counts[s.label] > 1:
-            seen[s.label] = seen.get(s.label, 0) + 1
-            s = dataclasses.replace(s, label=f"{s.label} ({seen[s.label]})")
+            key = (s.label, s.kind)
+            seen[key] = seen.get(key, 0) + 1
+            suffix = s.kind if kinds[key] == 1 else f"{s.kind} {seen[key]}"
+            s = dataclasses.replace(s, label=f"{s.label} ({suffix})")
         out.append(s)
     return out
 

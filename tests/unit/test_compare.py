@@ -189,10 +189,10 @@ def test_rows_are_named_one_way_and_the_differing_parameters_are_shown(experimen
     again.mkdir()
     write_experiment(again, [run("tune", "t1", c, 0.9, 0.8, optuna_trial=0) for c in CLASSES], name="sweep")
     c = compare_experiments([experiments["sweep"], again, experiments["train"]])
-    assert [s.label for s in c.selections] == ["sweep (1)", "sweep (2)", "train"]  # names, numbered when shared
-    assert f"sweep (2): {again}" in c.notes[-1] and c.notes[-1].startswith("Folders: ")
+    assert [s.label for s in c.selections] == ["sweep (sweep 1)", "sweep (sweep 2)", "train"]  # names, numbered when shared
+    assert f"sweep (sweep 2): {again}" in c.notes[-1] and c.notes[-1].startswith("Folders: ")
     # the selected configurations differ in their config's "trial" key: t1, t1, r2
-    assert c.params["trial"].to_dict() == {"sweep (1)": "t1", "sweep (2)": "t1", "train": "r2"}
+    assert c.params["trial"].to_dict() == {"sweep (sweep 1)": "t1", "sweep (sweep 2)": "t1", "train": "r2"}
     assert "train.seed" not in c.params.columns
 
 

@@ -175,7 +175,8 @@ def test_event(name: str) -> None:
     With ``RAYSEARCH_TEST_EVENTS`` set to a folder, rank 0 creates ``<folder>/<name>``
     after each checkpointed report, then waits while ``<folder>/hold`` exists and is
     empty or holds a pattern (``fnmatch``) that ``name`` matches. Unset (as in every real
-    run) it does nothing.
+    run) it does nothing. :func:`worker_loop` hands it to its reporter as the hook called
+    after each checkpointed report.
     """
     import fnmatch
 

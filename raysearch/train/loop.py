@@ -252,6 +252,269 @@ def _all_rng_states(method: Method, device: torch.device, world: int) -> list[di
     return gathered
 
 
+ObserveFn = Callable[[int, dict[str, np.ndarray], dict[str, float]], None]
+EpochFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class _Hooks:
+    """What the caller of :func:`train_class` hangs on the loop (see its arguments)."""
+
+    report: ReportFn | None
+    observe: ObserveFn | None
+    on_epoch: EpochFn | None
+    class_offset: float
+
+    def epoch_done(self, epoch: int, values: dict[str, float]) -> None:
+        """The epoch's curves (1-based ``epoch``) to ``on_epoch``, when there is one."""
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, values)
+
+
+@dataclass
+class _ClassRun:
+    """One class's training as it goes: what its steps share (method, model, optimizer,
+    data on the device) and what they update (step counters, best epoch, last loss)."""
+
+    spec: Spec
+    task: OneClassTask
+    method: Method
+    device: torch.device
+    rank: int
+    world: int
+    model: nn.Module  # DDP's wrapper once wrapped; scoring and the epoch hooks use it
+    optimizer: torch.optim.Optimizer
+    num_params: int
+    on_device: bool  # the training images live on the device; otherwise each step copies its batch
+    train_images: torch.Tensor
+    val: Split
+    test: Split
+    per_worker: int  # images of each training step on this rank
+    steps_per_epoch: int
+    order_gen: torch.Generator  # the order of the training images; the same on every rank
+    select: str  # the metric that picks the best epoch
+    with_aupro: bool  # every validation pass computes AUPRO (aupro_each_evaluation)
+    step_model: nn.Module | None = None  # what the training steps run through (compiled or ``model``)
+    start_epoch: int = 0  # epochs done before this process took the class over
+    step: int = 0  # optimizer steps done
+    best_value: float = -math.inf
+    best_epoch: int = -1  # 0-based
+    best_state: dict[str, torch.Tensor] | None = None
+    last_loss: float = float("nan")
+    # The last evaluation's validation scores: the final pass reuses them when that epoch is the best.
+    last_scored: dict[str, Scores] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.spec.train.epochs
+
+    def all_train_images(self) -> torch.Tensor:
+        """The whole training set on the device, for the hooks that take it (a copy for
+        the call's duration when the steps stream their batches)."""
+        return self.train_images if self.on_device else self.train_images.to(self.device)
+
+
+def _prepare(spec: Spec, task: OneClassTask, method_cls: type[Method], device: torch.device, rank: int,
+             world: int) -> _ClassRun:
+    """Seed, build the method, its model and optimizer, and place the data: a class's
+    training before its first epoch."""
+    t = spec.train
+    seed_everything(t.seed)
+    info = DataInfo(
+        channels=int(task.train.shape[1]),
+        image_size=int(task.train.shape[-1]),
+        num_train=len(task.train),
+        has_masks=task.test.masks is not None,
+    )
+    method = method_cls(spec.params, info, device, seed=t.seed + 7919 * rank)
+    model = method.build()
+    if t.channels_last:  # 4D weights (convolutions) only; the optimizer sees the same parameters
+        model = model.to(memory_format=torch.channels_last)
+    num_params = method.count_parameters(model)
+    optimizer = _optimizer(spec, list(method.trainable_parameters(model)))
+    on_device = _data_on_device(spec, task.train, device)
+    train_images = task.train.to(device) if on_device else task.train
+    per_worker = max(1, t.batch_size // world)
+    return _ClassRun(
+        spec=spec, task=task, method=method, device=device, rank=rank, world=world, model=model,
+        optimizer=optimizer, num_params=num_params, on_device=on_device, train_images=train_images,
+        val=task.val.to(device), test=task.test.to(device), per_worker=per_worker,
+        steps_per_epoch=max(1, len(train_images) // (per_worker * world)),
+        select=selection_metric(spec), with_aupro=aupro_each_evaluation(spec),
+        order_gen=torch.Generator(device="cpu").manual_seed(t.seed),
+    )
+
+
+def _restore(run: _ClassRun, resume: dict[str, Any]) -> None:
+    """Continue from a state that an earlier ``report`` of this class received."""
+    Method.unwrap(run.model).load_state_dict(_without_compile_prefix(resume["model"]))
+    run.optimizer.load_state_dict(resume["optimizer"])
+    run.method.load_extra_state(resume.get("method", {}))
+    run.order_gen.set_state(resume["order_gen"])
+    # Checkpoints written before the random streams were saved lack "rng": such a run
+    # continues from freshly seeded streams (the same as it always did).
+    rngs = resume.get("rng") or []
+    if run.rank < len(rngs):
+        _load_rng_state(run.method, run.device, rngs[run.rank])
+    run.start_epoch, run.best_value, run.best_epoch = resume["epoch"] + 1, resume["best_value"], resume["best_epoch"]
+    best_state = resume["best_state"]
+    run.best_state = None if best_state is None else _without_compile_prefix(best_state)
+
+
+def _wrap(run: _ClassRun, wrap_model: Callable[[nn.Module], nn.Module] | None) -> None:
+    """The distributed form of the model, and the module the training steps run through."""
+    t = run.spec.train
+    if wrap_model is not None:
+        run.model = wrap_model(run.model)
+    # The training steps run through the compiled module; scoring and the epoch hooks use
+    # ``model`` itself (no recompilation for evaluation shapes); checkpoints hold the plain
+    # module's state either way (_cpu_state), so compiled and plain runs resume each other.
+    run.step_model = torch.compile(run.model, backend=t.compile_backend) if t.compile else run.model
+
+
+def _train_step(run: _ClassRun, idx: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    """One optimizer step on the training images ``idx``; the step's loss terms."""
+    t = run.spec.train
+    for group in run.optimizer.param_groups:
+        group["lr"] = t.lr * _lr_factor(run.step, run.total_steps, t.warmup_epochs * run.steps_per_epoch)
+    batch = _batch(run.train_images, idx, run.device, run.on_device, t.channels_last)
+    with _autocast(run.spec, run.device):
+        losses = run.method.training_step(run.step_model, batch, epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    run.optimizer.step()
+    run.step += 1
+    return losses
+
+
+def _train_epoch(run: _ClassRun, epoch: int) -> dict[str, torch.Tensor]:
+    """This rank's steps of one epoch (its shard, rank::world, of every batch); sets
+    ``last_loss`` (one device sync) and returns each loss term's sum over the steps."""
+    run.model.train()
+    perm = torch.randperm(len(run.train_images), generator=run.order_gen).to(run.train_images.device)
+    loss_sum, loss_terms = torch.zeros((), device=run.device), {}
+    span = run.per_worker * run.world
+    for s in range(run.steps_per_epoch):
+        losses = _train_step(run, perm[s * span : (s + 1) * span][run.rank :: run.world], epoch)
+        loss_sum += losses["loss"].detach()
+        for k, v in losses.items():
+            loss_terms[k] = loss_terms.get(k, 0.0) + v.detach()
+    run.last_loss = float(loss_sum) / run.steps_per_epoch
+    return loss_terms
+
+
+def _curve(run: _ClassRun, loss_terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The epoch's values for ``on_epoch``: each loss term's mean and the last step's
+    learning rate (one device sync)."""
+    names = list(loss_terms)
+    means = torch.stack([loss_terms[k].float() for k in names]).tolist() if names else []
+    return {**{f"loss_{k}": v / run.steps_per_epoch for k, v in zip(names, means, strict=True)},
+            "lr": run.optimizer.param_groups[0]["lr"]}
+
+
+def _score_validation(run: _ClassRun, epoch: int, metrics: dict[str, Any], last: bool,
+                      observe: ObserveFn | None) -> None:
+    """Rank 0: fit the scorer and add the validation metrics (and, for ``observe``, the
+    test split's) to ``metrics``."""
+    t = run.spec.train
+    run.method.fit_scorer(run.model, run.all_train_images())
+    kept: dict[str, np.ndarray] = {}
+    metrics.update(_evaluate_split(run.method, run.model, run.val, "val_", t.batch_size, kept, fast=True,
+                                   with_aupro=run.with_aupro, scored=run.last_scored if last else None))
+    if observe is not None:
+        metrics.update(_evaluate_split(run.method, run.model, run.test, "test_", t.batch_size, kept))
+        observe(epoch + 1, kept, dict(metrics))
+
+
+def _keep_best(run: _ClassRun, epoch: int, value: float) -> None:
+    """Rank 0: keep this epoch's model when its selection ``value`` is the best so far.
+
+    Ties go to the later epoch: an equal score after more training is no reason to keep
+    the under-trained model.
+    """
+    if run.best_state is None or (math.isfinite(value) and not value < run.best_value):
+        run.best_value, run.best_epoch, run.best_state = value, epoch, _cpu_state(run.model)
+
+
+def _resumable(run: _ClassRun, epoch: int, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0: the state a restarted run continues from after ``epoch`` (``rngs``: every
+    rank's random streams; rank 0's own are read now)."""
+    return {
+        "epoch": epoch,
+        "model": _cpu_state(run.model),
+        "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+        "method": run.method.extra_state(),
+        "order_gen": run.order_gen.get_state(),
+        "rng": [_rng_state(run.method, run.device), *rngs[1:]],
+        "best_value": run.best_value,
+        "best_epoch": run.best_epoch,
+        "best_state": run.best_state,
+    }
+
+
+def _evaluate(run: _ClassRun, epoch: int, loss_terms: dict[str, torch.Tensor], last: bool,
+              observe: ObserveFn | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An evaluation after ``epoch``: its metrics and, on rank 0 with checkpoints on, the
+    resumable state (None elsewhere)."""
+    t = run.spec.train
+    metrics: dict[str, Any] = {f"loss_{k}": float(v) / run.steps_per_epoch for k, v in loss_terms.items()}
+    # Every rank's random streams as they are after this epoch's training (rank 0's own
+    # are read again in _resumable, after its scoring, which may draw from them too).
+    rngs = _all_rng_states(run.method, run.device, run.world) if t.checkpoint and run.world > 1 and not last else []
+    if run.rank != 0:
+        return metrics, None
+    _score_validation(run, epoch, metrics, last, observe)
+    _keep_best(run, epoch, metrics.get(run.select, float("nan")))
+    return metrics, _resumable(run, epoch, rngs) if t.checkpoint else None
+
+
+def _epoch(run: _ClassRun, epoch: int, hooks: _Hooks) -> None:
+    """One epoch: training, then (every ``train.eval_every`` epochs and after the last)
+    evaluation, best-epoch selection and a report; the epoch's curves to ``on_epoch``."""
+    t = run.spec.train
+    loss_terms = _train_epoch(run, epoch)
+    curve = _curve(run, loss_terms) if hooks.on_epoch is not None else {}
+    if not math.isfinite(run.last_loss):
+        hooks.epoch_done(epoch + 1, curve)  # a diverged epoch shows in the curves
+        raise TrainingDiverged(f"loss became {run.last_loss} in epoch {epoch + 1} of class {run.task.normal_class}")
+    run.method.on_epoch_end(run.model, run.all_train_images(), epoch)
+    last = epoch + 1 == t.epochs
+    if (epoch + 1) % t.eval_every and not last:
+        hooks.epoch_done(epoch + 1, curve)
+        return
+    metrics, state = _evaluate(run, epoch, loss_terms, last, hooks.observe)
+    # The evaluation's validation metrics join the epoch's curves.
+    hooks.epoch_done(epoch + 1, {**curve, **{k: v for k, v in metrics.items() if k.startswith("val_")}})
+    metrics.update(
+        epoch=epoch + 1,
+        normal_class=run.task.normal_class,
+        progress=run_progress(hooks.class_offset, epoch + 1, t.epochs),
+        best_class_value=run.best_value,
+    )
+    if hooks.report is not None and not last:
+        hooks.report(metrics, state)
+
+
+def _final_test(run: _ClassRun) -> tuple[dict[str, float], float, dict[str, dict[str, torch.Tensor]]]:
+    """Rank 0: the selected model's exact validation and test metrics, its scoring
+    latency, and the best and last model states."""
+    t = run.spec.train
+    net = Method.unwrap(run.model)
+    states = {"last": _cpu_state(net), "best": run.best_state}
+    # The best epoch is the last one (always so with one evaluation): the model, its
+    # fitted scorer and its validation scores are those of the last evaluation, so
+    # the split is not scored twice. Otherwise restore the best state and score again.
+    if not (run.best_epoch == t.epochs - 1 and run.last_scored):
+        run.last_scored.clear()
+        if run.best_state is not None:
+            net.load_state_dict(run.best_state)
+        run.method.fit_scorer(net, run.all_train_images())
+    metrics: dict[str, float] = {}
+    metrics.update(_evaluate_split(run.method, net, run.val, "val_", t.batch_size, scored=run.last_scored))
+    metrics.update(_evaluate_split(run.method, net, run.test, "test_", t.batch_size))
+    return metrics, _latency_ms(run.method, net, run.test.images), states
+
+
 def train_class(
     spec: Spec,
     task: OneClassTask,
@@ -264,8 +527,8 @@ def train_class(
     report: ReportFn | None = None,
     resume: dict[str, Any] | None = None,
     class_offset: float = 0.0,
-    observe: Callable[[int, dict[str, np.ndarray], dict[str, float]], None] | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    observe: ObserveFn | None = None,
+    on_epoch: EpochFn | None = None,
 ) -> ClassResult:
     """Train and evaluate one class of a spec; see the module docstring.
 
@@ -295,170 +558,28 @@ def train_class(
         >>> result = train_class(spec, load_task(spec.data, spec.selection, "0", 0), DistCon)  # doctest: +SKIP
     """
     device = torch.device(device)
-    t = spec.train
-    seed_everything(t.seed)
-    info = DataInfo(
-        channels=int(task.train.shape[1]),
-        image_size=int(task.train.shape[-1]),
-        num_train=len(task.train),
-        has_masks=task.test.masks is not None,
-    )
-    method = method_cls(spec.params, info, device, seed=t.seed + 7919 * rank)
-    model = method.build()
-    if t.channels_last:  # 4D weights (convolutions) only; the optimizer sees the same parameters
-        model = model.to(memory_format=torch.channels_last)
-    num_params = method.count_parameters(model)
-    optimizer = _optimizer(spec, list(method.trainable_parameters(model)))
-    on_device = _data_on_device(spec, task.train, device)
-    train_images = task.train.to(device) if on_device else task.train
-
-    def all_train_images() -> torch.Tensor:
-        """The whole training set on the device, for the hooks that take it (a copy for
-        the call's duration when the steps stream their batches)."""
-        return train_images if on_device else train_images.to(device)
-
-    val = task.val.to(device)
-    test = task.test.to(device)
-    per_worker = max(1, t.batch_size // world)
-    steps_per_epoch = max(1, len(train_images) // (per_worker * world))
-    total_steps = steps_per_epoch * t.epochs
-    select = selection_metric(spec)
-    with_aupro = aupro_each_evaluation(spec)
-    # The last evaluation's validation scores: the final pass reuses them when that epoch is the best.
-    last_scored: dict[str, Scores] = {}
-    order_gen = torch.Generator(device="cpu").manual_seed(t.seed)  # same on every rank
-
-    start_epoch, best_value, best_epoch, best_state, last_loss = 0, -math.inf, -1, None, float("nan")
+    run = _prepare(spec, task, method_cls, device, rank, world)
     if resume is not None:
-        Method.unwrap(model).load_state_dict(_without_compile_prefix(resume["model"]))
-        optimizer.load_state_dict(resume["optimizer"])
-        method.load_extra_state(resume.get("method", {}))
-        order_gen.set_state(resume["order_gen"])
-        # Checkpoints written before the random streams were saved lack "rng": such a run
-        # continues from freshly seeded streams (the same as it always did).
-        rngs = resume.get("rng") or []
-        if rank < len(rngs):
-            _load_rng_state(method, device, rngs[rank])
-        start_epoch, best_value, best_epoch = resume["epoch"] + 1, resume["best_value"], resume["best_epoch"]
-        best_state = resume["best_state"]
-        if best_state is not None:
-            best_state = _without_compile_prefix(best_state)
-    if wrap_model is not None:
-        model = wrap_model(model)
-    # The training steps run through the compiled module; scoring and the epoch hooks use
-    # ``model`` itself (no recompilation for evaluation shapes); checkpoints hold the plain
-    # module's state either way (_cpu_state), so compiled and plain runs resume each other.
-    step_model = torch.compile(model, backend=t.compile_backend) if t.compile else model
-
+        _restore(run, resume)
+    _wrap(run, wrap_model)
+    hooks = _Hooks(report, observe, on_epoch, class_offset)
     started = time.perf_counter()
-    step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, t.epochs):
-        model.train()
-        perm = torch.randperm(len(train_images), generator=order_gen).to(train_images.device)
-        loss_sum, loss_terms = torch.zeros((), device=device), {}
-        for s in range(steps_per_epoch):
-            idx = perm[s * per_worker * world : (s + 1) * per_worker * world][rank::world]
-            for group in optimizer.param_groups:
-                group["lr"] = t.lr * _lr_factor(step, total_steps, t.warmup_epochs * steps_per_epoch)
-            batch = _batch(train_images, idx, device, on_device, t.channels_last)
-            with _autocast(spec, device):
-                losses = method.training_step(step_model, batch, epoch)
-            loss = losses["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += loss.detach()
-            for k, v in losses.items():
-                loss_terms[k] = loss_terms.get(k, 0.0) + v.detach()
-        last_loss = float(loss_sum) / steps_per_epoch  # one device sync per epoch
-        curve: dict[str, float] = {}
-        if on_epoch is not None:
-            names = list(loss_terms)
-            means = torch.stack([loss_terms[k].float() for k in names]).tolist() if names else []  # one sync
-            curve = {**{f"loss_{k}": v / steps_per_epoch for k, v in zip(names, means, strict=True)},
-                     "lr": optimizer.param_groups[0]["lr"]}
-        if not math.isfinite(last_loss):
-            if on_epoch is not None:  # a diverged epoch shows in the curves
-                on_epoch(epoch + 1, curve)
-            raise TrainingDiverged(f"loss became {last_loss} in epoch {epoch + 1} of class {task.normal_class}")
-        method.on_epoch_end(model, all_train_images(), epoch)
-
-        last = epoch + 1 == t.epochs
-        if (epoch + 1) % t.eval_every and not last:
-            if on_epoch is not None:
-                on_epoch(epoch + 1, curve)
-            continue
-        metrics: dict[str, Any] = {f"loss_{k}": float(v) / steps_per_epoch for k, v in loss_terms.items()}
-        state = None
-        # Every rank's random streams as they are after this epoch's training (rank 0's own
-        # are read again below, after its scoring, which may draw from them too).
-        rngs = _all_rng_states(method, device, world) if t.checkpoint and world > 1 and not last else []
-        if rank == 0:
-            method.fit_scorer(model, all_train_images())
-            kept: dict[str, np.ndarray] = {}
-            metrics.update(_evaluate_split(method, model, val, "val_", t.batch_size, kept, fast=True,
-                                           with_aupro=with_aupro, scored=last_scored if last else None))
-            if observe is not None:
-                metrics.update(_evaluate_split(method, model, test, "test_", t.batch_size, kept))
-                observe(epoch + 1, kept, dict(metrics))
-            value = metrics.get(select, float("nan"))
-            # Ties go to the later epoch: an equal score after more training is no reason
-            # to keep the under-trained model.
-            if best_state is None or (math.isfinite(value) and not value < best_value):
-                best_value, best_epoch, best_state = value, epoch, _cpu_state(model)
-            if t.checkpoint:
-                state = {
-                    "epoch": epoch,
-                    "model": _cpu_state(model),
-                    "optimizer": copy.deepcopy(optimizer.state_dict()),
-                    "method": method.extra_state(),
-                    "order_gen": order_gen.get_state(),
-                    "rng": [_rng_state(method, device), *rngs[1:]],
-                    "best_value": best_value,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                }
-        if on_epoch is not None:  # the evaluation's validation metrics join the epoch's curves
-            on_epoch(epoch + 1, {**curve, **{k: v for k, v in metrics.items() if k.startswith("val_")}})
-        metrics.update(
-            epoch=epoch + 1,
-            normal_class=task.normal_class,
-            progress=run_progress(class_offset, epoch + 1, t.epochs),
-            best_class_value=best_value,
-        )
-        if report is not None and not last:
-            report(metrics, state)
-
+    run.step = run.start_epoch * run.steps_per_epoch
+    for epoch in range(run.start_epoch, spec.train.epochs):
+        _epoch(run, epoch, hooks)
     train_time = time.perf_counter() - started
-    metrics = {}
-    latency = float("nan")
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    if rank == 0:
-        net = Method.unwrap(model)
-        states = {"last": _cpu_state(net), "best": best_state}
-        # The best epoch is the last one (always so with one evaluation): the model, its
-        # fitted scorer and its validation scores are those of the last evaluation, so
-        # the split is not scored twice. Otherwise restore the best state and score again.
-        if not (best_epoch == t.epochs - 1 and last_scored):
-            last_scored.clear()
-            if best_state is not None:
-                net.load_state_dict(best_state)
-            method.fit_scorer(net, all_train_images())
-        metrics.update(_evaluate_split(method, net, val, "val_", t.batch_size, scored=last_scored))
-        metrics.update(_evaluate_split(method, net, test, "test_", t.batch_size))
-        latency = _latency_ms(method, net, test.images)
+    metrics, latency, states = _final_test(run) if rank == 0 else ({}, float("nan"), {})
     return ClassResult(
         normal_class=task.normal_class,
         metrics=metrics,
-        best_epoch=best_epoch + 1,
-        epochs_run=t.epochs,
+        best_epoch=run.best_epoch + 1,
+        epochs_run=spec.train.epochs,
         train_time_s=train_time,
-        num_params=num_params,
+        num_params=run.num_params,
         latency_ms=latency,
-        final_loss=last_loss,
-        facts=method.describe(),
+        final_loss=run.last_loss,
+        facts=run.method.describe(),
         states=states,
-        resumed_epoch=start_epoch if resume is not None else None,
+        resumed_epoch=run.start_epoch if resume is not None else None,
         val_counts=(int((task.val.labels == 0).sum()), int((task.val.labels == 1).sum())),
     )

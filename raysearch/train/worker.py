@@ -11,12 +11,14 @@ lost mid-run restarts from its last evaluation.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -27,9 +29,11 @@ from raysearch.config.objective import final_means, running_means
 from raysearch.config.selection import selection_metric
 from raysearch.config.spec import Spec, spec_from_dict
 from raysearch.data import load_task
+from raysearch.data.base import OneClassTask
+from raysearch.methods.base import Method
 from raysearch.store import results
 from raysearch.store.results import RunInfo
-from raysearch.train.loop import ClassResult, train_class
+from raysearch.train.loop import ClassResult, ReportFn, train_class
 from raysearch.train.progress import progress as run_progress
 from raysearch.train.trackers import EpochWriter, curves_dir
 
@@ -171,7 +175,8 @@ def test_event(name: str) -> None:
     With ``RAYSEARCH_TEST_EVENTS`` set to a folder, rank 0 creates ``<folder>/<name>``
     after each checkpointed report, then waits while ``<folder>/hold`` exists and is
     empty or holds a pattern (``fnmatch``) that ``name`` matches. Unset (as in every real
-    run) it does nothing.
+    run) it does nothing. :func:`worker_loop` hands it to its reporter as the hook called
+    after each checkpointed report.
     """
     import fnmatch
 
@@ -206,19 +211,10 @@ def _load_class(spec: Spec, run: RunInfo, index: int, name: str, rank: int, devi
         return None
 
 
-def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
-    """``train_loop_per_worker``: every class of the spec, in order, on this worker.
-
-    Ray Train calls it with the config alone; a sweep trial that runs in its own
-    process passes a :class:`TrialSession`.
-    """
+def _prepare_device(spec: Spec, device: torch.device, cpus_per_worker: float | None) -> None:
+    """This worker's threads and device, or an error when the spec wants a GPU it cannot use."""
     import ray
 
-    spec = spec_from_dict(config["spec"], source=config.get("source", "<spec>"))
-    run = RunInfo(**config["run"])
-    progress = config.get("progress")
-    session = session or TrainSession()
-    rank, world, device = session.rank, session.world, session.device
     if spec.train.gpus_per_worker > 0 and device.type != "cuda":
         # Never a silent CPU run on a GPU node: a driver too old for this torch build,
         # or a CPU-only torch, makes torch.cuda unusable.
@@ -230,117 +226,196 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         )
     # A worker computes with the CPUs it holds (Ray's OMP_NUM_THREADS is no guide: it is 1
     # for a worker of several CPUs). A trial process reused by Tune sets it again per trial.
-    torch.set_num_threads(spec.train.worker_threads(config.get("cpus_per_worker") or spec.train.worker_cpus()))
+    torch.set_num_threads(spec.train.worker_threads(cpus_per_worker or spec.train.worker_cpus()))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if spec.train.gpus_per_worker and spec.train.gpus_per_worker < 1:
             # Logical GPU fractions do not cap memory: cap it here to this trial's share.
             torch.cuda.set_per_process_memory_fraction(float(spec.train.gpus_per_worker), device)
-    method_cls = registry.method_class(spec.method)
-    classes = spec.classes()
 
-    state: dict[str, Any] = {"class_index": 0, "finished": {}, "resume": None}
-    checkpoint = session.checkpoint()
-    if checkpoint is not None:
+
+class _Reporter:
+    """A run's reports to Ray (and to the progress queue on rank 0), each with its resumable
+    checkpoint when it has one.
+
+    Two checkpoint contents: an evaluation inside a class stores
+    ``{"class_index", "finished", "resume": the loop's state}``; a class's closing report
+    stores the worker's state after the class (``"resume"`` None). ``on_checkpoint`` is
+    called on rank 0 with a name after each checkpointed report (:func:`test_event`).
+    """
+
+    def __init__(self, session: TrainSession | TrialSession, spec: Spec, run: RunInfo, n_classes: int,
+                 progress: Any, on_checkpoint: Callable[[str], None]) -> None:
+        self.session, self.spec, self.run, self.n_classes = session, spec, run, n_classes
+        self.progress, self.on_checkpoint = progress, on_checkpoint
+        self.reported: list[int] = []  # the class of every report sent, in order
+
+    def during_class(self, ci: int, finished: dict[str, dict[str, float]]) -> ReportFn:
+        """The ``report`` that :func:`train_class` calls inside class ``ci``."""
+        return functools.partial(self.evaluation, ci, finished)
+
+    def evaluation(self, ci: int, finished: dict[str, dict[str, float]], metrics: dict[str, Any],
+                   resumable: dict[str, Any] | None) -> None:
+        """An evaluation inside class ``ci`` (``finished``: the classes before it), with the
+        loop's resumable state, or None."""
+        metrics = dict(metrics, class_index=ci, classes_done=len(finished))
+        metrics.update(class_means([*finished.values(), metrics]))
+        saved = None if resumable is None else {"class_index": ci, "finished": dict(finished), "resume": resumable}
+        self._send(ci, metrics, saved)
+
+    def class_end(self, ci: int, metrics: dict[str, Any], state: dict[str, Any], checkpoint: bool) -> None:
+        """Class ``ci`` has ended (it is in ``state["finished"]`` already); with
+        ``checkpoint`` the worker's ``state`` is stored with the report."""
+        finished = state["finished"]
+        metrics = dict(metrics, class_index=ci, classes_done=len(finished))
+        metrics.update(class_means(list(finished.values()), self.n_classes))
+        self._send(ci, metrics, state if checkpoint else None)
+
+    def run_end_again(self, finished: dict[str, dict[str, float]]) -> None:
+        """The run's end once more, for a run restored from a checkpoint taken after its last class."""
+        self.session.report(dict(class_means(list(finished.values()), self.n_classes), progress=self.n_classes,
+                                 classes_done=len(finished)))
+
+    def _send(self, ci: int, metrics: dict[str, Any], saved: dict[str, Any] | None) -> None:
+        rank = self.session.rank
+        if self.progress is not None and rank == 0:
+            self.progress.put_nowait(dict(metrics, total_classes=self.n_classes, epochs=self.spec.train.epochs))
+        if saved is None:
+            self.session.report(metrics)
+        else:
+            with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as tmp:
+                torch.save(saved, os.path.join(tmp, "state.pt"))
+                self.session.report(metrics, tmp)  # persisted to the run's storage before it returns
+            if rank == 0:
+                self.on_checkpoint(f"checkpoint-{self.run.trial_id}-{ci}-{metrics.get('epoch')}")
+        self.reported.append(ci)
+
+
+class _Worker:
+    """One worker's pass over the classes of a run: restore, train each class, store its
+    row and models (rank 0), report its end."""
+
+    def __init__(self, spec: Spec, run: RunInfo, session: TrainSession | TrialSession, method_cls: type[Method],
+                 classes: list[str], reporter: _Reporter) -> None:
+        self.spec, self.run, self.session, self.reporter = spec, run, session, reporter
+        self.method_cls, self.classes = method_cls, classes
+
+    def restored_state(self) -> dict[str, Any]:
+        """The worker's state from the session's checkpoint (a restarted run), or that of a
+        new run: ``{"class_index": next class, "finished": {class: its means' inputs},
+        "resume": the loop's state inside that class or None}``."""
+        checkpoint = self.session.checkpoint()
+        if checkpoint is None:
+            return {"class_index": 0, "finished": {}, "resume": None}
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+            return torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
 
-    reported: list[int] = []
-    for ci in range(state["class_index"], len(classes)):
-        normal_class = classes[ci]
+    def run_class(self, ci: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Class ``ci``, from ``state`` (the worker's state before it); the state after it."""
         started = time.perf_counter()
         finished: dict[str, dict[str, float]] = state["finished"]
-
-        def report(metrics: dict[str, Any], resumable: dict[str, Any] | None, ci: int = ci,
-                   class_state: bool = False) -> None:
-            """Send metrics to Ray (and the progress queue) with a resumable checkpoint.
-
-            ``resumable`` is the loop's mid-class state, or with ``class_state`` the
-            worker's state after the class ended.
-            """
-            metrics = dict(metrics, class_index=ci, classes_done=len(finished))
-            current = [] if class_state else [metrics]  # a finished class is in `finished` already
-            metrics.update(class_means(list(finished.values()) + current, len(classes) if class_state else None))
-            if progress is not None and rank == 0:
-                progress.put_nowait(dict(metrics, total_classes=len(classes), epochs=spec.train.epochs))
-            if resumable is None:
-                session.report(metrics)
-            else:
-                saved = resumable if class_state else {"class_index": ci, "finished": dict(finished), "resume": resumable}
-                with tempfile.TemporaryDirectory(prefix="raysearch-ckpt-") as tmp:
-                    torch.save(saved, os.path.join(tmp, "state.pt"))
-                    session.report(metrics, tmp)  # persisted to the run's storage before it returns
-                if rank == 0:
-                    test_event(f"checkpoint-{run.trial_id}-{ci}-{metrics.get('epoch')}")
-            reported.append(ci)
-
-        resume = state["resume"] if ci == state["class_index"] else None
-        # A stored row wins over a mid-class checkpoint: a run stopped between writing a
-        # class's row and reporting its end resumes from an earlier checkpoint, and must
-        # not train the class again (its row would change).
-        stored = results.completed_row(run, ci, normal_class)
-        task = None if stored is not None else _load_class(spec, run, ci, normal_class, rank, device)
-        if stored is not None:
-            # A restarted run (a resumed sweep, a retried worker group) keeps the row that
-            # an earlier attempt wrote for this class and does not train it again.
-            metrics = {k: stored.get(k) for k in results.METRIC_COLUMNS}
-            finished[normal_class] = {k: stored.get(k) for k in MEAN_METRICS}
-            final_loss = stored.get("final_loss")
-        elif task is None:  # its data is broken: its row says why, and the next class trains
-            metrics, final_loss = {}, None
-        else:
-            # Rank 0's per-epoch curves of this class, closed (a bucket's copied up) when it ends.
-            curves = None if rank else EpochWriter(curves_dir(run, normal_class, spec.train.seed),
-                                                   spec.selection.split)
-            try:
-                result = train_class(
-                    spec,
-                    task,
-                    method_cls,
-                    device,
-                    rank=rank,
-                    world=world,
-                    wrap_model=session.wrap,
-                    report=report,
-                    resume=resume,
-                    class_offset=ci,
-                    on_epoch=curves,
-                )
-            finally:
-                if curves is not None:
-                    curves.close()
-            if rank == 0:
-                ckpt_uri = None
-                if spec.train.checkpoint:
-                    base = results.join(run.storage, "checkpoints", run.trial_id, normal_class)
-                    for which, model_state in result.states.items():
-                        if model_state is not None:
-                            _save_state(results.join(base, f"{which}.pt"), model_state)
-                    ckpt_uri = results.join(base, "best.pt")
-                row = class_row(spec, run, result, ci, time.perf_counter() - started, device, ckpt_uri)
-                results.write_rows(results.results_dir(run.storage), results.config_schema(spec), [row],
-                                   results.row_name(run, ci, normal_class))
-            metrics, final_loss = result.metrics, result.final_loss
-            finished[normal_class] = dict(metrics, latency_ms=result.latency_ms, num_params=result.num_params)
+        metrics, final_loss = self._outcome(ci, state["resume"], finished, started)
         state = {"class_index": ci + 1, "finished": finished, "resume": None}
         # The class's closing report, after its row is stored: a scheduler may stop the
         # run here and nothing is lost. Its progress is the end of the class, so the last
         # class's report is the run's full fidelity.
+        epochs = self.spec.train.epochs
         end = dict(
             metrics,
-            epoch=spec.train.epochs,
-            normal_class=normal_class,
-            progress=run_progress(ci, spec.train.epochs, spec.train.epochs),
-            best_class_value=metrics.get(selection_metric(spec)),
+            epoch=epochs,
+            normal_class=self.classes[ci],
+            progress=run_progress(ci, epochs, epochs),
+            best_class_value=metrics.get(selection_metric(self.spec)),
             loss_loss=final_loss,
         )
-        report(end, state if rank == 0 and spec.train.checkpoint else None, ci, class_state=True)
-    if state["class_index"] == len(classes) and not reported:
+        self.reporter.class_end(ci, end, state, checkpoint=self.session.rank == 0 and self.spec.train.checkpoint)
+        return state
+
+    def _outcome(self, ci: int, resume: dict[str, Any] | None, finished: dict[str, dict[str, float]],
+                 started: float) -> tuple[dict[str, Any], float | None]:
+        """Class ``ci``'s metrics and final loss, from its stored row or from training it
+        (an empty outcome when its data is broken); ``finished`` gains the class."""
+        normal_class = self.classes[ci]
+        # A stored row wins over a mid-class checkpoint: a run stopped between writing a
+        # class's row and reporting its end resumes from an earlier checkpoint, and must
+        # not train the class again (its row would change).
+        stored = results.completed_row(self.run, ci, normal_class)
+        if stored is not None:
+            # A restarted run (a resumed sweep, a retried worker group) keeps the row that
+            # an earlier attempt wrote for this class and does not train it again.
+            finished[normal_class] = {k: stored.get(k) for k in MEAN_METRICS}
+            return {k: stored.get(k) for k in results.METRIC_COLUMNS}, stored.get("final_loss")
+        task = _load_class(self.spec, self.run, ci, normal_class, self.session.rank, self.session.device)
+        if task is None:  # its data is broken: its row says why, and the next class trains
+            return {}, None
+        result = self._train(ci, task, resume, finished)
+        if self.session.rank == 0:
+            self._persist(ci, result, started)
+        finished[normal_class] = dict(result.metrics, latency_ms=result.latency_ms, num_params=result.num_params)
+        return result.metrics, result.final_loss
+
+    def _train(self, ci: int, task: OneClassTask, resume: dict[str, Any] | None,
+               finished: dict[str, dict[str, float]]) -> ClassResult:
+        """Train class ``ci`` (from ``resume`` when given), reporting every evaluation."""
+        rank = self.session.rank
+        # Rank 0's per-epoch curves of this class, closed (a bucket's copied up) when it ends.
+        curves = None if rank else EpochWriter(curves_dir(self.run, self.classes[ci], self.spec.train.seed),
+                                               self.spec.selection.split)
+        try:
+            return train_class(
+                self.spec,
+                task,
+                self.method_cls,
+                self.session.device,
+                rank=rank,
+                world=self.session.world,
+                wrap_model=self.session.wrap,
+                report=self.reporter.during_class(ci, finished),
+                resume=resume,
+                class_offset=ci,
+                on_epoch=curves,
+            )
+        finally:
+            if curves is not None:
+                curves.close()
+
+    def _persist(self, ci: int, result: ClassResult, started: float) -> None:
+        """Rank 0: the class's best and last models (with checkpoints on) and its result row."""
+        spec, run, normal_class = self.spec, self.run, self.classes[ci]
+        ckpt_uri = None
+        if spec.train.checkpoint:
+            base = results.join(run.storage, "checkpoints", run.trial_id, normal_class)
+            for which, model_state in result.states.items():
+                if model_state is not None:
+                    _save_state(results.join(base, f"{which}.pt"), model_state)
+            ckpt_uri = results.join(base, "best.pt")
+        row = class_row(spec, run, result, ci, time.perf_counter() - started, self.session.device, ckpt_uri)
+        results.write_rows(results.results_dir(run.storage), results.config_schema(spec), [row],
+                           results.row_name(run, ci, normal_class))
+
+
+def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
+    """``train_loop_per_worker``: every class of the spec, in order, on this worker.
+
+    Ray Train calls it with the config alone; a sweep trial that runs in its own
+    process passes a :class:`TrialSession`.
+    """
+    spec = spec_from_dict(config["spec"], source=config.get("source", "<spec>"))
+    run = RunInfo(**config["run"])
+    progress = config.get("progress")
+    session = session or TrainSession()
+    _prepare_device(spec, session.device, config.get("cpus_per_worker"))
+    method_cls = registry.method_class(spec.method)
+    classes = spec.classes()
+    reporter = _Reporter(session, spec, run, len(classes), progress, on_checkpoint=test_event)
+    worker = _Worker(spec, run, session, method_cls, classes, reporter)
+    state = worker.restored_state()
+    for ci in range(state["class_index"], len(classes)):
+        state = worker.run_class(ci, state)
+    if state["class_index"] == len(classes) and not reporter.reported:
         # Restored from a checkpoint taken after the last class: report the run's end again.
-        finished = state["finished"]
-        session.report(dict(class_means(list(finished.values()), len(classes)), progress=len(classes),
-                            classes_done=len(finished)))
-    if progress is not None and rank == 0:
+        reporter.run_end_again(state["finished"])
+    if progress is not None and session.rank == 0:
         progress.put_nowait(None)
 
 

@@ -223,7 +223,8 @@ class Comparison:
             # Bold is marked with control characters 0 and 1 (no label holds them), made <b> after escaping.
             cells = [s.label, s.selected, *[self._cell(s.label, c, ("\0", "\1")) for c in columns]]
             cells = [html.escape(c).replace("\0", "<b>").replace("\1", "</b>") for c in cells]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            body.append(f"<tr><td>{cells[0]}</td><td class=\"text\">{cells[1]}</td>"  # the selection in words wraps
+                        + "".join(f"<td>{c}</td>" for c in cells[2:]) + "</tr>")
         title = f"Comparison: {self.metric}"
         notes = "".join(f'<p class="note">{_inline_html(n)}</p>' for n in self.notes)
         if not self.params.empty and len(self.params.columns):

@@ -88,6 +88,7 @@ h2 { margin-top: 1.8em; border-bottom: 1px solid #eee; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 13px; margin: .6em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
+td.text { white-space: normal; text-align: left; }  /* prose cells wrap; figures never do */
 th { background: #f2f2f2; }
 tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; border: 1px solid #eee; margin: .5em 0; }

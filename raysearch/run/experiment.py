@@ -223,8 +223,9 @@ def check_same_spec(output: str, spec: Spec, what: str) -> None:
                         "--set options, or another --output", key="--output")
 
 
-def finished_runs(output: str, kind: str, n_classes: int) -> int:
-    """Trials of ``kind`` with a final row (completed, pruned or failed) for every class."""
+def stored_statuses(output: str, kind: str) -> dict[str, dict[int, str]]:
+    """The readable rows of ``kind`` in the store, as trial id -> {class index: status}
+    (one read of the store; a file that cannot be read counts as missing)."""
     import warnings
 
     with warnings.catch_warnings():
@@ -232,14 +233,19 @@ def finished_runs(output: str, kind: str, n_classes: int) -> int:
         try:
             table = results.read_results(output)
         except FileNotFoundError:
-            return 0
+            return {}
     if table.num_rows == 0:
-        return 0
-    classes: dict[str, set[int]] = {}
-    for r in table.select(["kind", "trial_id", "class_index"]).to_pylist():
+        return {}
+    statuses: dict[str, dict[int, str]] = {}
+    for r in table.select(["kind", "trial_id", "class_index", "status"]).to_pylist():
         if r["kind"] == kind and r["class_index"] is not None:
-            classes.setdefault(r["trial_id"], set()).add(r["class_index"])
-    return sum(len(c) >= n_classes for c in classes.values())
+            statuses.setdefault(r["trial_id"], {})[r["class_index"]] = r["status"]
+    return statuses
+
+
+def finished_runs(output: str, kind: str, n_classes: int) -> int:
+    """Trials of ``kind`` with a final row (completed, pruned or failed) for every class."""
+    return sum(len(c) >= n_classes for c in stored_statuses(output, kind).values())
 
 
 # After a signal, how often the driver checks that its Ray still answers, and how many
@@ -507,27 +513,25 @@ def heal_rows(plan: TrialPlan, grid, n_classes: int) -> list[tuple[str, dict[str
     """Heal the rows of a Tune run's trials that the store lacks or cannot read (a file
     truncated or deleted while the experiment was stopped): a failed or pruned trial's
     rows are written again from what Tune recorded; the finished trials that lack a
-    completed row are returned, (trial id, config, classes), to train those classes again."""
+    completed row are returned, (trial id, config, classes), to train those classes again.
+    The store is read once; a trial's spec is built only where something is lost."""
+    stored = stored_statuses(plan.output, plan.kind)
     lost = []
     for result in grid:
         trial_id, config = (result.metrics or {}).get("trial_id"), trial_config(result)
         if trial_id is None or config is None:  # Tune keeps no id or config of it here
             continue
         run = plan.run_info(trial_id, config)
-        spec = plan.trial_spec(config)
-        stored = {ci: results.read_row_file(results.results_dir(run.storage), results.row_name(run, ci, c))
-                  for ci, c in enumerate(spec.classes())}
-        if result.error is not None:
-            if not all(stored.values()):
-                results.write_unfinished_rows(spec, run, results.failure_reason(result.error))
-        elif not finished(result.metrics, n_classes):
-            if not all(stored.values()):
-                results.write_unfinished_rows(spec, run, pruned_reason(result.metrics.get("progress", 0), n_classes),
-                                              "pruned")
-        else:
-            missing = [spec.classes()[ci] for ci, rows in stored.items() if not rows or rows[0]["status"] != "completed"]
-            if missing:
-                lost.append((trial_id, config, missing))
+        have = stored.get(run.trial_id, {})
+        if result.error is not None or not finished(result.metrics, n_classes):
+            if len(have) < n_classes:  # a row of any status is this trial's final word on a class
+                reason = (results.failure_reason(result.error) if result.error is not None
+                          else pruned_reason(result.metrics.get("progress", 0), n_classes))
+                results.write_unfinished_rows(plan.trial_spec(config), run, reason,
+                                              "failed" if result.error is not None else "pruned")
+        elif sum(status == "completed" for status in have.values()) < n_classes:
+            classes = plan.trial_spec(config).classes()
+            lost.append((trial_id, config, [c for ci, c in enumerate(classes) if have.get(ci) != "completed"]))
     return lost
 
 
